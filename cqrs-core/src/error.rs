@@ -1,0 +1,153 @@
+use std::error::Error as StdError;
+
+use uuid::Uuid;
+
+use crate::{CodecError, Position};
+
+/// A boxed error from a storage backend or a user's projection.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a storage backend (and the machinery around it) can fail with.
+///
+/// Backends map their own failures onto these variants so that callers handle one type
+/// whatever the storage.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The stream's version was not the one the append expected: another writer got there
+    /// first. Nothing was written.
+    ///
+    /// Reload the stream and decide again; the command pipeline does this for you
+    /// according to its [`RetryPolicy`](crate::RetryPolicy).
+    #[error("stream `{stream_type}/{stream_id}` is not at the expected version {expected}")]
+    Conflict {
+        /// Type of the stream that was appended to.
+        stream_type: String,
+        /// Id of the stream that was appended to.
+        stream_id: String,
+        /// The version the append expected the stream to be at.
+        expected: u64,
+    },
+
+    /// The append was malformed (no events, an empty stream id, schema version zero, …).
+    /// Nothing was written.
+    ///
+    /// This is a bug in the caller: fix the request rather than retrying it.
+    #[error("invalid append to stream `{stream_type}/{stream_id}`: {reason}")]
+    InvalidAppend {
+        /// Type of the stream the append targeted.
+        stream_type: String,
+        /// Id of the stream the append targeted.
+        stream_id: String,
+        /// Which rule the request broke.
+        reason: &'static str,
+    },
+
+    /// An event id in the append is already stored. Event ids are unique across the whole
+    /// store. Nothing was written.
+    #[error("event id {event_id} is already stored")]
+    DuplicateEventId {
+        /// The id that was already taken.
+        event_id: Uuid,
+    },
+
+    /// A stored event could not be turned into the domain type: unknown event type, a
+    /// schema version with no upcast path, or a payload that does not deserialise.
+    ///
+    /// The stored data and the code disagree. Retrying will not help; deploy code that
+    /// knows the stored shape (an upcaster) or repair the data.
+    #[error(
+        "cannot decode event `{event_type}` v{schema_version} at version {stream_version} \
+         of stream `{stream_type}/{stream_id}`"
+    )]
+    Decode {
+        /// Type of the stream holding the event.
+        stream_type: String,
+        /// Id of the stream holding the event.
+        stream_id: String,
+        /// The event's version within its stream.
+        stream_version: u64,
+        /// The stored event type name.
+        event_type: String,
+        /// The stored schema version.
+        schema_version: u32,
+        /// What went wrong.
+        #[source]
+        source: CodecError,
+    },
+
+    /// A domain event could not be serialised into a payload. Nothing was written.
+    #[error("cannot encode event `{event_type}`")]
+    Encode {
+        /// The event type name.
+        event_type: &'static str,
+        /// What went wrong.
+        #[source]
+        source: CodecError,
+    },
+
+    /// An aggregate's state could not be serialised for a snapshot or deserialised from
+    /// one. Snapshots are an optimisation: the pipeline falls back to a full replay when a
+    /// stored snapshot does not deserialise.
+    #[error("cannot (de)serialise the snapshot of stream `{stream_type}/{stream_id}`")]
+    Snapshot {
+        /// Type of the stream.
+        stream_type: String,
+        /// Id of the stream.
+        stream_id: String,
+        /// What went wrong.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A projection's handler failed on an event.
+    #[error("projection `{projection}` failed at position {position}")]
+    Projection {
+        /// The projection's name.
+        projection: &'static str,
+        /// Position of the event the handler failed on.
+        position: Position,
+        /// The handler's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// Waiting for a projection to reach a position took longer than allowed.
+    ///
+    /// The write has happened; the view is behind. Retry the read later or report the
+    /// lag to the client.
+    #[error("projection `{projection}` did not reach position {target} in time (at {reached})")]
+    Timeout {
+        /// The projection waited on.
+        projection: String,
+        /// The position waited for.
+        target: Position,
+        /// The position the projection had reached when the wait gave up.
+        reached: Position,
+    },
+
+    /// The storage backend failed (connection lost, database error, …). Whether anything
+    /// was written is stated by the backend's documentation: the backends in this
+    /// workspace write all events of an append or none.
+    ///
+    /// Usually transient: retry the whole command, with the same command id so that a
+    /// write that did land is not repeated.
+    #[error("storage backend failed")]
+    Backend(#[source] BoxError),
+}
+
+impl Error {
+    /// Wraps a backend's own error.
+    pub fn backend(error: impl Into<BoxError>) -> Self {
+        Self::Backend(error.into())
+    }
+
+    /// Whether this is an optimistic-concurrency [`Error::Conflict`].
+    #[must_use]
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+}

@@ -1,0 +1,268 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, warn};
+
+use super::MemoryEventStore;
+use crate::{Error, EventFilter, EventStore, Position, Projection, Result};
+
+/// Runs a [`Projection`] whose view lives in memory (`Context = ()`) over a
+/// [`MemoryEventStore`].
+///
+/// The checkpoint lives beside the view, so view and checkpoint always agree: every
+/// event after the checkpoint is applied exactly once, in log order. Call
+/// [`catch_up`](Self::catch_up) to process what is there, or [`spawn`](Self::spawn) to
+/// follow the log live.
+///
+/// ```
+/// # use std::collections::HashMap;
+/// # use std::convert::Infallible;
+/// # use cqrs_core::{CodecError, Event, EventType, codec};
+/// use cqrs_core::memory::{MemoryEventStore, Projector};
+/// use cqrs_core::{AppendRequest, EventEnvelope, EventStore, NewEvent, Projection};
+/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// # struct Deposited { amount: u64 }
+/// # impl Event for Deposited {
+/// #     const TYPES: &'static [EventType] = &[EventType { name: "Deposited", version: 1 }];
+/// #     fn event_type(&self) -> &'static str { "Deposited" }
+/// #     fn schema_version(&self) -> u32 { 1 }
+/// #     fn encode(&self) -> Result<serde_json::Value, CodecError> { codec::encode(self) }
+/// #     fn decode(t: &str, v: u32, p: serde_json::Value) -> Result<Self, CodecError> {
+/// #         codec::check_known::<Self>(t, v)?;
+/// #         codec::decode(t, v, p)
+/// #     }
+/// # }
+///
+/// #[derive(Debug, Default)]
+/// struct Total(u64);
+///
+/// impl Projection for Total {
+///     const NAME: &'static str = "total";
+///     type Event = Deposited;
+///     type Context = ();
+///     type Error = Infallible;
+///     async fn handle(&mut self, _: &mut (), e: &EventEnvelope<Deposited>) -> Result<(), Infallible> {
+///         self.0 += e.payload.amount;
+///         Ok(())
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let store = MemoryEventStore::new();
+/// let projector = Projector::new(store.clone(), Total::default());
+/// let deposit = NewEvent::new("Deposited", 1, serde_json::json!({ "amount": 5 }));
+/// let outcome = store.append(AppendRequest::new("account", "a-1", 0, vec![deposit])).await?;
+/// projector.catch_up().await?;
+/// assert_eq!(projector.read(|total| total.0).await, 5);
+/// assert!(projector.checkpoint().await >= outcome.position);
+/// # Ok::<(), cqrs_core::Error>(())
+/// # }).unwrap();
+/// ```
+pub struct Projector<P> {
+    store: MemoryEventStore,
+    inner: Arc<Mutex<Inner<P>>>,
+    reached: watch::Sender<Position>,
+    filter: Arc<EventFilter>,
+    batch_size: usize,
+}
+
+struct Inner<P> {
+    projection: P,
+    checkpoint: Position,
+}
+
+impl<P> fmt::Debug for Projector<P>
+where
+    P: Projection,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Projector")
+            .field("projection", &P::NAME)
+            .field("reached", &*self.reached.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> Clone for Projector<P> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            inner: Arc::clone(&self.inner),
+            reached: self.reached.clone(),
+            filter: Arc::clone(&self.filter),
+            batch_size: self.batch_size,
+        }
+    }
+}
+
+impl<P> Projector<P>
+where
+    P: Projection<Context = ()>,
+{
+    /// A projector at the start of the log.
+    pub fn new(store: MemoryEventStore, projection: P) -> Self {
+        Self {
+            store,
+            inner: Arc::new(Mutex::new(Inner {
+                projection,
+                checkpoint: Position::START,
+            })),
+            reached: watch::channel(Position::START).0,
+            filter: Arc::new(P::filter()),
+            batch_size: 500,
+        }
+    }
+
+    /// Sets how many events are read per batch (default 500).
+    #[must_use]
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Applies every event after the checkpoint, in order, and returns the new
+    /// checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Projection`] when the handler fails: the checkpoint stays just before
+    /// the failing event, so the next call retries it. [`Error::Decode`] for an event
+    /// that does not decode.
+    pub async fn catch_up(&self) -> Result<Position> {
+        let span = tracing::debug_span!("cqrs.projection.catch_up", projection = P::NAME);
+        async {
+            let mut inner = self.inner.lock().await;
+            let head = self.store.head().await?;
+            loop {
+                let batch = self
+                    .store
+                    .read_all(inner.checkpoint, self.batch_size, &self.filter)
+                    .await?;
+                let Some(last) = batch.last().map(|event| event.position) else {
+                    break;
+                };
+                for raw in batch {
+                    let position = raw.position;
+                    let event = raw.into_decoded::<P::Event>()?;
+                    let Inner {
+                        projection,
+                        checkpoint,
+                    } = &mut *inner;
+                    projection.handle(&mut (), &event).await.map_err(|source| {
+                        Error::Projection {
+                            projection: P::NAME,
+                            position,
+                            source: Box::new(source),
+                        }
+                    })?;
+                    *checkpoint = position;
+                }
+                debug!(position = %last, "projection batch applied");
+                self.reached.send_replace(last);
+            }
+            // Events the filter skipped are passed too: the view is current up to `head`.
+            if head > inner.checkpoint {
+                inner.checkpoint = head;
+            }
+            self.reached.send_replace(inner.checkpoint);
+            Ok(inner.checkpoint)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The position up to which the view is current.
+    pub async fn checkpoint(&self) -> Position {
+        self.inner.lock().await.checkpoint
+    }
+
+    /// Reads the view.
+    pub async fn read<R>(&self, read: impl FnOnce(&P) -> R) -> R {
+        read(&self.inner.lock().await.projection)
+    }
+
+    /// Waits until the view has processed `position` (a command's read-your-writes
+    /// token), catching up on the way.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when the view has not reached `position` within `timeout`;
+    /// the errors of [`catch_up`](Self::catch_up).
+    pub async fn wait_for(&self, position: Position, timeout: Duration) -> Result<()> {
+        let mut reached = self.reached.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if *reached.borrow_and_update() >= position {
+                return Ok(());
+            }
+            if self.store.head().await? >= position {
+                self.catch_up().await?;
+                continue;
+            }
+            // The position is not in the log yet: wait for progress.
+            let mut head = self.store.subscribe();
+            tokio::select! {
+                _ = reached.changed() => {}
+                _ = head.changed() => {}
+                () = tokio::time::sleep_until(deadline) => {
+                    let at = *reached.borrow();
+                    if at >= position {
+                        return Ok(());
+                    }
+                    return Err(Error::Timeout {
+                        projection: P::NAME.to_owned(),
+                        target: position,
+                        reached: at,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Follows the log in a background task: catches up now and after every append.
+    ///
+    /// A failing handler is retried with a growing delay (up to one second) until it
+    /// succeeds; the projection never skips the event. Dropping or aborting the returned
+    /// handle stops the task.
+    #[must_use = "dropping the handle stops the projection"]
+    pub fn spawn(&self) -> ProjectorTask {
+        let projector = self.clone();
+        let mut head = self.store.subscribe();
+        let span = tracing::debug_span!("cqrs.projection", projection = P::NAME);
+        let task = tokio::spawn(
+            async move {
+                let mut backoff = Duration::from_millis(10);
+                loop {
+                    match projector.catch_up().await {
+                        Ok(_) => {
+                            backoff = Duration::from_millis(10);
+                            if head.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            warn!(%error, "projection failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                        }
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        ProjectorTask(task)
+    }
+}
+
+/// The background task of [`Projector::spawn`]; stops the projection when dropped.
+#[derive(Debug)]
+pub struct ProjectorTask(JoinHandle<()>);
+
+impl Drop for ProjectorTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

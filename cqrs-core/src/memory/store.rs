@@ -1,0 +1,286 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::{
+    AppendOutcome, AppendRequest, Error, EventFilter, EventStore, LoadedStream, Position,
+    RecordedEvent, Result, Snapshot,
+};
+
+/// An event store held in memory, for tests, examples and prototypes.
+///
+/// It implements the whole [`EventStore`] contract with the same semantics as the
+/// database backends (it passes the same conformance suite) and is safe to share between
+/// many tasks: clones are handles to the same store.
+///
+/// ```
+/// use cqrs_core::memory::MemoryEventStore;
+/// use cqrs_core::{AppendRequest, EventStore, NewEvent, Position};
+///
+/// # tokio_test(async {
+/// let store = MemoryEventStore::new();
+/// let event = NewEvent::new("Opened", 1, serde_json::json!({ "owner": "ada" }));
+/// let outcome = store.append(AppendRequest::new("account", "a-1", 0, vec![event])).await?;
+/// assert_eq!(outcome.stream_version, 1);
+/// assert_eq!(store.load("account", "a-1", 0).await?.len(), 1);
+/// assert_eq!(store.read_all(Position::START, 10, &Default::default()).await?.len(), 1);
+/// # Ok::<(), cqrs_core::Error>(())
+/// # });
+/// # fn tokio_test<F: std::future::Future<Output = Result<(), cqrs_core::Error>>>(f: F) {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f).unwrap()
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryEventStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    head: watch::Sender<Position>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The global log; the event at index `i` has sequence `i + 1`.
+    log: Vec<RecordedEvent>,
+    /// Per stream, the log indexes of its events in version order.
+    streams: HashMap<(String, String), Vec<usize>>,
+    snapshots: HashMap<(String, String), Snapshot>,
+    commands: HashMap<Uuid, AppendOutcome>,
+    event_ids: HashSet<Uuid>,
+    commits: u64,
+}
+
+impl Default for MemoryEventStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryEventStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                head: watch::channel(Position::START).0,
+            }),
+        }
+    }
+
+    /// A receiver that sees the head position change after every append: the live
+    /// wake-up for in-memory projections.
+    #[must_use]
+    pub fn subscribe(&self) -> watch::Receiver<Position> {
+        self.shared.head.subscribe()
+    }
+
+    /// Number of events in the store.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.state().log.len()
+    }
+
+    /// Whether the store holds no events.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-written: every
+        // mutation below validates first and then only pushes. So a poisoned lock is safe
+        // to keep using.
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn key(stream_type: &str, stream_id: &str) -> (String, String) {
+    (stream_type.to_owned(), stream_id.to_owned())
+}
+
+#[async_trait]
+impl EventStore for MemoryEventStore {
+    async fn load(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        after_version: u64,
+    ) -> Result<Vec<RecordedEvent>> {
+        let state = self.state();
+        Ok(state
+            .streams
+            .get(&key(stream_type, stream_id))
+            .map(|indexes| {
+                let skip = usize::try_from(after_version).unwrap_or(usize::MAX);
+                indexes
+                    .iter()
+                    .skip(skip)
+                    .map(|&index| state.log[index].clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn load_for_command(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        state_version: u32,
+    ) -> Result<LoadedStream> {
+        let snapshot = {
+            let state = self.state();
+            state
+                .snapshots
+                .get(&key(stream_type, stream_id))
+                .filter(|s| s.state_version == state_version)
+                .cloned()
+        };
+        let after = snapshot.as_ref().map_or(0, |s| s.stream_version);
+        let events = self.load(stream_type, stream_id, after).await?;
+        Ok(LoadedStream { snapshot, events })
+    }
+
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome> {
+        request.validate()?;
+        let mut state = self.state();
+        if let Some(command_id) = request.command_id
+            && let Some(original) = state.commands.get(&command_id)
+        {
+            return Ok(AppendOutcome {
+                duplicate: true,
+                ..*original
+            });
+        }
+        let stream_key = (request.stream_type.clone().into_owned(), request.stream_id);
+        let current = state
+            .streams
+            .get(&stream_key)
+            .map_or(0, |indexes| indexes.len() as u64);
+        if current != request.expected_version {
+            return Err(Error::Conflict {
+                stream_type: stream_key.0,
+                stream_id: stream_key.1,
+                expected: request.expected_version,
+            });
+        }
+        if let Some(taken) = request
+            .events
+            .iter()
+            .find(|event| state.event_ids.contains(&event.event_id))
+        {
+            return Err(Error::DuplicateEventId {
+                event_id: taken.event_id,
+            });
+        }
+
+        // Validated: from here on the append only pushes, so it is all or nothing.
+        state.commits += 1;
+        let commit = state.commits;
+        let recorded_at = Utc::now();
+        let first_index = state.log.len();
+        let mut version = current;
+        for event in request.events {
+            version += 1;
+            let sequence = state.log.len() as u64 + 1;
+            state.event_ids.insert(event.event_id);
+            state.log.push(RecordedEvent {
+                event_id: event.event_id,
+                stream_type: stream_key.0.clone(),
+                stream_id: stream_key.1.clone(),
+                stream_version: version,
+                position: Position::new(commit, sequence),
+                event_type: event.event_type.into_owned(),
+                schema_version: event.schema_version,
+                metadata: event.metadata,
+                recorded_at,
+                payload: event.payload,
+            });
+        }
+        let last_index = state.log.len();
+        state
+            .streams
+            .entry(stream_key)
+            .or_default()
+            .extend(first_index..last_index);
+        let outcome = AppendOutcome {
+            first_version: current + 1,
+            stream_version: version,
+            position: state.log[last_index - 1].position,
+            duplicate: false,
+        };
+        if let Some(command_id) = request.command_id {
+            state.commands.insert(command_id, outcome);
+        }
+        drop(state);
+        self.shared.head.send_replace(outcome.position);
+        Ok(outcome)
+    }
+
+    async fn find_command(&self, command_id: Uuid) -> Result<Option<AppendOutcome>> {
+        Ok(self
+            .state()
+            .commands
+            .get(&command_id)
+            .map(|original| AppendOutcome {
+                duplicate: true,
+                ..*original
+            }))
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Vec<RecordedEvent>> {
+        let state = self.state();
+        // Positions grow with the log index, so the first event after `after` is found by
+        // binary search.
+        let start = state.log.partition_point(|event| event.position <= after);
+        Ok(state.log[start..]
+            .iter()
+            .filter(|event| filter.matches(&event.stream_type, &event.event_type))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn head(&self) -> Result<Position> {
+        Ok(self
+            .state()
+            .log
+            .last()
+            .map_or(Position::START, |event| event.position))
+    }
+
+    async fn load_snapshot(&self, stream_type: &str, stream_id: &str) -> Result<Option<Snapshot>> {
+        Ok(self
+            .state()
+            .snapshots
+            .get(&key(stream_type, stream_id))
+            .cloned())
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        let mut state = self.state();
+        let slot = key(&snapshot.stream_type, &snapshot.stream_id);
+        match state.snapshots.get(&slot) {
+            Some(stored) if stored.stream_version > snapshot.stream_version => {}
+            _ => {
+                state.snapshots.insert(slot, snapshot);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+use std::future::Future;
+
+use crate::{Event, EventEnvelope, EventFilter};
+
+/// A named, versioned consumer of the global log that maintains a read model.
+///
+/// A runner reads the log after the projection's checkpoint, keeps the events its
+/// [`filter`](Projection::filter) selects, decodes them into
+/// [`Event`](Projection::Event) and calls [`handle`](Projection::handle) for each, in
+/// order. What `handle` writes to is the [`Context`](Projection::Context): `()` for a
+/// view held in the projection itself (the in-memory runner in [`memory`](crate::memory)),
+/// a database transaction for a backend's runner, which commits the view's changes with
+/// the checkpoint.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::convert::Infallible;
+///
+/// use cqrs_core::{EventEnvelope, Projection};
+/// # use cqrs_core::{CodecError, Event, EventType, codec};
+/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// # struct Deposited { amount: u64 }
+/// # impl Event for Deposited {
+/// #     const TYPES: &'static [EventType] = &[EventType { name: "Deposited", version: 1 }];
+/// #     fn event_type(&self) -> &'static str { "Deposited" }
+/// #     fn schema_version(&self) -> u32 { 1 }
+/// #     fn encode(&self) -> Result<serde_json::Value, CodecError> { codec::encode(self) }
+/// #     fn decode(t: &str, v: u32, p: serde_json::Value) -> Result<Self, CodecError> {
+/// #         codec::check_known::<Self>(t, v)?;
+/// #         codec::decode(t, v, p)
+/// #     }
+/// # }
+///
+/// #[derive(Debug, Default)]
+/// struct Totals(HashMap<String, u64>);
+///
+/// impl Projection for Totals {
+///     const NAME: &'static str = "totals";
+///     type Event = Deposited;
+///     type Context = ();
+///     type Error = Infallible;
+///
+///     async fn handle(
+///         &mut self,
+///         _: &mut (),
+///         event: &EventEnvelope<Deposited>,
+///     ) -> Result<(), Infallible> {
+///         *self.0.entry(event.stream_id.clone()).or_default() += event.payload.amount;
+///         Ok(())
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a projection",
+    note = "implement `cqrs_core::Projection` for `{Self}`"
+)]
+pub trait Projection: Send + 'static {
+    /// Stable name; the checkpoint is stored under it.
+    const NAME: &'static str;
+
+    /// Version of the view's shape. A new version means a rebuild from the start of the
+    /// log.
+    const VERSION: u32 = 1;
+
+    /// The events the projection consumes.
+    type Event: Event;
+
+    /// What `handle` writes the view to (`()` for views held in memory).
+    type Context: Send + ?Sized;
+
+    /// Why `handle` can fail. A failing event stops the projection at that event.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Which stored events to deliver. Defaults to every type name of
+    /// [`Event`](Projection::Event); narrow it to stream types when two aggregates
+    /// use the same event type names.
+    fn filter() -> EventFilter {
+        EventFilter::event_types(Self::Event::TYPES)
+    }
+
+    /// Applies one event to the view.
+    fn handle(
+        &mut self,
+        cx: &mut Self::Context,
+        event: &EventEnvelope<Self::Event>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}

@@ -1,0 +1,339 @@
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{Error, EventType, NewEvent, Position, RecordedEvent, Result};
+
+/// Appends events to one stream if it is at the expected version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppendRequest {
+    /// The aggregate type owning the stream.
+    pub stream_type: Cow<'static, str>,
+    /// The aggregate id.
+    pub stream_id: String,
+    /// The version the stream must be at (0: it must not exist yet).
+    pub expected_version: u64,
+    /// The events, in order; at least one.
+    pub events: Vec<NewEvent>,
+    /// Idempotency key: when an append with this command id was already stored, the
+    /// store returns that append's outcome and writes nothing.
+    pub command_id: Option<Uuid>,
+}
+
+impl AppendRequest {
+    /// An append of `events` to a stream expected at `expected_version`.
+    pub fn new(
+        stream_type: impl Into<Cow<'static, str>>,
+        stream_id: impl Into<String>,
+        expected_version: u64,
+        events: Vec<NewEvent>,
+    ) -> Self {
+        Self {
+            stream_type: stream_type.into(),
+            stream_id: stream_id.into(),
+            expected_version,
+            events,
+            command_id: None,
+        }
+    }
+
+    /// Sets the idempotency key.
+    #[must_use]
+    pub fn with_command_id(mut self, command_id: Uuid) -> Self {
+        self.command_id = Some(command_id);
+        self
+    }
+
+    /// Checks the rules every backend enforces before writing: a non-empty stream type
+    /// and id, at least one event, non-empty event types, schema versions of 1 or more,
+    /// no event id twice in one request, and versions that fit in an `i64`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAppend`] or [`Error::DuplicateEventId`].
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason| Error::InvalidAppend {
+            stream_type: self.stream_type.clone().into_owned(),
+            stream_id: self.stream_id.clone(),
+            reason,
+        };
+        if self.stream_type.is_empty() {
+            return Err(invalid("the stream type is empty"));
+        }
+        if self.stream_id.is_empty() {
+            return Err(invalid("the stream id is empty"));
+        }
+        if self.events.is_empty() {
+            return Err(invalid("there are no events to append"));
+        }
+        let count = u64::try_from(self.events.len()).unwrap_or(u64::MAX);
+        if self
+            .expected_version
+            .checked_add(count)
+            .is_none_or(|last| i64::try_from(last).is_err())
+        {
+            return Err(invalid("the stream version would overflow"));
+        }
+        for (index, event) in self.events.iter().enumerate() {
+            if event.event_type.is_empty() {
+                return Err(invalid("an event type is empty"));
+            }
+            if event.schema_version == 0 {
+                return Err(invalid("a schema version is 0 (versions start at 1)"));
+            }
+            if self.events[..index]
+                .iter()
+                .any(|earlier| earlier.event_id == event.event_id)
+            {
+                return Err(Error::DuplicateEventId {
+                    event_id: event.event_id,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an append wrote (or, for a repeated command id, what the original append wrote).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// Version of the first event written.
+    pub first_version: u64,
+    /// Version of the last event written: the stream's version after the append.
+    pub stream_version: u64,
+    /// Position of the last event written: wait for a projection to pass it to read this
+    /// write.
+    pub position: Position,
+    /// `true` when the command id had already been appended: nothing was written now and
+    /// the other fields describe the original append.
+    pub duplicate: bool,
+}
+
+/// Narrows a read of the global log. Empty lists mean "all".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only events of streams of these types.
+    pub stream_types: Vec<Cow<'static, str>>,
+    /// Only events of these type names.
+    pub event_types: Vec<Cow<'static, str>>,
+}
+
+impl EventFilter {
+    /// Every event.
+    #[must_use]
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Only the given event types (as listed by [`Event::TYPES`](crate::Event::TYPES)).
+    #[must_use]
+    pub fn event_types(types: &[EventType]) -> Self {
+        Self {
+            stream_types: Vec::new(),
+            event_types: types.iter().map(|t| Cow::Borrowed(t.name)).collect(),
+        }
+    }
+
+    /// Also restricts to streams of the given type.
+    #[must_use]
+    pub fn and_stream_type(mut self, stream_type: impl Into<Cow<'static, str>>) -> Self {
+        self.stream_types.push(stream_type.into());
+        self
+    }
+
+    /// Whether an event passes the filter.
+    #[must_use]
+    pub fn matches(&self, stream_type: &str, event_type: &str) -> bool {
+        (self.stream_types.is_empty() || self.stream_types.iter().any(|t| t == stream_type))
+            && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
+    }
+}
+
+/// An aggregate's state at a stream version, serialised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The aggregate type.
+    pub stream_type: String,
+    /// The aggregate id.
+    pub stream_id: String,
+    /// The version of the last event folded into `state`.
+    pub stream_version: u64,
+    /// The aggregate's state version; snapshots of another state version are ignored.
+    pub state_version: u32,
+    /// The serialised state.
+    pub state: Value,
+}
+
+/// A stream as loaded for a command: the latest usable snapshot and the events after it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadedStream {
+    /// The newest snapshot with the requested state version, if any.
+    pub snapshot: Option<Snapshot>,
+    /// Events after the snapshot (or all events), in version order.
+    pub events: Vec<RecordedEvent>,
+}
+
+/// The storage backend contract.
+///
+/// Every backend provides the same semantics, pinned by the conformance suite in
+/// `cqrs_core::testing::conformance` (feature `testing`):
+///
+/// - **Streams** are identified by `(stream_type, stream_id)`; versions start at 1 and
+///   are contiguous.
+/// - **Append** is all-or-nothing. It succeeds only when the stream is at
+///   `expected_version`; otherwise it fails with [`Error::Conflict`] and writes nothing.
+///   Event ids are unique store-wide. An append with a `command_id` that was already
+///   appended returns the original [`AppendOutcome`] (with `duplicate: true`) and writes
+///   nothing.
+/// - **The global log** is read in commit order: once a reader has seen position `p`, no
+///   event that becomes visible later has a position at or below `p`. So a reader that
+///   remembers its position never skips an event.
+/// - **Snapshots** keep the newest per stream; an older one never replaces a newer one.
+///
+/// The trait is object safe: `Arc<dyn EventStore>` works wherever a store is expected.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Loads the events of a stream with a version greater than `after_version`
+    /// (0 loads the whole stream), in version order. A missing stream is empty.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the storage fails.
+    async fn load(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        after_version: u64,
+    ) -> Result<Vec<RecordedEvent>>;
+
+    /// Loads what a command needs: the newest snapshot of `state_version` (if any) and
+    /// the events after it. Backends should do this in one round trip; the default
+    /// makes two calls.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the storage fails.
+    async fn load_for_command(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        state_version: u32,
+    ) -> Result<LoadedStream> {
+        let snapshot = self
+            .load_snapshot(stream_type, stream_id)
+            .await?
+            .filter(|s| s.state_version == state_version);
+        let after = snapshot.as_ref().map_or(0, |s| s.stream_version);
+        let events = self.load(stream_type, stream_id, after).await?;
+        Ok(LoadedStream { snapshot, events })
+    }
+
+    /// Appends events to a stream if it is at the expected version.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Conflict`] when the stream is at another version,
+    /// [`Error::InvalidAppend`] / [`Error::DuplicateEventId`] for a malformed request,
+    /// [`Error::Backend`] when the storage fails. In every case nothing is written.
+    async fn append(&self, request: AppendRequest) -> Result<AppendOutcome>;
+
+    /// The outcome of the append that carried `command_id`, if one was stored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the storage fails.
+    async fn find_command(&self, command_id: Uuid) -> Result<Option<AppendOutcome>>;
+
+    /// Reads up to `limit` events of the global log after `after`, in commit order,
+    /// keeping those that pass `filter`. Call again after the last returned position
+    /// for the next batch; an empty batch means the reader is caught up.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the storage fails.
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> Result<Vec<RecordedEvent>>;
+
+    /// The position of the newest event a reader can see now ([`Position::START`] for an
+    /// empty log).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the storage fails.
+    async fn head(&self) -> Result<Position>;
+
+    /// The newest snapshot of a stream, whatever its state version.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the storage fails.
+    async fn load_snapshot(&self, stream_type: &str, stream_id: &str) -> Result<Option<Snapshot>>;
+
+    /// Stores a snapshot unless a snapshot at a higher stream version is already stored.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Backend`] when the storage fails.
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()>;
+}
+
+macro_rules! forward_event_store {
+    ($($ptr:tt)*) => {
+        #[async_trait]
+        impl<S: EventStore + ?Sized> EventStore for $($ptr)*<S> {
+            async fn load(
+                &self,
+                stream_type: &str,
+                stream_id: &str,
+                after_version: u64,
+            ) -> Result<Vec<RecordedEvent>> {
+                (**self).load(stream_type, stream_id, after_version).await
+            }
+            async fn load_for_command(
+                &self,
+                stream_type: &str,
+                stream_id: &str,
+                state_version: u32,
+            ) -> Result<LoadedStream> {
+                (**self).load_for_command(stream_type, stream_id, state_version).await
+            }
+            async fn append(&self, request: AppendRequest) -> Result<AppendOutcome> {
+                (**self).append(request).await
+            }
+            async fn find_command(&self, command_id: Uuid) -> Result<Option<AppendOutcome>> {
+                (**self).find_command(command_id).await
+            }
+            async fn read_all(
+                &self,
+                after: Position,
+                limit: usize,
+                filter: &EventFilter,
+            ) -> Result<Vec<RecordedEvent>> {
+                (**self).read_all(after, limit, filter).await
+            }
+            async fn head(&self) -> Result<Position> {
+                (**self).head().await
+            }
+            async fn load_snapshot(
+                &self,
+                stream_type: &str,
+                stream_id: &str,
+            ) -> Result<Option<Snapshot>> {
+                (**self).load_snapshot(stream_type, stream_id).await
+            }
+            async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+                (**self).save_snapshot(snapshot).await
+            }
+        }
+    };
+}
+
+forward_event_store!(Arc);
+forward_event_store!(Box);

@@ -1,0 +1,2 @@
+//! Test support (feature `testing`): the storage conformance suite every backend runs,
+//! and given/when/then fixtures for aggregates and projections.

@@ -1,0 +1,3 @@
+//! PostgreSQL backend for `cqrs-core`.
+//!
+//! The event store lands here; until then this crate only pins its place in the workspace.
