@@ -1,1 +1,2 @@
+//! Placeholder replaced by the runnable walkthrough.
 fn main() {}
