@@ -179,6 +179,31 @@ where
         self.inner.lock().await.checkpoint
     }
 
+    /// Takes the projection out, if this is the last handle to it (no clone and no
+    /// spawned task remains).
+    ///
+    /// # Errors
+    ///
+    /// Gives the projector back when other handles still share the projection.
+    pub fn into_projection(self) -> std::result::Result<P, Self> {
+        let Self {
+            store,
+            inner,
+            reached,
+            filter,
+            batch_size,
+        } = self;
+        Arc::try_unwrap(inner)
+            .map(|inner| inner.into_inner().projection)
+            .map_err(|inner| Self {
+                store,
+                inner,
+                reached,
+                filter,
+                batch_size,
+            })
+    }
+
     /// Reads the view.
     pub async fn read<R>(&self, read: impl FnOnce(&P) -> R) -> R {
         read(&self.inner.lock().await.projection)
