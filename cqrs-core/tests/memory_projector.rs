@@ -266,3 +266,22 @@ async fn the_projection_fixture_projects_given_events() {
         .then(|view| assert_eq!(view.states["a"].total, 7))
         .await;
 }
+
+#[tokio::test]
+async fn a_polling_projector_follows_a_store_without_notifications() {
+    let store = MemoryEventStore::new();
+    let cqrs = Cqrs::<Ledger, _>::new(store.clone());
+    // Seen through `dyn EventStore`, the store offers no wake-ups: the projector polls.
+    let any: Arc<dyn EventStore> = Arc::new(store.clone());
+    let projector = Projector::polling(any, LedgerView::default(), Duration::from_millis(10));
+    let _task = projector.spawn();
+    let mut last = None;
+    for i in 0..5 {
+        last = cqrs.execute("p", add(i)).await.expect("execute").position;
+    }
+    projector
+        .wait_for(last.expect("a position"), Duration::from_secs(5))
+        .await
+        .expect("the polling projector catches up");
+    assert_eq!(projector.read(|v| v.states["p"].total).await, 10);
+}

@@ -10,7 +10,8 @@ use super::MemoryEventStore;
 use crate::{Error, EventFilter, EventStore, Position, Projection, Result};
 
 /// Runs a [`Projection`] whose view lives in memory (`Context = ()`) over a
-/// [`MemoryEventStore`].
+/// [`MemoryEventStore`] (woken by every append), or over any other [`EventStore`]
+/// (polling it: [`Projector::polling`]).
 ///
 /// The checkpoint lives beside the view, so view and checkpoint always agree: every
 /// event after the checkpoint is applied exactly once, in log order. Call
@@ -61,8 +62,9 @@ use crate::{Error, EventFilter, EventStore, Position, Projection, Result};
 /// # Ok::<(), cqrs_core::Error>(())
 /// # }).unwrap();
 /// ```
-pub struct Projector<P> {
-    store: MemoryEventStore,
+pub struct Projector<P, S: ?Sized = MemoryEventStore> {
+    store: Arc<S>,
+    wake: Wake,
     inner: Arc<Mutex<Inner<P>>>,
     reached: watch::Sender<Position>,
     filter: Arc<EventFilter>,
@@ -74,7 +76,41 @@ struct Inner<P> {
     checkpoint: Position,
 }
 
-impl<P> fmt::Debug for Projector<P>
+/// How a projector learns that the log has grown.
+#[derive(Debug, Clone)]
+enum Wake {
+    /// The store announces every append.
+    Watch(watch::Receiver<Position>),
+    /// The store is asked again after an interval.
+    Poll(Duration),
+}
+
+impl Wake {
+    /// A wake-up source that fires only for appends after this call.
+    fn fresh(&self) -> Self {
+        match self {
+            Self::Watch(head) => {
+                let mut head = head.clone();
+                head.borrow_and_update();
+                Self::Watch(head)
+            }
+            Self::Poll(interval) => Self::Poll(*interval),
+        }
+    }
+
+    /// Returns when the log may have grown; `false` when it never will again.
+    async fn next(&mut self) -> bool {
+        match self {
+            Self::Watch(head) => head.changed().await.is_ok(),
+            Self::Poll(interval) => {
+                tokio::time::sleep(*interval).await;
+                true
+            }
+        }
+    }
+}
+
+impl<P, S: ?Sized> fmt::Debug for Projector<P, S>
 where
     P: Projection,
 {
@@ -86,10 +122,11 @@ where
     }
 }
 
-impl<P> Clone for Projector<P> {
+impl<P, S: ?Sized> Clone for Projector<P, S> {
     fn clone(&self) -> Self {
         Self {
-            store: self.store.clone(),
+            store: Arc::clone(&self.store),
+            wake: self.wake.clone(),
             inner: Arc::clone(&self.inner),
             reached: self.reached.clone(),
             filter: Arc::clone(&self.filter),
@@ -102,10 +139,29 @@ impl<P> Projector<P>
 where
     P: Projection<Context = ()>,
 {
-    /// A projector at the start of the log.
+    /// A projector at the start of the log of an in-memory store, woken by every append.
     pub fn new(store: MemoryEventStore, projection: P) -> Self {
+        let wake = Wake::Watch(store.subscribe());
+        Projector::build(Arc::new(store), wake, projection)
+    }
+}
+
+impl<P, S> Projector<P, S>
+where
+    P: Projection<Context = ()>,
+    S: EventStore + ?Sized,
+{
+    /// A projector at the start of the log of any store, which it polls every
+    /// `interval` when following the log live. Its checkpoint lives in memory: after a
+    /// restart the view is rebuilt from the start of the log.
+    pub fn polling(store: Arc<S>, projection: P, interval: Duration) -> Self {
+        Self::build(store, Wake::Poll(interval), projection)
+    }
+
+    fn build(store: Arc<S>, wake: Wake, projection: P) -> Self {
         Self {
             store,
+            wake,
             inner: Arc::new(Mutex::new(Inner {
                 projection,
                 checkpoint: Position::START,
@@ -188,6 +244,7 @@ where
     pub fn into_projection(self) -> std::result::Result<P, Self> {
         let Self {
             store,
+            wake,
             inner,
             reached,
             filter,
@@ -197,6 +254,7 @@ where
             .map(|inner| inner.into_inner().projection)
             .map_err(|inner| Self {
                 store,
+                wake,
                 inner,
                 reached,
                 filter,
@@ -220,6 +278,8 @@ where
         let mut reached = self.reached.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Armed before the head is read, so an append in between still wakes us.
+            let mut wake = self.wake.fresh();
             if *reached.borrow_and_update() >= position {
                 return Ok(());
             }
@@ -228,10 +288,9 @@ where
                 continue;
             }
             // The position is not in the log yet: wait for progress.
-            let mut head = self.store.subscribe();
             tokio::select! {
                 _ = reached.changed() => {}
-                _ = head.changed() => {}
+                _ = wake.next() => {}
                 () = tokio::time::sleep_until(deadline) => {
                     let at = *reached.borrow();
                     if at >= position {
@@ -255,7 +314,7 @@ where
     #[must_use = "dropping the handle stops the projection"]
     pub fn spawn(&self) -> ProjectorTask {
         let projector = self.clone();
-        let mut head = self.store.subscribe();
+        let mut wake = self.wake.clone();
         let span = tracing::debug_span!("cqrs.projection", projection = P::NAME);
         let task = tokio::spawn(
             async move {
@@ -264,7 +323,7 @@ where
                     match projector.catch_up().await {
                         Ok(_) => {
                             backoff = Duration::from_millis(10);
-                            if head.changed().await.is_err() {
+                            if !wake.next().await {
                                 return;
                             }
                         }
