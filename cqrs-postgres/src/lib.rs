@@ -1,3 +1,20 @@
-//! PostgreSQL backend for `cqrs-core`.
-//!
-//! The event store lands here; until then this crate only pins its place in the workspace.
+#![doc = include_str!("../README.md")]
+#![doc(test(attr(deny(warnings))))]
+
+mod error;
+mod rows;
+mod schema;
+mod store;
+
+pub use error::{Error, Result, Statement};
+pub use store::{DEFAULT_SCHEMA, PgEventStore};
+
+/// The store's embedded migrations (`cqrs-postgres/migrations/`), tracked in their own
+/// `_cqrs_migrations` table so they never mix with the application's `_sqlx_migrations`.
+///
+/// The migrations create unqualified tables: run them through
+/// [`PgEventStore::migrate`], which creates the store's schema and applies them inside it.
+/// Running `MIGRATOR` directly applies them to the first schema on the connection's
+/// `search_path` (for example in `#[sqlx::test(migrator = "cqrs_postgres::MIGRATOR")]`,
+/// then open the store with `.with_schema("public")`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

@@ -1,0 +1,198 @@
+//! Rows as the store's statements return them, and their conversion into cqrs-core types.
+
+#![allow(
+    clippy::result_large_err,
+    reason = "the conversions feed `EventStore` methods, whose error type is cqrs_core::Error"
+)]
+
+use chrono::{DateTime, Utc};
+use cqrs_core::{AppendOutcome, CodecError, Metadata, Position, RecordedEvent, Snapshot};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::Error;
+
+/// Converts a stored `bigint` that must not be negative.
+pub(crate) fn to_u64(column: &'static str, value: i64) -> Result<u64, Error> {
+    u64::try_from(value).map_err(|_| Error::OutOfRange { column, value })
+}
+
+/// Converts a stored `integer` that must not be negative.
+pub(crate) fn to_u32(column: &'static str, value: i32) -> Result<u32, Error> {
+    u32::try_from(value).map_err(|_| Error::OutOfRange {
+        column,
+        value: i64::from(value),
+    })
+}
+
+/// Converts a value the caller gave into a `bigint` bind parameter. Values past
+/// `i64::MAX` never occur in the store, so they clamp to it (an exact stand-in for
+/// "after everything").
+pub(crate) fn to_i64_saturating(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn position(transaction_id: i64, sequence: i64) -> Result<Position, Error> {
+    Ok(Position::new(
+        to_u64("transaction_id", transaction_id)?,
+        to_u64("sequence", sequence)?,
+    ))
+}
+
+/// One event of a known stream (the stream's type and id are not repeated per row).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EventRow {
+    pub(crate) sequence: i64,
+    pub(crate) transaction_id: i64,
+    pub(crate) stream_version: i64,
+    pub(crate) event_id: Uuid,
+    pub(crate) event_type: String,
+    pub(crate) schema_version: i32,
+    pub(crate) payload: Value,
+    pub(crate) metadata: Value,
+    pub(crate) recorded_at: DateTime<Utc>,
+}
+
+/// One event of the global log.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct LogRow {
+    pub(crate) stream_type: String,
+    pub(crate) stream_id: String,
+    #[sqlx(flatten)]
+    pub(crate) event: EventRow,
+}
+
+impl LogRow {
+    pub(crate) fn into_recorded(self) -> cqrs_core::Result<RecordedEvent> {
+        self.event.into_recorded(self.stream_type, self.stream_id)
+    }
+}
+
+impl EventRow {
+    /// Builds the envelope. Columns the store constrains but a hand-written row could
+    /// still break (metadata that is not the metadata shape) are a typed
+    /// [`cqrs_core::Error::Decode`] naming the stream, version and type.
+    pub(crate) fn into_recorded(
+        self,
+        stream_type: String,
+        stream_id: String,
+    ) -> cqrs_core::Result<RecordedEvent> {
+        let stream_version = to_u64("stream_version", self.stream_version)?;
+        let schema_version = to_u32("schema_version", self.schema_version)?;
+        let position = position(self.transaction_id, self.sequence)?;
+        let metadata = match serde_json::from_value::<Metadata>(self.metadata) {
+            Ok(metadata) => metadata,
+            Err(source) => {
+                return Err(cqrs_core::Error::Decode {
+                    source: CodecError::Payload {
+                        event_type: self.event_type.clone(),
+                        version: schema_version,
+                        source,
+                    },
+                    stream_type,
+                    stream_id,
+                    stream_version,
+                    event_type: self.event_type,
+                    schema_version,
+                });
+            }
+        };
+        Ok(RecordedEvent {
+            event_id: self.event_id,
+            stream_type,
+            stream_id,
+            stream_version,
+            position,
+            event_type: self.event_type,
+            schema_version,
+            metadata,
+            recorded_at: self.recorded_at,
+            payload: self.payload,
+        })
+    }
+}
+
+/// A row of `load_for_command.sql`: the snapshot (`is_snapshot`) or an event.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct CommandLoadRow {
+    pub(crate) is_snapshot: bool,
+    pub(crate) stream_version: i64,
+    pub(crate) payload: Value,
+    pub(crate) sequence: Option<i64>,
+    pub(crate) transaction_id: Option<i64>,
+    pub(crate) event_id: Option<Uuid>,
+    pub(crate) event_type: Option<String>,
+    pub(crate) schema_version: Option<i32>,
+    pub(crate) metadata: Option<Value>,
+    pub(crate) recorded_at: Option<DateTime<Utc>>,
+}
+
+impl CommandLoadRow {
+    /// The event columns, which are all set on a row that is not the snapshot.
+    pub(crate) fn into_event(self) -> Option<EventRow> {
+        Some(EventRow {
+            sequence: self.sequence?,
+            transaction_id: self.transaction_id?,
+            stream_version: self.stream_version,
+            event_id: self.event_id?,
+            event_type: self.event_type?,
+            schema_version: self.schema_version?,
+            payload: self.payload,
+            metadata: self.metadata?,
+            recorded_at: self.recorded_at?,
+        })
+    }
+}
+
+/// A row of `append.sql` or `find_command.sql`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OutcomeRow {
+    #[sqlx(default)]
+    pub(crate) duplicate: bool,
+    pub(crate) first_version: i64,
+    pub(crate) stream_version: i64,
+    pub(crate) transaction_id: i64,
+    pub(crate) sequence: i64,
+}
+
+impl OutcomeRow {
+    pub(crate) fn into_outcome(self) -> Result<AppendOutcome, Error> {
+        Ok(AppendOutcome {
+            first_version: to_u64("first_version", self.first_version)?,
+            stream_version: to_u64("stream_version", self.stream_version)?,
+            position: position(self.transaction_id, self.sequence)?,
+            duplicate: self.duplicate,
+        })
+    }
+}
+
+/// A row of `load_snapshot.sql`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SnapshotRow {
+    pub(crate) stream_version: i64,
+    pub(crate) state_version: i32,
+    pub(crate) state: Value,
+}
+
+impl SnapshotRow {
+    pub(crate) fn into_snapshot(
+        self,
+        stream_type: &str,
+        stream_id: &str,
+    ) -> Result<Snapshot, Error> {
+        Ok(Snapshot {
+            stream_type: stream_type.to_owned(),
+            stream_id: stream_id.to_owned(),
+            stream_version: to_u64("stream_version", self.stream_version)?,
+            state_version: to_u32("state_version", self.state_version)?,
+            state: self.state,
+        })
+    }
+}
+
+/// The head position.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PositionRow {
+    pub(crate) transaction_id: i64,
+    pub(crate) sequence: i64,
+}

@@ -1,0 +1,66 @@
+-- Appends events to one stream in one statement.
+--
+-- $1 stream_type, $2 stream_id, $3 expected version, $4..$8 the events as parallel
+-- arrays (ids, types, schema versions, payloads, metadata), $9 command id (or NULL),
+-- $10 the NOTIFY channel.
+--
+-- Returns one row: the outcome (duplicate = false), or the original outcome of the
+-- command id (duplicate = true). Returns no row when the stream is not at the expected
+-- version. A concurrent append at the same version (or with the same command id) makes
+-- the statement fail with a unique violation instead.
+--
+-- This is the first (and only) write of its transaction, so the transaction id the
+-- events carry is assigned after the stream's previous events were seen committed.
+WITH existing AS (
+    SELECT first_version, stream_version, transaction_id, sequence
+    FROM {schema}.commands
+    WHERE $9::uuid IS NOT NULL AND command_id = $9::uuid
+),
+ready AS (
+    SELECT NOT EXISTS (SELECT 1 FROM existing)
+       AND ($3::bigint = 0 OR EXISTS (
+               SELECT 1 FROM {schema}.events
+               WHERE stream_type = $1::text
+                 AND stream_id = $2::text
+                 AND stream_version = $3::bigint
+           )) AS ok
+),
+appended AS (
+    INSERT INTO {schema}.events
+        (stream_type, stream_id, stream_version, event_id, event_type, schema_version,
+         payload, metadata)
+    SELECT $1::text, $2::text, $3::bigint + e.n, e.event_id, e.event_type, e.schema_version,
+           e.payload, e.metadata
+    FROM unnest($4::uuid[], $5::text[], $6::integer[], $7::jsonb[], $8::jsonb[])
+         WITH ORDINALITY AS e (event_id, event_type, schema_version, payload, metadata, n)
+    WHERE (SELECT ok FROM ready)
+    ORDER BY e.n
+    RETURNING stream_version, transaction_id, sequence
+),
+last AS (
+    SELECT stream_version, transaction_id, sequence
+    FROM appended
+    ORDER BY stream_version DESC
+    LIMIT 1
+),
+recorded AS (
+    INSERT INTO {schema}.commands
+        (command_id, stream_type, stream_id, first_version, stream_version, transaction_id,
+         sequence)
+    SELECT $9::uuid, $1::text, $2::text, $3::bigint + 1, stream_version, transaction_id, sequence
+    FROM last
+    WHERE $9::uuid IS NOT NULL
+    RETURNING command_id
+),
+notified AS (
+    SELECT pg_notify($10::text, transaction_id::text || '.' || sequence::text) AS sent
+    FROM last
+)
+SELECT false AS duplicate, $3::bigint + 1 AS first_version, l.stream_version,
+       l.transaction_id, l.sequence
+FROM last AS l
+CROSS JOIN (SELECT count(*) AS n FROM notified) AS n
+CROSS JOIN (SELECT count(*) AS n FROM recorded) AS r
+UNION ALL
+SELECT true, first_version, stream_version, transaction_id, sequence
+FROM existing

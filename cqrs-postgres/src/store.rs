@@ -1,0 +1,601 @@
+#![allow(
+    clippy::result_large_err,
+    reason = "helpers of `EventStore` methods share their error type, cqrs_core::Error"
+)]
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cqrs_core::{
+    AppendOutcome, AppendRequest, EventFilter, EventStore, LoadedStream, Position, RecordedEvent,
+    Snapshot,
+};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgPool};
+use tracing::{Instrument, trace};
+use uuid::Uuid;
+
+use crate::error::Statement;
+use crate::rows::{
+    CommandLoadRow, EventRow, LogRow, OutcomeRow, PositionRow, SnapshotRow, to_i64_saturating,
+    to_u64,
+};
+use crate::schema::{Queries, SchemaName};
+use crate::{Error, MIGRATOR, Result};
+
+/// The schema a store uses unless told otherwise.
+pub const DEFAULT_SCHEMA: &str = "cqrs";
+
+/// Constraint names the append maps onto typed errors (see the migrations).
+const STREAM_VERSION_KEY: &str = "events_stream_version_key";
+const EVENT_ID_KEY: &str = "events_event_id_key";
+const COMMAND_ID_KEY: &str = "commands_pkey";
+
+/// The PostgreSQL event store: an [`EventStore`] on a [`sqlx::PgPool`].
+///
+/// All its tables live in one PostgreSQL schema (`cqrs` unless set with
+/// [`with_schema`](Self::with_schema)), so several applications, or parallel tests, can
+/// share a database. Create the tables with [`migrate`](Self::migrate).
+///
+/// - **Append** is one statement (one round trip) for any number of events. The unique
+///   key on (stream type, stream id, version) makes a lost race an
+///   [`Error::Conflict`](cqrs_core::Error::Conflict); the command id is recorded by the
+///   same statement; a `NOTIFY` on [`channel`](Self::channel) announces the commit.
+/// - **Load for a command** fetches the snapshot and the events after it in one round
+///   trip.
+/// - **The global log** is read in commit-safe order: positions are
+///   (transaction id, sequence) and only transactions below the reader's snapshot xmin are
+///   returned, so a reader that remembers its position never skips an event that commits
+///   late.
+///
+/// Clones are cheap handles to the same pool.
+///
+/// ```no_run
+/// use cqrs_core::{AppendRequest, EventStore, NewEvent};
+/// use cqrs_postgres::PgEventStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PgEventStore::connect("postgres://postgres@localhost/app")
+///     .await?
+///     .with_schema("billing")?;
+/// store.migrate().await?;
+///
+/// let opened = NewEvent::new("Opened", 1, serde_json::json!({ "owner": "ada" }));
+/// let outcome = store
+///     .append(AppendRequest::new("account", "a-1", 0, vec![opened]))
+///     .await?;
+/// assert_eq!(outcome.stream_version, 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgEventStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    schema: SchemaName,
+    channel: String,
+    queries: Queries,
+}
+
+impl PgEventStore {
+    /// A store on `pool`, in the schema `cqrs`.
+    ///
+    /// sqlx pools ping a connection before handing it out unless built with
+    /// `test_before_acquire(false)`; that ping is a round trip per command, so turn it off
+    /// for pools dedicated to the store ([`connect`](Self::connect) does).
+    ///
+    /// ```no_run
+    /// use cqrs_postgres::PgEventStore;
+    /// use sqlx::postgres::PgPoolOptions;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = PgPoolOptions::new()
+    ///     .max_connections(16)
+    ///     .test_before_acquire(false)
+    ///     .connect("postgres://postgres@localhost/app")
+    ///     .await?;
+    /// let store = PgEventStore::new(pool);
+    /// assert_eq!(store.schema(), "cqrs");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        let schema = match SchemaName::parse(DEFAULT_SCHEMA) {
+            Ok(schema) => schema,
+            Err(error) => unreachable!("the default schema name is valid: {error}"),
+        };
+        Self::build(pool, schema)
+    }
+
+    /// Connects a pool of up to 10 connections to `url` and makes a store on it (schema
+    /// `cqrs`). The pool does not ping connections before use.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Connect`] when the URL is malformed or the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .test_before_acquire(false)
+            .connect(url)
+            .await
+            .map_err(Error::Connect)?;
+        Ok(Self::new(pool))
+    }
+
+    /// The same store in another schema (on the same pool).
+    ///
+    /// The name must match `^[a-z_][a-z0-9_]{0,55}$` and not start with `pg_`: it is the
+    /// one identifier spliced into the store's SQL, so it is checked strictly and quoted.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cqrs_postgres::PgEventStore;
+    ///
+    /// let pool = sqlx::PgPool::connect_lazy("postgres://postgres@localhost/app")?;
+    /// let store = PgEventStore::new(pool).with_schema("tenant_7")?;
+    /// assert_eq!(store.channel(), "tenant_7_events");
+    /// assert!(store.clone().with_schema("Robert'); DROP TABLE students;--").is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidSchema`] for a name outside the accepted alphabet.
+    pub fn with_schema(self, schema: &str) -> Result<Self> {
+        let schema = SchemaName::parse(schema)?;
+        Ok(Self::build(self.inner.pool.clone(), schema))
+    }
+
+    fn build(pool: PgPool, schema: SchemaName) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                channel: schema.channel(),
+                queries: Queries::new(&schema),
+                schema,
+            }),
+        }
+    }
+
+    /// The pool the store runs on.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The PostgreSQL schema holding the store's tables.
+    #[must_use]
+    pub fn schema(&self) -> &str {
+        self.inner.schema.as_str()
+    }
+
+    /// The `NOTIFY` channel every append is announced on (`<schema>_events`), with the
+    /// position of the append's last event (`"<commit>.<sequence>"`) as the payload.
+    /// Notifications are delivered when the append commits.
+    ///
+    /// A reader `LISTEN`s to wake up at once instead of polling; it must still read
+    /// from its own position, since a notification may arrive before earlier
+    /// transactions have ended and the event becomes readable.
+    #[must_use]
+    pub fn channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    /// Creates the schema if needed and applies the store's migrations
+    /// ([`MIGRATOR`]) inside it, tracked in its own `_cqrs_migrations` table. Safe to
+    /// call from several processes at once: sqlx serialises migrators with an advisory
+    /// lock.
+    ///
+    /// Nothing runs this implicitly: call it at deployment or at startup.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = cqrs_postgres::PgEventStore::connect("postgres://postgres@localhost/app").await?;
+    /// store.migrate().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when no connection can be had or the schema cannot be created,
+    /// [`Error::Migrate`] when a migration fails.
+    pub async fn migrate(&self) -> Result<()> {
+        let span = tracing::info_span!("cqrs_postgres.migrate", schema = self.schema());
+        async {
+            // The migrations' names are unqualified and resolve through `search_path`,
+            // which is set on a connection taken out of the pool for good, so no pooled
+            // connection ever carries the changed path.
+            let mut conn = self
+                .inner
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| Error::database(Statement::Migrate, e))?
+                .detach();
+            let result = self.migrate_on(&mut conn).await;
+            if let Err(error) = sqlx::Connection::close(conn).await {
+                tracing::debug!(%error, "closing the migration connection failed");
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn migrate_on(&self, conn: &mut sqlx::PgConnection) -> Result<()> {
+        let quoted = self.inner.schema.quoted();
+        let create = format!("CREATE SCHEMA IF NOT EXISTS {quoted}");
+        log_statement(Statement::Migrate);
+        match sqlx::query(AssertSqlSafe(create)).execute(&mut *conn).await {
+            Ok(_) => {}
+            // Two processes creating the schema at once: the other one won, which is fine.
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {}
+            Err(error) => return Err(Error::database(Statement::Migrate, error)),
+        }
+        sqlx::query("SELECT set_config('search_path', $1, false)")
+            .bind(&quoted)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| Error::database(Statement::Migrate, e))?;
+        // `run_direct` is what `Migrator::run` calls once it has a connection; calling it
+        // on the connection itself keeps this future `Send` (sqlx's `Acquire` bound on
+        // `run` is not general enough for that).
+        MIGRATOR
+            .run_direct(None, conn, false)
+            .await
+            .map_err(|source| Error::Migrate {
+                schema: self.schema().to_owned(),
+                source: Box::new(source),
+            })
+    }
+
+    async fn append_once(&self, request: &AppendRequest) -> cqrs_core::Result<AppendOutcome> {
+        let expected = i64::try_from(request.expected_version)
+            .map_err(|_| invalid(request, "the expected version does not fit a bigint"))?;
+        let count = request.events.len();
+        let mut event_ids = Vec::with_capacity(count);
+        let mut event_types = Vec::with_capacity(count);
+        let mut schema_versions = Vec::with_capacity(count);
+        let mut payloads = Vec::with_capacity(count);
+        let mut metadata = Vec::with_capacity(count);
+        for event in &request.events {
+            event_ids.push(event.event_id);
+            event_types.push(event.event_type.as_ref());
+            schema_versions.push(
+                i32::try_from(event.schema_version)
+                    .map_err(|_| invalid(request, "a schema version does not fit an integer"))?,
+            );
+            payloads.push(Json(&event.payload));
+            metadata.push(Json(&event.metadata));
+        }
+        log_statement(Statement::Append);
+        let row =
+            sqlx::query_as::<_, OutcomeRow>(AssertSqlSafe(Arc::clone(&self.inner.queries.append)))
+                .bind(request.stream_type.as_ref())
+                .bind(request.stream_id.as_str())
+                .bind(expected)
+                .bind(&event_ids)
+                .bind(&event_types)
+                .bind(&schema_versions)
+                .bind(&payloads)
+                .bind(&metadata)
+                .bind(request.command_id)
+                .bind(self.channel())
+                .fetch_optional(&self.inner.pool)
+                .await;
+        match row {
+            Ok(Some(row)) => Ok(row.into_outcome()?),
+            Ok(None) => Err(conflict(request)),
+            Err(error) => self.append_failed(request, &event_ids, error).await,
+        }
+    }
+
+    /// Turns a failed append into the typed error its constraint stands for, or into the
+    /// original outcome when it lost a race against the same command id.
+    async fn append_failed(
+        &self,
+        request: &AppendRequest,
+        event_ids: &[Uuid],
+        error: sqlx::Error,
+    ) -> cqrs_core::Result<AppendOutcome> {
+        let constraint = match &error {
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                db.constraint().map(str::to_owned)
+            }
+            _ => None,
+        };
+        let Some(constraint) = constraint else {
+            return Err(Error::database(Statement::Append, error).into());
+        };
+        // A unique violation is only raised once the competing transaction has
+        // committed, so a new statement sees what it wrote.
+        if let Some(command_id) = request.command_id
+            && (constraint == COMMAND_ID_KEY || constraint == STREAM_VERSION_KEY)
+            && let Some(original) = self.find_command(command_id).await?
+        {
+            return Ok(original);
+        }
+        Err(match constraint.as_str() {
+            STREAM_VERSION_KEY => conflict(request),
+            EVENT_ID_KEY => match self.find_event_id(event_ids).await? {
+                Some(event_id) => cqrs_core::Error::DuplicateEventId { event_id },
+                None => Error::database(Statement::Append, error).into(),
+            },
+            _ => Error::database(Statement::Append, error).into(),
+        })
+    }
+
+    async fn find_event_id(&self, event_ids: &[Uuid]) -> cqrs_core::Result<Option<Uuid>> {
+        log_statement(Statement::FindEventId);
+        sqlx::query_scalar::<_, Uuid>(AssertSqlSafe(Arc::clone(&self.inner.queries.find_event_id)))
+            .bind(event_ids)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(|e| Error::database(Statement::FindEventId, e).into())
+    }
+}
+
+fn invalid(request: &AppendRequest, reason: &'static str) -> cqrs_core::Error {
+    cqrs_core::Error::InvalidAppend {
+        stream_type: request.stream_type.clone().into_owned(),
+        stream_id: request.stream_id.clone(),
+        reason,
+    }
+}
+
+fn conflict(request: &AppendRequest) -> cqrs_core::Error {
+    cqrs_core::Error::Conflict {
+        stream_type: request.stream_type.clone().into_owned(),
+        stream_id: request.stream_id.clone(),
+        expected: request.expected_version,
+    }
+}
+
+fn log_statement(statement: Statement) {
+    trace!(target: "cqrs_postgres::query", { db.statement = statement.name() }, "running statement");
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    #[tracing::instrument(
+        level = "debug",
+        name = "cqrs_postgres.load",
+        skip_all,
+        fields(aggregate_type = %stream_type, aggregate_id = %stream_id, after_version),
+        err
+    )]
+    async fn load(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        after_version: u64,
+    ) -> cqrs_core::Result<Vec<RecordedEvent>> {
+        log_statement(Statement::Load);
+        let rows =
+            sqlx::query_as::<_, EventRow>(AssertSqlSafe(Arc::clone(&self.inner.queries.load)))
+                .bind(stream_type)
+                .bind(stream_id)
+                .bind(to_i64_saturating(after_version))
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(|e| Error::database(Statement::Load, e))?;
+        rows.into_iter()
+            .map(|row| row.into_recorded(stream_type.to_owned(), stream_id.to_owned()))
+            .collect()
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        name = "cqrs_postgres.load_for_command",
+        skip_all,
+        fields(aggregate_type = %stream_type, aggregate_id = %stream_id, state_version),
+        err
+    )]
+    async fn load_for_command(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+        state_version: u32,
+    ) -> cqrs_core::Result<LoadedStream> {
+        // A state version past i32::MAX cannot be stored, so no snapshot matches it.
+        let wanted = i32::try_from(state_version).unwrap_or(-1);
+        log_statement(Statement::LoadForCommand);
+        let rows = sqlx::query_as::<_, CommandLoadRow>(AssertSqlSafe(Arc::clone(
+            &self.inner.queries.load_for_command,
+        )))
+        .bind(stream_type)
+        .bind(stream_id)
+        .bind(wanted)
+        .fetch_all(&self.inner.pool)
+        .await
+        .map_err(|e| Error::database(Statement::LoadForCommand, e))?;
+        let mut loaded = LoadedStream::default();
+        loaded.events.reserve(rows.len());
+        for row in rows {
+            if row.is_snapshot {
+                loaded.snapshot = Some(Snapshot {
+                    stream_type: stream_type.to_owned(),
+                    stream_id: stream_id.to_owned(),
+                    stream_version: to_u64("stream_version", row.stream_version)?,
+                    state_version,
+                    state: row.payload,
+                });
+            } else {
+                let Some(event) = row.into_event() else {
+                    return Err(Error::OutOfRange {
+                        column: "event_id",
+                        value: 0,
+                    }
+                    .into());
+                };
+                loaded
+                    .events
+                    .push(event.into_recorded(stream_type.to_owned(), stream_id.to_owned())?);
+            }
+        }
+        // The rows arrive in version order; a stable sort of sorted input is one pass.
+        loaded.events.sort_by_key(|event| event.stream_version);
+        Ok(loaded)
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        name = "cqrs_postgres.append",
+        skip_all,
+        fields(
+            aggregate_type = %request.stream_type,
+            aggregate_id = %request.stream_id,
+            expected_version = request.expected_version,
+            events = request.events.len(),
+        ),
+        err
+    )]
+    async fn append(&self, request: AppendRequest) -> cqrs_core::Result<AppendOutcome> {
+        request.validate()?;
+        self.append_once(&request).await
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        name = "cqrs_postgres.find_command",
+        skip_all,
+        fields(command_id = %command_id),
+        err
+    )]
+    async fn find_command(&self, command_id: Uuid) -> cqrs_core::Result<Option<AppendOutcome>> {
+        log_statement(Statement::FindCommand);
+        let row = sqlx::query_as::<_, OutcomeRow>(AssertSqlSafe(Arc::clone(
+            &self.inner.queries.find_command,
+        )))
+        .bind(command_id)
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(|e| Error::database(Statement::FindCommand, e))?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some(AppendOutcome {
+                duplicate: true,
+                ..row.into_outcome()?
+            })),
+        }
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        name = "cqrs_postgres.read_all",
+        skip_all,
+        fields(position = %after, limit),
+        err
+    )]
+    async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+        filter: &EventFilter,
+    ) -> cqrs_core::Result<Vec<RecordedEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let stream_types: Vec<&str> = filter.stream_types.iter().map(AsRef::as_ref).collect();
+        let event_types: Vec<&str> = filter.event_types.iter().map(AsRef::as_ref).collect();
+        log_statement(Statement::ReadAll);
+        let rows =
+            sqlx::query_as::<_, LogRow>(AssertSqlSafe(Arc::clone(&self.inner.queries.read_all)))
+                .bind(to_i64_saturating(after.commit()))
+                .bind(to_i64_saturating(after.sequence()))
+                .bind(&stream_types)
+                .bind(&event_types)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(|e| Error::database(Statement::ReadAll, e))?;
+        rows.into_iter().map(LogRow::into_recorded).collect()
+    }
+
+    #[tracing::instrument(level = "debug", name = "cqrs_postgres.head", skip_all, err)]
+    async fn head(&self) -> cqrs_core::Result<Position> {
+        log_statement(Statement::Head);
+        let row =
+            sqlx::query_as::<_, PositionRow>(AssertSqlSafe(Arc::clone(&self.inner.queries.head)))
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(|e| Error::database(Statement::Head, e))?;
+        match row {
+            None => Ok(Position::START),
+            Some(row) => Ok(crate::rows::position(row.transaction_id, row.sequence)?),
+        }
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        name = "cqrs_postgres.load_snapshot",
+        skip_all,
+        fields(aggregate_type = %stream_type, aggregate_id = %stream_id),
+        err
+    )]
+    async fn load_snapshot(
+        &self,
+        stream_type: &str,
+        stream_id: &str,
+    ) -> cqrs_core::Result<Option<Snapshot>> {
+        log_statement(Statement::LoadSnapshot);
+        let row = sqlx::query_as::<_, SnapshotRow>(AssertSqlSafe(Arc::clone(
+            &self.inner.queries.load_snapshot,
+        )))
+        .bind(stream_type)
+        .bind(stream_id)
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(|e| Error::database(Statement::LoadSnapshot, e))?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some(row.into_snapshot(stream_type, stream_id)?)),
+        }
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        name = "cqrs_postgres.save_snapshot",
+        skip_all,
+        fields(
+            aggregate_type = %snapshot.stream_type,
+            aggregate_id = %snapshot.stream_id,
+            stream_version = snapshot.stream_version,
+        ),
+        err
+    )]
+    async fn save_snapshot(&self, snapshot: Snapshot) -> cqrs_core::Result<()> {
+        let invalid = |reason| cqrs_core::Error::InvalidAppend {
+            stream_type: snapshot.stream_type.clone(),
+            stream_id: snapshot.stream_id.clone(),
+            reason,
+        };
+        let stream_version = i64::try_from(snapshot.stream_version)
+            .map_err(|_| invalid("the snapshot's stream version does not fit a bigint"))?;
+        let state_version = i32::try_from(snapshot.state_version)
+            .map_err(|_| invalid("the snapshot's state version does not fit an integer"))?;
+        log_statement(Statement::SaveSnapshot);
+        sqlx::query(AssertSqlSafe(Arc::clone(&self.inner.queries.save_snapshot)))
+            .bind(&snapshot.stream_type)
+            .bind(&snapshot.stream_id)
+            .bind(stream_version)
+            .bind(state_version)
+            .bind(Json(&snapshot.state))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| Error::database(Statement::SaveSnapshot, e))?;
+        Ok(())
+    }
+}

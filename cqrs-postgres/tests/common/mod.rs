@@ -1,0 +1,134 @@
+//! Shared by the integration tests: a fresh, migrated schema per test on the server named
+//! by `DATABASE_URL` (a superuser URL; default `postgres://postgres@127.0.0.1:5432/postgres`).
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test file uses a different part"
+)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cqrs_postgres::PgEventStore;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A schema name no other test (in this or another process) uses.
+pub fn unique_schema(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "t_{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn connect_options(application_name: &str) -> PgConnectOptions {
+    database_url()
+        .parse::<PgConnectOptions>()
+        .expect("DATABASE_URL is a PostgreSQL URL")
+        .application_name(application_name)
+        .disable_statement_logging()
+}
+
+/// A pool of up to `max` connections that does not ping before use.
+pub async fn pool(max: u32, application_name: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(connect_options(application_name))
+        .await
+        .expect("connect to DATABASE_URL")
+}
+
+/// A migrated store in its own schema; drop it with [`TestStore::cleanup`].
+pub struct TestStore {
+    pub store: PgEventStore,
+}
+
+impl TestStore {
+    pub async fn new(prefix: &str) -> Self {
+        Self::with_pool_size(prefix, 8).await
+    }
+
+    pub async fn with_pool_size(prefix: &str, max: u32) -> Self {
+        let schema = unique_schema(prefix);
+        let pool = pool(max, &schema).await;
+        Self::on_pool(pool, &schema).await
+    }
+
+    pub async fn on_pool(pool: PgPool, schema: &str) -> Self {
+        let store = PgEventStore::new(pool)
+            .with_schema(schema)
+            .expect("valid schema name");
+        store.migrate().await.expect("migrate");
+        Self { store }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        self.store.pool()
+    }
+
+    /// `sql` with `{schema}` replaced by the quoted schema name.
+    pub fn sql(&self, sql: &str) -> String {
+        sql.replace("{schema}", &format!("\"{}\"", self.store.schema()))
+    }
+
+    pub async fn cleanup(self) {
+        drop_schema(self.store.pool(), self.store.schema()).await;
+        self.store.pool().close().await;
+    }
+}
+
+pub async fn drop_schema(pool: &PgPool, schema: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(pool)
+    .await
+    .expect("drop the test schema");
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs a future to completion, catching a panic so the caller can clean up first.
+pub async fn catch_unwind<F: std::future::Future>(
+    future: F,
+) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    })
+    .await
+}
