@@ -97,6 +97,26 @@ async fn a_cached_aggregate_is_loaded_once() {
         1,
         "only the first command loads"
     );
+    // Decisions taken on the cached state are those the stored state dictates.
+    for round in 0..6 {
+        let stored = stored_state(&store.inner, "l").await;
+        let decided = cqrs
+            .execute("l", LedgerCommand::AddIfEven { amount: 1 })
+            .await;
+        assert_eq!(
+            decided.is_ok(),
+            stored.total % 2 == 0,
+            "round {round}: the cached state decided otherwise than the stored one"
+        );
+        if round % 2 == 0 {
+            cqrs.execute("l", add(3)).await.expect("execute");
+        }
+    }
+    assert_eq!(
+        store.loads.load(Ordering::SeqCst),
+        1,
+        "still served from the cache"
+    );
     assert_eq!(
         cqrs.load("l").await.expect("load").state,
         stored_state(&store.inner, "l").await
