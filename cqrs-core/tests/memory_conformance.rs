@@ -17,3 +17,11 @@ fn the_suite_has_at_least_thirty_named_tests() {
     names.dedup();
     assert_eq!(names.len(), tests.len(), "conformance test names repeat");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_store_with_latency_conforms_too() {
+    conformance::run(|| async {
+        MemoryEventStore::with_latency(std::time::Duration::from_micros(200))
+    })
+    .await;
+}

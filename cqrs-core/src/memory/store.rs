@@ -1,5 +1,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -43,6 +44,7 @@ pub struct MemoryEventStore {
 struct Shared {
     state: Mutex<State>,
     head: watch::Sender<Position>,
+    latency: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -67,11 +69,30 @@ impl MemoryEventStore {
     /// An empty store.
     #[must_use]
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// An empty store whose every call first waits `latency`, as a store across a
+    /// network would: useful to see concurrency (conflicts, retries, queueing) in tests
+    /// and demonstrations.
+    #[must_use]
+    pub fn with_latency(latency: Duration) -> Self {
+        Self::build(Some(latency))
+    }
+
+    fn build(latency: Option<Duration>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 head: watch::channel(Position::START).0,
+                latency,
             }),
+        }
+    }
+
+    async fn round_trip(&self) {
+        if let Some(latency) = self.shared.latency {
+            tokio::time::sleep(latency).await;
         }
     }
 
@@ -105,6 +126,24 @@ impl MemoryEventStore {
     }
 }
 
+impl MemoryEventStore {
+    fn stream(&self, stream_type: &str, stream_id: &str, after_version: u64) -> Vec<RecordedEvent> {
+        let state = self.state();
+        state
+            .streams
+            .get(&key(stream_type, stream_id))
+            .map(|indexes| {
+                let skip = usize::try_from(after_version).unwrap_or(usize::MAX);
+                indexes
+                    .iter()
+                    .skip(skip)
+                    .map(|&index| state.log[index].clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 fn key(stream_type: &str, stream_id: &str) -> (String, String) {
     (stream_type.to_owned(), stream_id.to_owned())
 }
@@ -117,19 +156,8 @@ impl EventStore for MemoryEventStore {
         stream_id: &str,
         after_version: u64,
     ) -> Result<Vec<RecordedEvent>> {
-        let state = self.state();
-        Ok(state
-            .streams
-            .get(&key(stream_type, stream_id))
-            .map(|indexes| {
-                let skip = usize::try_from(after_version).unwrap_or(usize::MAX);
-                indexes
-                    .iter()
-                    .skip(skip)
-                    .map(|&index| state.log[index].clone())
-                    .collect()
-            })
-            .unwrap_or_default())
+        self.round_trip().await;
+        Ok(self.stream(stream_type, stream_id, after_version))
     }
 
     async fn load_for_command(
@@ -138,6 +166,7 @@ impl EventStore for MemoryEventStore {
         stream_id: &str,
         state_version: u32,
     ) -> Result<LoadedStream> {
+        self.round_trip().await;
         let snapshot = {
             let state = self.state();
             state
@@ -147,11 +176,12 @@ impl EventStore for MemoryEventStore {
                 .cloned()
         };
         let after = snapshot.as_ref().map_or(0, |s| s.stream_version);
-        let events = self.load(stream_type, stream_id, after).await?;
+        let events = self.stream(stream_type, stream_id, after);
         Ok(LoadedStream { snapshot, events })
     }
 
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome> {
+        self.round_trip().await;
         request.validate()?;
         let mut state = self.state();
         if let Some(command_id) = request.command_id
@@ -228,6 +258,7 @@ impl EventStore for MemoryEventStore {
     }
 
     async fn find_command(&self, command_id: Uuid) -> Result<Option<AppendOutcome>> {
+        self.round_trip().await;
         Ok(self
             .state()
             .commands
@@ -244,6 +275,7 @@ impl EventStore for MemoryEventStore {
         limit: usize,
         filter: &EventFilter,
     ) -> Result<Vec<RecordedEvent>> {
+        self.round_trip().await;
         let state = self.state();
         // Positions grow with the log index, so the first event after `after` is found by
         // binary search.
@@ -257,6 +289,7 @@ impl EventStore for MemoryEventStore {
     }
 
     async fn head(&self) -> Result<Position> {
+        self.round_trip().await;
         Ok(self
             .state()
             .log
@@ -265,6 +298,7 @@ impl EventStore for MemoryEventStore {
     }
 
     async fn load_snapshot(&self, stream_type: &str, stream_id: &str) -> Result<Option<Snapshot>> {
+        self.round_trip().await;
         Ok(self
             .state()
             .snapshots
@@ -273,6 +307,7 @@ impl EventStore for MemoryEventStore {
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        self.round_trip().await;
         let mut state = self.state();
         let slot = key(&snapshot.stream_type, &snapshot.stream_id);
         match state.snapshots.get(&slot) {

@@ -8,7 +8,7 @@
 //! cargo run -p example-bank-account
 //! ```
 //!
-//! It needs nothing else: events live in the in-memory store. Set `RUST_LOG=cqrs_core=debug`
+//! It needs nothing else: events live in the in-memory store (amounts are in cents). Set `RUST_LOG=cqrs_core=debug`
 //! to see the pipeline's own trace (conflicts, retries).
 
 use std::sync::Arc;
@@ -35,7 +35,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    let store = MemoryEventStore::new();
+    // Every call to this store takes a millisecond, as a call across a network would;
+    // that is what makes the concurrent writers below actually collide.
+    let store = MemoryEventStore::with_latency(Duration::from_millis(1));
     println!("cqrs bank-account tour, on the in-memory store\n");
 
     let cqrs = Arc::new(Cqrs::<BankAccount, _>::new(store.clone()));
@@ -65,10 +67,10 @@ async fn main() -> anyhow::Result<()> {
         ("acc-ada", AccountCommand::Withdraw { amount: 35_50 }),
     ];
     for (id, command) in moves {
-        let label = format!("{command:?}");
+        let label = describe(&command);
         let outcome = cqrs.execute(id, command).await?;
         println!(
-            "   {id}: {label:<30} -> {:?} (version {})",
+            "   {id}: {label:<16} -> recorded {:?} at version {}",
             outcome.events, outcome.stream_version
         );
     }
@@ -171,6 +173,14 @@ async fn main() -> anyhow::Result<()> {
         .await;
     println!("\n{} events in the store.", store.len());
     Ok(())
+}
+
+fn describe(command: &AccountCommand) -> String {
+    match command {
+        AccountCommand::Open { owner } => format!("open for {owner}"),
+        AccountCommand::Deposit { amount } => format!("deposit {}", money(*amount)),
+        AccountCommand::Withdraw { amount } => format!("withdraw {}", money(*amount)),
+    }
 }
 
 /// A stable command id derived from a client's request key.
