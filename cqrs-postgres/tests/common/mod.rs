@@ -132,3 +132,54 @@ pub async fn catch_unwind<F: std::future::Future>(
     })
     .await
 }
+
+/// The store's append statement, to run inside a transaction the test controls.
+pub const APPEND_SQL: &str = include_str!("../../src/sql/append.sql");
+
+/// Runs the store's own append statement for one event on `conn` (typically inside a
+/// transaction held open by the test). Returns the position, or `None` on a conflict.
+pub async fn raw_append(
+    conn: &mut sqlx::PgConnection,
+    t: &TestStore,
+    stream_id: &str,
+    expected: i64,
+    event_id: uuid::Uuid,
+) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    let row: Option<(bool, i64, i64, i64, i64)> =
+        sqlx::query_as(sqlx::AssertSqlSafe(t.sql(APPEND_SQL)))
+            .bind("torture")
+            .bind(stream_id)
+            .bind(expected)
+            .bind(vec![event_id])
+            .bind(vec!["Numbered"])
+            .bind(vec![1_i32])
+            .bind(vec![serde_json::json!({ "held": true })])
+            .bind(vec![serde_json::json!({})])
+            .bind(None::<uuid::Uuid>)
+            .bind(t.store.channel())
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(|(_, _, _, transaction_id, sequence)| (transaction_id, sequence)))
+}
+
+/// A small deterministic random number generator (xorshift64*), so failures reproduce
+/// from the printed seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
