@@ -30,6 +30,7 @@ struct Model {
 
 /// Expands `#[derive(Aggregate)]`.
 pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
+    validate::not_union(input, "Aggregate")?;
     let model = parse(input)?;
     Ok(output::wrap(&generate(&model)))
 }

@@ -27,7 +27,7 @@ struct Model {
 
 enum Shape {
     Enum(Vec<Variant>),
-    Struct { name: String, id: Option<Id> },
+    Struct { name: String, id: Option<Box<Id>> },
 }
 
 struct Variant {
@@ -47,6 +47,7 @@ struct Id {
 
 /// Expands `#[derive(Command)]`.
 pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
+    validate::not_union(input, "Command")?;
     let model = parse(input)?;
     Ok(output::wrap(&generate(&model)))
 }
@@ -158,7 +159,7 @@ fn parse(input: &DeriveInput) -> darling::Result<Model> {
             validate::name(opts.name.as_ref(), &mut errors);
             Shape::Struct {
                 name: attr::name_of(opts.name.as_ref(), &opts.ident).0,
-                id: find_id(&fields, &mut errors),
+                id: find_id(&fields, &mut errors).map(Box::new),
             }
         }
     };

@@ -43,6 +43,7 @@ struct VariantModel {
 
 /// Expands `#[derive(Event)]`.
 pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
+    validate::not_union(input, "Event")?;
     let model = parse(input)?;
     Ok(output::wrap(&generate(&model)))
 }
@@ -51,7 +52,19 @@ pub(crate) fn expand(input: &DeriveInput) -> syn::Result<TokenStream> {
 pub(crate) fn stub(input: &DeriveInput) -> TokenStream {
     let root = stub_root(input);
     let ident = &input.ident;
-    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let (impl_generics, ty_generics, _) = input.generics.split_for_impl();
+    // Generic parameters are an error already; bounding `Self` keeps the stub from
+    // adding "`T` cannot be sent between threads" on top.
+    let mut generics = input.generics.clone();
+    if !generics.params.is_empty() {
+        generics
+            .make_where_clause()
+            .predicates
+            .push(syn::parse_quote! {
+                Self: ::core::fmt::Debug + ::core::marker::Send + ::core::marker::Sync + 'static
+            });
+    }
+    let where_clause = &generics.where_clause;
     output::wrap(&quote! {
         #[automatically_derived]
         #[allow(unused_qualifications, unused_variables)]
@@ -490,6 +503,10 @@ mod tests {
             enum E { #[cqrs(version = 2, upcast(v2 = a))] A }
         });
         assert!(message.contains("upcaster `v2` does not fit"), "{message}");
+        let message = error_of(&parse_quote! {
+            enum E { #[cqrs(upcast(v1 = a))] A }
+        });
+        assert!(message.contains("above 1"), "{message}");
         let message = error_of(&parse_quote! {
             enum E { #[cqrs(version = 2, upcast(one = a))] A }
         });

@@ -26,7 +26,10 @@ pub(crate) fn finish(
         Ok(tokens) => tokens,
         Err(errors) => {
             let mut tokens = errors.into_compile_error();
-            tokens.extend(stub(input));
+            // A union cannot be made to fit any of the traits; a stub would only add errors.
+            if !matches!(input.data, syn::Data::Union(_)) {
+                tokens.extend(stub(input));
+            }
             tokens
         }
     };

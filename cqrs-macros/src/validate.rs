@@ -90,14 +90,18 @@ pub(crate) fn chain(
     for step in &upcast.steps {
         if step.from == 0 || step.from >= current {
             let key = &step.key;
-            errors.push(
-                Error::custom(format!(
-                    "upcaster `{key}` does not fit: with `#[cqrs(version = {current})]` upcasters \
-                     read versions 1 to {}",
-                    current.saturating_sub(1)
-                ))
-                .with_span(key),
-            );
+            let message = if current == 1 {
+                "`upcast` needs `#[cqrs(version = ...)]` above 1: version 1 has no older \
+                 version to upcast"
+                    .to_owned()
+            } else {
+                format!(
+                    "upcaster `{key}` does not fit `#[cqrs(version = {current})]`: upcaster \
+                     keys run from `v1` to `v{}`",
+                    current - 1
+                )
+            };
+            errors.push(Error::custom(message).with_span(key));
             continue;
         }
         if by_version.insert(step.from, step.func.clone()).is_some() {
@@ -119,12 +123,20 @@ pub(crate) fn chain(
         };
     };
     for missing in (first..current).filter(|k| !by_version.contains_key(k)) {
+        // Point at the step after the gap, or at the last step when the chain stops short.
+        let near = upcast
+            .steps
+            .iter()
+            .filter(|step| step.from > missing && step.from < current)
+            .min_by_key(|step| step.from)
+            .or_else(|| upcast.steps.iter().max_by_key(|step| step.from))
+            .map_or_else(|| upcast.span(), |step| step.key.span());
         errors.push(
             Error::custom(format!(
                 "gap in the `upcast` chain: no `v{missing}` upcaster from version {missing} to {}",
                 missing + 1
             ))
-            .with_span(&upcast.span()),
+            .with_span(&near),
         );
     }
     Chain {
@@ -159,5 +171,16 @@ pub(crate) fn misplaced<T>(
             ))
             .with_span(&value.span()),
         );
+    }
+}
+
+/// No derive here applies to unions; say so on the `union` keyword.
+pub(crate) fn not_union(input: &syn::DeriveInput, derive: &str) -> syn::Result<()> {
+    match &input.data {
+        syn::Data::Union(data) => Err(syn::Error::new_spanned(
+            data.union_token,
+            format!("`#[derive({derive})]` supports structs and enums, not unions"),
+        )),
+        syn::Data::Struct(_) | syn::Data::Enum(_) => Ok(()),
     }
 }

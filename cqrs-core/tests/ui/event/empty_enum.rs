@@ -1,0 +1,6 @@
+use cqrs_core::Event;
+
+#[derive(Debug, Event)]
+enum Nothing {}
+
+fn main() {}

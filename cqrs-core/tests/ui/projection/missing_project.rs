@@ -1,0 +1,14 @@
+use cqrs_core::{Event, Projection};
+
+#[derive(Debug, Event)]
+enum AccountEvent {
+    Deposited { amount: u64 },
+}
+
+#[derive(Debug, Default, Projection)]
+#[cqrs(name = "balances", version = 2, event = AccountEvent)]
+struct Balances {
+    total: u64,
+}
+
+fn main() {}
