@@ -8,8 +8,10 @@
 //! cargo run -p example-bank-account
 //! ```
 //!
-//! It needs nothing else: events live in the in-memory store (amounts are in cents). Set `RUST_LOG=cqrs_core=debug`
-//! to see the pipeline's own trace (conflicts, retries).
+//! Without `DATABASE_URL` it needs nothing else: events live in the in-memory store. With
+//! `DATABASE_URL=postgres://…` they go to PostgreSQL (schema `cqrs`, created on first
+//! run), and each run uses fresh account ids. Amounts are in cents. Set
+//! `RUST_LOG=cqrs_core=debug` to see the pipeline's own trace (conflicts, retries).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +21,9 @@ use cqrs_core::memory::{MemoryEventStore, Projector};
 use cqrs_core::{
     Aggregate, AppendRequest, CommandError, CommandMetadata, Cqrs, EventStore, Metadata, NewEvent,
 };
+use cqrs_postgres::PgEventStore;
 use example_bank_account::{AccountCommand, AccountEvent, Balances, BankAccount};
 use tracing_subscriber::EnvFilter;
-
-fn money(cents: u64) -> String {
-    format!("{}.{:02}", cents / 100, cents % 100)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -35,17 +34,54 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
-    // Every call to this store takes a millisecond, as a call across a network would;
-    // that is what makes the concurrent writers below actually collide.
-    let store = MemoryEventStore::with_latency(Duration::from_millis(1));
-    println!("cqrs bank-account tour, on the in-memory store\n");
+    match std::env::var("DATABASE_URL") {
+        Ok(url) => {
+            let store = PgEventStore::connect(&url)
+                .await
+                .with_context(|| format!("cannot connect to DATABASE_URL={url}"))?;
+            store
+                .migrate()
+                .await
+                .context("cannot create the event store schema")?;
+            let store = Arc::new(store);
+            let balances = Projector::polling(
+                Arc::clone(&store),
+                Balances::default(),
+                Duration::from_millis(20),
+            );
+            // Fresh account ids, so that the tour can run again on the same database.
+            let run = uuid::Uuid::new_v4().simple().to_string();
+            tour(store, balances, "PostgreSQL", &run[..6]).await
+        }
+        Err(_) => {
+            // Every call to this store takes a millisecond, as a call across a network
+            // would; that is what makes the concurrent writers below actually collide.
+            let store = MemoryEventStore::with_latency(Duration::from_millis(1));
+            let balances = Projector::new(store.clone(), Balances::default());
+            tour(Arc::new(store), balances, "the in-memory store", "").await
+        }
+    }
+}
 
-    let cqrs = Arc::new(Cqrs::<BankAccount, _>::new(store.clone()));
-    let balances = Projector::new(store.clone(), Balances::default());
+async fn tour<S: EventStore>(
+    store: Arc<S>,
+    balances: Projector<Balances, S>,
+    store_name: &str,
+    run: &str,
+) -> anyhow::Result<()> {
+    println!("cqrs bank-account tour, on {store_name}\n");
+    let cqrs = Arc::new(Cqrs::<BankAccount, S>::from_arc(Arc::clone(&store), ()));
     let _live = balances.spawn(); // keeps the read model up to date in the background
+    let [ada, bob] = ["acc-ada", "acc-bob"].map(|id| {
+        if run.is_empty() {
+            id.to_owned()
+        } else {
+            format!("{id}-{run}")
+        }
+    });
 
     println!("1. Open two accounts");
-    for (id, owner) in [("acc-ada", "Ada"), ("acc-bob", "Bob")] {
+    for (id, owner) in [(&ada, "Ada"), (&bob, "Bob")] {
         let outcome = cqrs
             .execute(
                 id,
@@ -62,9 +98,9 @@ async fn main() -> anyhow::Result<()> {
 
     println!("\n2. Move money");
     let moves = [
-        ("acc-ada", AccountCommand::Deposit { amount: 100_00 }),
-        ("acc-bob", AccountCommand::Deposit { amount: 20_00 }),
-        ("acc-ada", AccountCommand::Withdraw { amount: 35_50 }),
+        (&ada, AccountCommand::Deposit { amount: 100_00 }),
+        (&bob, AccountCommand::Deposit { amount: 20_00 }),
+        (&ada, AccountCommand::Withdraw { amount: 35_50 }),
     ];
     for (id, command) in moves {
         let label = describe(&command);
@@ -77,22 +113,22 @@ async fn main() -> anyhow::Result<()> {
 
     println!("\n3. A command the account refuses");
     match cqrs
-        .execute("acc-bob", AccountCommand::Withdraw { amount: 500_00 })
+        .execute(&bob, AccountCommand::Withdraw { amount: 500_00 })
         .await
     {
         Err(CommandError::Rejected(reason)) => {
-            println!("   acc-bob: withdraw 500.00 refused: {reason}; nothing was written");
+            println!("   {bob}: withdraw 500.00 refused: {reason}; nothing was written");
         }
         other => anyhow::bail!("expected a refusal, got {other:?}"),
     }
 
     println!("\n4. Two writers, one stream: optimistic concurrency");
-    let seen = cqrs.load("acc-ada").await?;
-    println!("   clerk A reads acc-ada at version {}", seen.version);
-    cqrs.execute("acc-ada", AccountCommand::Deposit { amount: 1_00 })
+    let seen = cqrs.load(&ada).await?;
+    println!("   clerk A reads {ada} at version {}", seen.version);
+    cqrs.execute(&ada, AccountCommand::Deposit { amount: 1_00 })
         .await?;
     println!(
-        "   clerk B deposits 1.00 meanwhile (acc-ada is now at version {})",
+        "   clerk B deposits 1.00 meanwhile ({ada} is now at version {})",
         seen.version + 1
     );
     let stale = NewEvent::from_event(
@@ -102,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
     let attempt = store
         .append(AppendRequest::new(
             BankAccount::TYPE,
-            "acc-ada",
+            ada.clone(),
             seen.version,
             vec![stale],
         ))
@@ -115,8 +151,9 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..16 {
         let cqrs = Arc::clone(&cqrs);
+        let bob = bob.clone();
         tasks.spawn(async move {
-            cqrs.execute("acc-bob", AccountCommand::Deposit { amount: 1_00 })
+            cqrs.execute(&bob, AccountCommand::Deposit { amount: 1_00 })
                 .await
         });
     }
@@ -124,27 +161,23 @@ async fn main() -> anyhow::Result<()> {
     while let Some(joined) = tasks.join_next().await {
         retries += joined?.context("a concurrent deposit failed")?.retries;
     }
-    let bob = cqrs.load("acc-bob").await?;
+    let balance = cqrs.load(&bob).await?.state.balance;
     println!(
-        "   16 concurrent deposits of 1.00 into acc-bob: all applied, {retries} conflict(s) retried, balance {}",
-        money(bob.state.balance)
+        "   16 concurrent deposits of 1.00 into {bob}: all applied, {retries} conflict(s) retried, balance {}",
+        money(balance)
     );
 
     println!("\n5. The same command twice (same command id) is applied once");
-    let request = CommandMetadata::new().with_command_id(uuid_for("transfer-42"));
+    let request = CommandMetadata::new().with_command_id(uuid::Uuid::new_v4());
     let first = cqrs
         .execute_with(
-            "acc-ada",
+            &ada,
             AccountCommand::Withdraw { amount: 10_00 },
             request.clone(),
         )
         .await?;
     let again = cqrs
-        .execute_with(
-            "acc-ada",
-            AccountCommand::Withdraw { amount: 10_00 },
-            request,
-        )
+        .execute_with(&ada, AccountCommand::Withdraw { amount: 10_00 }, request)
         .await?;
     println!(
         "   first: version {}, duplicate: {}; again: version {}, duplicate: {}",
@@ -156,23 +189,28 @@ async fn main() -> anyhow::Result<()> {
     balances.wait_for(token, Duration::from_secs(5)).await?;
     println!("   (waited for position {token})");
     println!(
-        "   {:<10} {:<6} {:>10} {:>10}",
+        "   {:<17} {:<6} {:>10} {:>10}",
         "account", "owner", "balance", "movements"
     );
     balances
         .read(|view| {
-            for (id, row) in &view.accounts {
-                println!(
-                    "   {id:<10} {:<6} {:>10} {:>10}",
-                    row.owner,
-                    money(row.balance),
-                    row.movements
-                );
+            for id in [&ada, &bob] {
+                if let Some(row) = view.accounts.get(id.as_str()) {
+                    println!(
+                        "   {id:<17} {:<6} {:>10} {:>10}",
+                        row.owner,
+                        money(row.balance),
+                        row.movements
+                    );
+                }
             }
         })
         .await;
-    println!("\n{} events in the store.", store.len());
     Ok(())
+}
+
+fn money(cents: u64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
 }
 
 fn describe(command: &AccountCommand) -> String {
@@ -181,9 +219,4 @@ fn describe(command: &AccountCommand) -> String {
         AccountCommand::Deposit { amount } => format!("deposit {}", money(*amount)),
         AccountCommand::Withdraw { amount } => format!("withdraw {}", money(*amount)),
     }
-}
-
-/// A stable command id derived from a client's request key.
-fn uuid_for(key: &str) -> uuid::Uuid {
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes())
 }
