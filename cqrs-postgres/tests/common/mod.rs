@@ -7,6 +7,8 @@
     reason = "each test file uses a different part"
 )]
 
+pub mod counter;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

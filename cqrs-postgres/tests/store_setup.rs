@@ -1,0 +1,138 @@
+//! Schemas, migrations and notifications.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestStore;
+use cqrs_core::{AppendRequest, Error as CoreError, EventStore, NewEvent, Position};
+use cqrs_postgres::{Error, PgEventStore};
+use serde_json::json;
+use sqlx::postgres::PgListener;
+
+fn event() -> NewEvent {
+    NewEvent::new("Numbered", 1, json!({}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_explicit_repeatable_and_tracked_in_its_own_table() {
+    let schema = common::unique_schema("mig");
+    let pool = common::pool(2, &schema).await;
+    let store = PgEventStore::new(pool.clone())
+        .with_schema(&schema)
+        .expect("valid schema");
+
+    // Before migrate, nothing exists: a typed backend error, no panic.
+    match store.load("s", "1", 0).await {
+        Err(CoreError::Backend(source)) => {
+            assert!(source.downcast_ref::<Error>().is_some(), "{source:?}");
+        }
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+
+    store.migrate().await.expect("migrate");
+    store.migrate().await.expect("migrate again");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(&pool)
+    .await
+    .expect("list tables");
+    assert_eq!(
+        tables,
+        ["_cqrs_migrations", "commands", "events", "snapshots"]
+    );
+    let applied: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM \"{schema}\"._cqrs_migrations WHERE success"
+    )))
+    .fetch_one(&pool)
+    .await
+    .expect("count migrations");
+    assert_eq!(
+        applied,
+        i64::try_from(cqrs_postgres::MIGRATOR.iter().count()).expect("count")
+    );
+
+    // The pool's connections kept their search_path: the store still works and nothing
+    // landed in `public`.
+    store
+        .append(AppendRequest::new("s", "1", 0, vec![event()]))
+        .await
+        .expect("append");
+    let search_path: String = sqlx::query_scalar("SHOW search_path")
+        .fetch_one(&pool)
+        .await
+        .expect("search_path");
+    assert!(!search_path.contains(&schema), "{search_path}");
+    common::drop_schema(&pool, &schema).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemas_isolate_stores_on_one_database() {
+    let a = TestStore::new("isoa").await;
+    let b = TestStore::on_pool(a.pool().clone(), &common::unique_schema("isob")).await;
+    a.store
+        .append(AppendRequest::new("s", "1", 0, vec![event()]))
+        .await
+        .expect("append a");
+    b.store
+        .append(AppendRequest::new("s", "1", 0, vec![event()]))
+        .await
+        .expect("the same stream in another schema is another stream");
+    assert_eq!(a.store.load("s", "1", 0).await.expect("load").len(), 1);
+    assert_eq!(b.store.load("s", "1", 0).await.expect("load").len(), 1);
+    common::drop_schema(b.pool(), b.store.schema()).await;
+    a.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_schema_names_are_refused() {
+    let pool = sqlx::PgPool::connect_lazy(&common::database_url()).expect("lazy pool");
+    for name in [
+        "",
+        "Upper",
+        "a-b",
+        "x\"; DROP SCHEMA public; --",
+        "pg_toast",
+        "1st",
+    ] {
+        match PgEventStore::new(pool.clone()).with_schema(name) {
+            Err(Error::InvalidSchema { .. }) => {}
+            other => panic!("{name:?} accepted: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_notify_their_position_on_commit() {
+    let t = TestStore::new("notify").await;
+    let mut listener = PgListener::connect(&common::database_url())
+        .await
+        .expect("listener");
+    listener.listen(t.store.channel()).await.expect("listen");
+    assert_eq!(t.store.channel(), format!("{}_events", t.store.schema()));
+
+    let outcome = t
+        .store
+        .append(AppendRequest::new("s", "1", 0, vec![event(), event()]))
+        .await
+        .expect("append");
+    let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("notified in time")
+        .expect("notification");
+    assert_eq!(notification.channel(), t.store.channel());
+    let position: Position = notification.payload().parse().expect("a position token");
+    assert_eq!(position, outcome.position);
+
+    // A conflicting append notifies nothing.
+    let conflict = t
+        .store
+        .append(AppendRequest::new("s", "1", 0, vec![event()]))
+        .await;
+    assert!(matches!(conflict, Err(CoreError::Conflict { .. })));
+    let quiet = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(quiet.is_err(), "a failed append notified: {quiet:?}");
+    t.cleanup().await;
+}
