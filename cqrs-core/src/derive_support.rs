@@ -21,8 +21,7 @@ use crate::{Aggregate, EventEnvelope, Projection};
 /// call them by path (`Aggregate::handle(&state, ..)`) rather than as methods.
 ///
 /// ```
-/// use cqrs_core::Handle;
-/// # use cqrs_core::prelude::*;
+/// use cqrs_core::prelude::*;
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 /// # enum CounterEvent { Incremented { by: u64 } }
@@ -52,6 +51,13 @@ use crate::{Aggregate, EventEnvelope, Projection};
 ///         Ok(vec![CounterEvent::Incremented { by: *by }])
 ///     }
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let full = Counter { value: u64::MAX };
+/// let refused = Aggregate::handle(&full, &CounterCommand::Increment { by: 1 }, &()).await;
+/// assert!(refused.is_err());
+/// # }
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not handle `{C}`",
@@ -83,11 +89,11 @@ pub trait Apply<E>: Aggregate {
 /// [`Projection::handle`].
 ///
 /// ```
+/// # #![allow(dead_code)]
 /// use std::collections::HashMap;
 /// use std::convert::Infallible;
 ///
 /// use cqrs_core::prelude::*;
-/// use cqrs_core::Project;
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Debug, Clone, Serialize, Deserialize, Event)]
 /// # enum CounterEvent { Incremented { by: u64 } }
@@ -102,7 +108,7 @@ pub trait Apply<E>: Aggregate {
 ///         _: &mut (),
 ///         event: &EventEnvelope<CounterEvent>,
 ///     ) -> Result<(), Infallible> {
-///         let CounterEvent::Incremented { by } = event.payload;
+///         let CounterEvent::Incremented { by } = &event.payload;
 ///         *self.0.entry(event.stream_id.clone()).or_default() += by;
 ///         Ok(())
 ///     }
