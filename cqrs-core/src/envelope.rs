@@ -174,7 +174,7 @@ impl RecordedEvent {
                     stream_version,
                     event_type,
                     schema_version,
-                    source,
+                    source: Box::new(source),
                 });
             }
         };
@@ -199,7 +199,7 @@ impl RecordedEvent {
             stream_version: self.stream_version,
             event_type: self.event_type.clone(),
             schema_version: self.schema_version,
-            source,
+            source: Box::new(source),
         })
     }
 }
@@ -261,7 +261,7 @@ impl NewEvent {
     pub fn from_event<E: Event>(event: &E, metadata: Metadata) -> Result<Self, Error> {
         let payload = event.encode().map_err(|source| Error::Encode {
             event_type: event.event_type(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Self {
             event_id: Uuid::new_v4(),

@@ -76,7 +76,7 @@ pub enum Error {
         schema_version: u32,
         /// What went wrong.
         #[source]
-        source: CodecError,
+        source: Box<CodecError>,
     },
 
     /// A domain event could not be serialised into a payload. Nothing was written.
@@ -86,7 +86,7 @@ pub enum Error {
         event_type: &'static str,
         /// What went wrong.
         #[source]
-        source: CodecError,
+        source: Box<CodecError>,
     },
 
     /// An aggregate's state could not be serialised for a snapshot or deserialised from

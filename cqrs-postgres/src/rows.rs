@@ -84,11 +84,11 @@ impl EventRow {
             Ok(metadata) => metadata,
             Err(source) => {
                 return Err(cqrs_core::Error::Decode {
-                    source: CodecError::Payload {
+                    source: Box::new(CodecError::Payload {
                         event_type: self.event_type.clone(),
                         version: schema_version,
                         source,
-                    },
+                    }),
                     stream_type,
                     stream_id,
                     stream_version,

@@ -98,9 +98,24 @@ async fn tour<S: EventStore>(
 
     println!("\n2. Move money");
     let moves = [
-        (&ada, AccountCommand::Deposit { amount: 100_00 }),
-        (&bob, AccountCommand::Deposit { amount: 20_00 }),
-        (&ada, AccountCommand::Withdraw { amount: 35_50 }),
+        (
+            &ada,
+            AccountCommand::Deposit {
+                amount: dollars(100),
+            },
+        ),
+        (
+            &bob,
+            AccountCommand::Deposit {
+                amount: dollars(20),
+            },
+        ),
+        (
+            &ada,
+            AccountCommand::Withdraw {
+                amount: dollars(35) + 50,
+            },
+        ),
     ];
     for (id, command) in moves {
         let label = describe(&command);
@@ -113,7 +128,12 @@ async fn tour<S: EventStore>(
 
     println!("\n3. A command the account refuses");
     match cqrs
-        .execute(&bob, AccountCommand::Withdraw { amount: 500_00 })
+        .execute(
+            &bob,
+            AccountCommand::Withdraw {
+                amount: dollars(500),
+            },
+        )
         .await
     {
         Err(CommandError::Rejected(reason)) => {
@@ -125,14 +145,14 @@ async fn tour<S: EventStore>(
     println!("\n4. Two writers, one stream: optimistic concurrency");
     let seen = cqrs.load(&ada).await?;
     println!("   clerk A reads {ada} at version {}", seen.version);
-    cqrs.execute(&ada, AccountCommand::Deposit { amount: 1_00 })
+    cqrs.execute(&ada, AccountCommand::Deposit { amount: dollars(1) })
         .await?;
     println!(
         "   clerk B deposits 1.00 meanwhile ({ada} is now at version {})",
         seen.version + 1
     );
     let stale = NewEvent::from_event(
-        &AccountEvent::Deposited { amount: 2_00 },
+        &AccountEvent::Deposited { amount: dollars(2) },
         Metadata::default(),
     )?;
     let attempt = store
@@ -153,7 +173,7 @@ async fn tour<S: EventStore>(
         let cqrs = Arc::clone(&cqrs);
         let bob = bob.clone();
         tasks.spawn(async move {
-            cqrs.execute(&bob, AccountCommand::Deposit { amount: 1_00 })
+            cqrs.execute(&bob, AccountCommand::Deposit { amount: dollars(1) })
                 .await
         });
     }
@@ -172,12 +192,20 @@ async fn tour<S: EventStore>(
     let first = cqrs
         .execute_with(
             &ada,
-            AccountCommand::Withdraw { amount: 10_00 },
+            AccountCommand::Withdraw {
+                amount: dollars(10),
+            },
             request.clone(),
         )
         .await?;
     let again = cqrs
-        .execute_with(&ada, AccountCommand::Withdraw { amount: 10_00 }, request)
+        .execute_with(
+            &ada,
+            AccountCommand::Withdraw {
+                amount: dollars(10),
+            },
+            request,
+        )
         .await?;
     println!(
         "   first: version {}, duplicate: {}; again: version {}, duplicate: {}",
@@ -207,6 +235,11 @@ async fn tour<S: EventStore>(
         })
         .await;
     Ok(())
+}
+
+/// An amount in cents.
+fn dollars(whole: u64) -> u64 {
+    whole * 100
 }
 
 fn money(cents: u64) -> String {
