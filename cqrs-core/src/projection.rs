@@ -49,6 +49,23 @@ use crate::{Event, EventEnvelope, EventFilter};
 ///         Ok(())
 ///     }
 /// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use cqrs_core::memory::{MemoryEventStore, Projector};
+/// use cqrs_core::{AppendRequest, EventStore, Metadata, NewEvent};
+///
+/// let store = MemoryEventStore::new();
+/// let deposits = [Deposited { amount: 5 }, Deposited { amount: 7 }]
+///     .iter()
+///     .map(|e| NewEvent::from_event(e, Metadata::default()))
+///     .collect::<Result<Vec<_>, _>>()?;
+/// store.append(AppendRequest::new("account", "a-1", 0, deposits)).await?;
+///
+/// let totals = Projector::new(store, Totals::default());
+/// totals.catch_up().await?;
+/// assert_eq!(totals.read(|view| view.0["a-1"]).await, 12);
+/// # Ok::<(), cqrs_core::Error>(())
+/// # }).unwrap();
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a projection",

@@ -4,7 +4,7 @@
 //! default `derive` feature and documents every `#[cqrs(...)]` key.
 //!
 //! This file holds the entry points only. Each derive parses its input with darling
-//! receivers ([`attr`]), checks the rules spanning several keys ([`validate`]) and
+//! receivers (module `attr`), checks the rules spanning several keys (module `validate`) and
 //! generates code in its `expand_*` module. The workspace uses syn 3 throughout: darling
 //! 0.24 moved to it, as thiserror and serde_derive had.
 

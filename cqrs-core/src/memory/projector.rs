@@ -19,7 +19,6 @@ use crate::{Error, EventFilter, EventStore, Position, Projection, Result};
 /// follow the log live.
 ///
 /// ```
-/// # use std::collections::HashMap;
 /// # use std::convert::Infallible;
 /// # use cqrs_core::{CodecError, Event, EventType, codec};
 /// use cqrs_core::memory::{MemoryEventStore, Projector};
