@@ -1,18 +1,17 @@
 //! The bank-account domain: an aggregate with its commands and events, and a balance
 //! read model.
 //!
-//! Shared by the `bank-account` program, its tests and the benchmark program.
+//! Shared by the `bank-account` program, its tests and the benchmark programs.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
-use cqrs_core::{
-    Aggregate, CodecError, Command, Event, EventEnvelope, EventType, Projection, codec,
-};
+use cqrs_core::prelude::*;
+use cqrs_core::{Apply, Handle, Project};
 use serde::{Deserialize, Serialize};
 
 /// Something that happened to an account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Event)]
 pub enum AccountEvent {
     /// The account was opened.
     Opened {
@@ -32,7 +31,7 @@ pub enum AccountEvent {
 }
 
 /// What a client can ask of an account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Command)]
 pub enum AccountCommand {
     /// Open the account.
     Open {
@@ -74,7 +73,13 @@ pub enum AccountError {
 }
 
 /// A bank account: the consistency boundary that decides on its commands.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, Aggregate)]
+#[cqrs(
+    name = "bank_account",
+    command = AccountCommand,
+    event = AccountEvent,
+    error = AccountError
+)]
 pub struct BankAccount {
     /// Whether the account has been opened.
     pub open: bool,
@@ -82,91 +87,7 @@ pub struct BankAccount {
     pub balance: u64,
 }
 
-impl Event for AccountEvent {
-    const TYPES: &'static [EventType] = &[
-        EventType {
-            name: "Opened",
-            version: 1,
-        },
-        EventType {
-            name: "Deposited",
-            version: 1,
-        },
-        EventType {
-            name: "Withdrawn",
-            version: 1,
-        },
-    ];
-
-    fn event_type(&self) -> &'static str {
-        match self {
-            Self::Opened { .. } => "Opened",
-            Self::Deposited { .. } => "Deposited",
-            Self::Withdrawn { .. } => "Withdrawn",
-        }
-    }
-
-    fn schema_version(&self) -> u32 {
-        1
-    }
-
-    fn encode(&self) -> Result<serde_json::Value, CodecError> {
-        match self {
-            Self::Opened { owner } => codec::encode(&serde_json::json!({ "owner": owner })),
-            Self::Deposited { amount } | Self::Withdrawn { amount } => {
-                codec::encode(&serde_json::json!({ "amount": amount }))
-            }
-        }
-    }
-
-    fn decode(
-        event_type: &str,
-        schema_version: u32,
-        payload: serde_json::Value,
-    ) -> Result<Self, CodecError> {
-        #[derive(Deserialize)]
-        struct Owner {
-            owner: String,
-        }
-        #[derive(Deserialize)]
-        struct Amount {
-            amount: u64,
-        }
-        codec::check_known::<Self>(event_type, schema_version)?;
-        Ok(match event_type {
-            "Opened" => {
-                let Owner { owner } = codec::decode(event_type, schema_version, payload)?;
-                Self::Opened { owner }
-            }
-            "Deposited" => {
-                let Amount { amount } = codec::decode(event_type, schema_version, payload)?;
-                Self::Deposited { amount }
-            }
-            _ => {
-                let Amount { amount } = codec::decode(event_type, schema_version, payload)?;
-                Self::Withdrawn { amount }
-            }
-        })
-    }
-}
-
-impl Command for AccountCommand {
-    fn name(&self) -> &'static str {
-        match self {
-            Self::Open { .. } => "Open",
-            Self::Deposit { .. } => "Deposit",
-            Self::Withdraw { .. } => "Withdraw",
-        }
-    }
-}
-
-impl Aggregate for BankAccount {
-    const TYPE: &'static str = "bank_account";
-    type Command = AccountCommand;
-    type Event = AccountEvent;
-    type Error = AccountError;
-    type Services = ();
-
+impl Handle<AccountCommand> for BankAccount {
     async fn handle(
         &self,
         command: &AccountCommand,
@@ -197,7 +118,9 @@ impl Aggregate for BankAccount {
             }
         }
     }
+}
 
+impl Apply<AccountEvent> for BankAccount {
     fn apply(&mut self, event: &AccountEvent) {
         match event {
             AccountEvent::Opened { .. } => self.open = true,
@@ -231,23 +154,15 @@ pub struct BalanceRow {
 }
 
 /// Read model: every account's owner and balance, by account id.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Projection)]
+#[cqrs(name = "balances", event = AccountEvent, aggregate = BankAccount)]
 pub struct Balances {
     /// The rows, by account id.
     pub accounts: BTreeMap<String, BalanceRow>,
 }
 
-impl Projection for Balances {
-    const NAME: &'static str = "balances";
-    type Event = AccountEvent;
-    type Context = ();
-    type Error = Infallible;
-
-    fn filter() -> cqrs_core::EventFilter {
-        cqrs_core::EventFilter::event_types(AccountEvent::TYPES).and_stream_type(BankAccount::TYPE)
-    }
-
-    async fn handle(
+impl Project for Balances {
+    async fn project(
         &mut self,
         (): &mut (),
         event: &EventEnvelope<AccountEvent>,
