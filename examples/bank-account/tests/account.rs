@@ -92,3 +92,31 @@ async fn the_balances_view_follows_every_account() {
         })
         .await;
 }
+
+#[test]
+fn every_account_event_round_trips_through_its_stored_form() {
+    use cqrs_core::Event;
+
+    let events = [
+        opened(),
+        AccountEvent::Deposited { amount: 7 },
+        AccountEvent::Withdrawn { amount: 3 },
+    ];
+    assert_eq!(
+        events.len(),
+        AccountEvent::TYPES.len(),
+        "one sample per event type"
+    );
+    for event in events {
+        let payload = event.encode().expect("encode");
+        assert!(
+            payload.get("type").is_none(),
+            "the payload carries no type tag"
+        );
+        let decoded = AccountEvent::decode(event.event_type(), event.schema_version(), payload)
+            .expect("decode");
+        assert_eq!(decoded, event);
+    }
+    assert!(AccountEvent::decode("Closed", 1, serde_json::json!({})).is_err());
+    assert!(AccountEvent::decode("Deposited", 2, serde_json::json!({ "amount": 1 })).is_err());
+}
