@@ -468,7 +468,14 @@ where
                 .collect::<Result<Vec<_>, _>>()?;
             let mut request = AppendRequest::new(A::TYPE, id, loaded.version, new_events);
             request.command_id = idempotency_key;
-            match self.store.append(request).await {
+            let span = tracing::debug_span!(
+                "cqrs.append",
+                aggregate_type = A::TYPE,
+                aggregate_id = %id,
+                expected_version = loaded.version,
+                events = events.len(),
+            );
+            match self.store.append(request).instrument(span).await {
                 Ok(outcome) if outcome.duplicate => {
                     return self
                         .duplicate(id, outcome, command_id, correlation_id)
@@ -601,6 +608,17 @@ where
     /// [`Error::Decode`] for a stored event that does not decode, [`Error::Backend`] when
     /// the store fails.
     pub async fn load(&self, id: &str) -> Result<Loaded<A>, Error> {
+        let span = tracing::debug_span!(
+            "cqrs.load",
+            aggregate_type = A::TYPE,
+            aggregate_id = %id,
+            stream_version = field::Empty,
+            replayed = field::Empty,
+        );
+        self.load_state(id).instrument(span).await
+    }
+
+    async fn load_state(&self, id: &str) -> Result<Loaded<A>, Error> {
         let loaded = self
             .store
             .load_for_command(A::TYPE, id, A::STATE_VERSION)
@@ -618,7 +636,12 @@ where
                 }
             },
         };
-        fold(state, version, events)
+        let replayed = events.len();
+        let loaded = fold(state, version, events)?;
+        let span = tracing::Span::current();
+        span.record("stream_version", loaded.version);
+        span.record("replayed", replayed);
+        Ok(loaded)
     }
 }
 
