@@ -15,10 +15,12 @@ use tracing::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
+type FieldMap = BTreeMap<String, String>;
+
 /// Everything recorded: spans (name and fields) and events (message and fields).
 #[derive(Clone, Default)]
 struct Recorded {
-    spans: Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>,
+    spans: Arc<Mutex<Vec<(String, FieldMap)>>>,
     ids: Arc<Mutex<BTreeMap<u64, usize>>>,
     events: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
 }
