@@ -182,3 +182,27 @@ impl Project for Balances {
         Ok(())
     }
 }
+
+/// The guide's pages, compiled and run as doc tests (`cargo test --doc`), so that every
+/// code block in `docs/` builds against the current API.
+#[cfg(doctest)]
+mod guide {
+    #[doc = include_str!("../../../README.md")]
+    struct Readme;
+    #[doc = include_str!("../../../docs/getting-started.md")]
+    struct GettingStarted;
+    #[doc = include_str!("../../../docs/aggregates.md")]
+    struct Aggregates;
+    #[doc = include_str!("../../../docs/commands.md")]
+    struct Commands;
+    #[doc = include_str!("../../../docs/schema-evolution.md")]
+    struct SchemaEvolution;
+    #[doc = include_str!("../../../docs/testing.md")]
+    struct Testing;
+    #[doc = include_str!("../../../docs/backends.md")]
+    struct Backends;
+    #[doc = include_str!("../../../docs/concepts.md")]
+    struct Concepts;
+    #[doc = include_str!("../../../docs/contributing.md")]
+    struct Contributing;
+}
