@@ -88,6 +88,8 @@ pub enum Statement {
     LoadSnapshot,
     /// Saving a snapshot.
     SaveSnapshot,
+    /// Announcing appends with `NOTIFY` (after they committed).
+    Notify,
 }
 
 impl Statement {
@@ -105,6 +107,7 @@ impl Statement {
             Self::Head => "head",
             Self::LoadSnapshot => "load_snapshot",
             Self::SaveSnapshot => "save_snapshot",
+            Self::Notify => "notify",
         }
     }
 }

@@ -2,11 +2,13 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod error;
+mod notify;
 mod rows;
 mod schema;
 mod store;
 
 pub use error::{Error, Result, Statement};
+pub use notify::PgNotify;
 pub use store::{DEFAULT_SCHEMA, PgEventStore};
 
 /// The store's embedded migrations (`cqrs-postgres/migrations/`), tracked in their own

@@ -17,6 +17,7 @@ use tracing::{Instrument, trace};
 use uuid::Uuid;
 
 use crate::error::Statement;
+use crate::notify::{Notifier, PgNotify};
 use crate::rows::{
     CommandLoadRow, EventRow, LogRow, OutcomeRow, PositionRow, SnapshotRow, to_i64_saturating,
     to_u64,
@@ -41,7 +42,8 @@ const COMMAND_ID_KEY: &str = "commands_pkey";
 /// - **Append** is one statement (one round trip) for any number of events. The unique
 ///   key on (stream type, stream id, version) makes a lost race an
 ///   [`Error::Conflict`](cqrs_core::Error::Conflict); the command id is recorded by the
-///   same statement; a `NOTIFY` on [`channel`](Self::channel) announces the commit.
+///   same statement; a `NOTIFY` on [`channel`](Self::channel) announces the commit
+///   (see [`PgNotify`]).
 /// - **Load for a command** fetches the snapshot and the events after it in one round
 ///   trip.
 /// - **The global log** is read in commit-safe order: positions are
@@ -81,6 +83,8 @@ struct Inner {
     schema: SchemaName,
     channel: String,
     queries: Queries,
+    notify: PgNotify,
+    notifier: Notifier,
 }
 
 impl PgEventStore {
@@ -112,7 +116,7 @@ impl PgEventStore {
             Ok(schema) => schema,
             Err(error) => unreachable!("the default schema name is valid: {error}"),
         };
-        Self::build(pool, schema)
+        Self::build(pool, schema, PgNotify::default())
     }
 
     /// Connects a pool of up to 10 connections to `url` and makes a store on it (schema
@@ -153,18 +157,37 @@ impl PgEventStore {
     /// [`Error::InvalidSchema`] for a name outside the accepted alphabet.
     pub fn with_schema(self, schema: &str) -> Result<Self> {
         let schema = SchemaName::parse(schema)?;
-        Ok(Self::build(self.inner.pool.clone(), schema))
+        Ok(Self::build(
+            self.inner.pool.clone(),
+            schema,
+            self.inner.notify,
+        ))
     }
 
-    fn build(pool: PgPool, schema: SchemaName) -> Self {
+    /// The same store announcing appends as `notify` says (default
+    /// [`PgNotify::AfterCommit`]).
+    #[must_use]
+    pub fn with_notify(self, notify: PgNotify) -> Self {
+        Self::build(self.inner.pool.clone(), self.inner.schema.clone(), notify)
+    }
+
+    fn build(pool: PgPool, schema: SchemaName, notify: PgNotify) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool,
                 channel: schema.channel(),
                 queries: Queries::new(&schema),
                 schema,
+                notify,
+                notifier: Notifier::new(),
             }),
         }
+    }
+
+    /// How the store announces appends.
+    #[must_use]
+    pub fn notify(&self) -> PgNotify {
+        self.inner.notify
     }
 
     /// The pool the store runs on.
@@ -179,9 +202,9 @@ impl PgEventStore {
         self.inner.schema.as_str()
     }
 
-    /// The `NOTIFY` channel every append is announced on (`<schema>_events`), with the
-    /// position of the append's last event (`"<commit>.<sequence>"`) as the payload.
-    /// Notifications are delivered when the append commits.
+    /// The `NOTIFY` channel appends are announced on (`<schema>_events`), with the
+    /// position of an append's last event (`"<commit>.<sequence>"`) as the payload; see
+    /// [`PgNotify`] for when.
     ///
     /// A reader `LISTEN`s to wake up at once instead of polling; it must still read
     /// from its own position, since a notification may arrive before earlier
@@ -292,11 +315,21 @@ impl PgEventStore {
                 .bind(&payloads)
                 .bind(&metadata)
                 .bind(request.command_id)
-                .bind(self.channel())
+                .bind((self.inner.notify == PgNotify::InTransaction).then_some(self.channel()))
                 .fetch_optional(&self.inner.pool)
                 .await;
         match row {
-            Ok(Some(row)) => Ok(row.into_outcome()?),
+            Ok(Some(row)) => {
+                let outcome = row.into_outcome()?;
+                if !outcome.duplicate && self.inner.notify == PgNotify::AfterCommit {
+                    self.inner.notifier.announce(
+                        &self.inner.pool,
+                        &self.inner.channel,
+                        outcome.position,
+                    );
+                }
+                Ok(outcome)
+            }
             Ok(None) => Err(conflict(request)),
             Err(error) => self.append_failed(request, &event_ids, error).await,
         }
@@ -363,7 +396,7 @@ fn conflict(request: &AppendRequest) -> cqrs_core::Error {
     }
 }
 
-fn log_statement(statement: Statement) {
+pub(crate) fn log_statement(statement: Statement) {
     trace!(target: "cqrs_postgres::query", { db.statement = statement.name() }, "running statement");
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::TestStore;
 use cqrs_core::{AppendRequest, Error as CoreError, EventStore, NewEvent, Position};
-use cqrs_postgres::{Error, PgEventStore};
+use cqrs_postgres::{Error, PgEventStore, PgNotify};
 use serde_json::json;
 use sqlx::postgres::PgListener;
 
@@ -39,9 +39,15 @@ async fn migrate_is_explicit_repeatable_and_tracked_in_its_own_table() {
     .fetch_all(&pool)
     .await
     .expect("list tables");
-    assert_eq!(
-        tables,
-        ["_cqrs_migrations", "commands", "events", "snapshots"]
+    for table in ["_cqrs_migrations", "commands", "events", "snapshots"] {
+        assert!(
+            tables.iter().any(|t| t == table),
+            "{table} missing from {tables:?}"
+        );
+    }
+    assert!(
+        !tables.iter().any(|t| t == "_sqlx_migrations"),
+        "{tables:?}"
     );
     let applied: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "SELECT count(*) FROM \"{schema}\"._cqrs_migrations WHERE success"
@@ -105,8 +111,35 @@ async fn invalid_schema_names_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn appends_notify_their_position_on_commit() {
-    let t = TestStore::new("notify").await;
+async fn appends_notify_their_position_after_commit() {
+    notifies_appends(PgNotify::AfterCommit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_notify_their_position_in_their_transaction() {
+    notifies_appends(PgNotify::InTransaction).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_can_be_turned_off() {
+    let mut t = TestStore::new("quiet").await;
+    t.store = t.store.clone().with_notify(PgNotify::Off);
+    let mut listener = PgListener::connect(&common::database_url())
+        .await
+        .expect("listener");
+    listener.listen(t.store.channel()).await.expect("listen");
+    t.store
+        .append(AppendRequest::new("s", "1", 0, vec![event()]))
+        .await
+        .expect("append");
+    let quiet = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(quiet.is_err(), "notified although off: {quiet:?}");
+    t.cleanup().await;
+}
+
+async fn notifies_appends(mode: PgNotify) {
+    let mut t = TestStore::new("notify").await;
+    t.store = t.store.clone().with_notify(mode);
     let mut listener = PgListener::connect(&common::database_url())
         .await
         .expect("listener");

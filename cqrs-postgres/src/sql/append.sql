@@ -2,7 +2,8 @@
 --
 -- $1 stream_type, $2 stream_id, $3 expected version, $4..$8 the events as parallel
 -- arrays (ids, types, schema versions, payloads, metadata), $9 command id (or NULL),
--- $10 the NOTIFY channel.
+-- $10 the NOTIFY channel when the statement itself notifies (PgNotify::InTransaction),
+-- otherwise NULL.
 --
 -- Returns one row: the outcome (duplicate = false), or the original outcome of the
 -- command id (duplicate = true). Returns no row when the stream is not at the expected
@@ -55,6 +56,7 @@ recorded AS (
 notified AS (
     SELECT pg_notify($10::text, transaction_id::text || '.' || sequence::text) AS sent
     FROM last
+    WHERE $10::text IS NOT NULL
 )
 SELECT false AS duplicate, $3::bigint + 1 AS first_version, l.stream_version,
        l.transaction_id, l.sequence
