@@ -1,15 +1,28 @@
 #![doc = include_str!("../README.md")]
 #![doc(test(attr(deny(warnings))))]
 
+mod checkpoints;
+mod document;
 mod error;
+mod listener;
 mod notify;
+mod projection_error;
 mod rows;
+mod runner;
 mod schema;
+mod status;
 mod store;
+mod view;
+mod worker;
 
+pub use document::{Document, PgDocumentView};
 pub use error::{Error, Result, Statement};
 pub use notify::PgNotify;
+pub use projection_error::PgProjectionError;
+pub use runner::{PgProjectionRunner, PgProjectionRunnerBuilder};
+pub use status::{PgProjectionStatus, ProjectionState};
 pub use store::{DEFAULT_SCHEMA, PgEventStore};
+pub use view::PgView;
 
 /// The store's embedded migrations (`cqrs-postgres/migrations/`), tracked in their own
 /// `_cqrs_migrations` table so they never mix with the application's `_sqlx_migrations`.

@@ -1,0 +1,388 @@
+//! A ready-made view: one JSON document per key, in a table the runner manages.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+use cqrs_core::{Event, EventEnvelope, EventFilter, Projection};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgConnection};
+
+use crate::PgEventStore;
+use crate::projection_error::{PgProjectionError, check_identifier};
+use crate::view::PgView;
+
+/// Names a document view may not take: the store's own tables.
+const RESERVED: &[&str] = &[
+    "events",
+    "commands",
+    "snapshots",
+    "projections",
+    "_cqrs_migrations",
+];
+
+/// A read model kept as one JSON document per key by a [`PgDocumentView`]: no SQL to
+/// write.
+///
+/// Each event the view wants is folded into the document of its [`key`](Self::key)
+/// (by default the event's stream id, so one document per aggregate), starting from
+/// `Default`.
+///
+/// ```
+/// # #![allow(dead_code)]
+/// use cqrs_core::EventEnvelope;
+/// use cqrs_postgres::Document;
+/// use serde::{Deserialize, Serialize};
+/// # use cqrs_core::{CodecError, Event, EventType, codec};
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # enum AccountEvent { Opened { owner: String }, Deposited { amount: u64 } }
+/// # impl Event for AccountEvent {
+/// #     const TYPES: &'static [EventType] = &[
+/// #         EventType { name: "Opened", version: 1 },
+/// #         EventType { name: "Deposited", version: 1 },
+/// #     ];
+/// #     fn event_type(&self) -> &'static str {
+/// #         match self { Self::Opened { .. } => "Opened", Self::Deposited { .. } => "Deposited" }
+/// #     }
+/// #     fn schema_version(&self) -> u32 { 1 }
+/// #     fn encode(&self) -> Result<serde_json::Value, CodecError> { codec::encode(self) }
+/// #     fn decode(t: &str, v: u32, p: serde_json::Value) -> Result<Self, CodecError> {
+/// #         codec::check_known::<Self>(t, v)?;
+/// #         codec::decode(t, v, p)
+/// #     }
+/// # }
+///
+/// /// Served as the SQL view `account_summaries` (in the store's schema).
+/// #[derive(Debug, Default, Serialize, Deserialize)]
+/// struct AccountSummary {
+///     owner: String,
+///     balance: u64,
+///     deposits: u32,
+/// }
+///
+/// impl Document for AccountSummary {
+///     const NAME: &'static str = "account_summaries";
+///     type Event = AccountEvent;
+///
+///     fn apply(&mut self, event: &EventEnvelope<AccountEvent>) {
+///         match &event.payload {
+///             AccountEvent::Opened { owner } => self.owner.clone_from(owner),
+///             AccountEvent::Deposited { amount } => {
+///                 self.balance += amount;
+///                 self.deposits += 1;
+///             }
+///         }
+///     }
+/// }
+/// ```
+pub trait Document: Serialize + DeserializeOwned + Default + Send + Sync + 'static {
+    /// The view's name: the projection's [`NAME`](Projection::NAME), the SQL view
+    /// readers query, and the stem of the table of each version (`<NAME>_v<VERSION>`),
+    /// all in the store's schema. Lowercase ASCII letters, digits and `_`, at most 48
+    /// characters, and none of the store's own table names.
+    const NAME: &'static str;
+
+    /// The documents' shape. A new version is built beside the served one, in its own
+    /// table, and replaces it once caught up.
+    const VERSION: u32 = 1;
+
+    /// The events folded into documents.
+    type Event: Event;
+
+    /// Which stored events to fold. Defaults to every type name of
+    /// [`Event`](Self::Event).
+    fn filter() -> EventFilter {
+        EventFilter::event_types(Self::Event::TYPES)
+    }
+
+    /// The document an event belongs to; `None` ignores the event. Defaults to the
+    /// event's stream id.
+    fn key(event: &EventEnvelope<Self::Event>) -> Option<String> {
+        Some(event.stream_id.clone())
+    }
+
+    /// Folds one event into the document.
+    fn apply(&mut self, event: &EventEnvelope<Self::Event>);
+}
+
+/// The [`PgView`] that keeps a [`Document`] per key in a table: run it with
+/// [`PgProjectionRunnerBuilder::view`](crate::PgProjectionRunnerBuilder::view), read it
+/// with [`get`](Self::get) and [`all`](Self::all), or with SQL from the view `NAME`.
+///
+/// Each version's documents live in the table `<NAME>_v<VERSION>` (`id text PRIMARY KEY,
+/// document jsonb, updated_at timestamptz`), created when a runner first takes the
+/// projection up; the SQL view `<NAME>` selects from the served version's table. A batch
+/// reads each document it touches once and writes them all back with one statement.
+///
+/// ```no_run
+/// # use cqrs_core::EventEnvelope;
+/// # use cqrs_postgres::Document;
+/// # use serde::{Deserialize, Serialize};
+/// # use cqrs_core::{CodecError, Event, EventType, codec};
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # struct Deposited { amount: u64 }
+/// # impl Event for Deposited {
+/// #     const TYPES: &'static [EventType] = &[EventType { name: "Deposited", version: 1 }];
+/// #     fn event_type(&self) -> &'static str { "Deposited" }
+/// #     fn schema_version(&self) -> u32 { 1 }
+/// #     fn encode(&self) -> Result<serde_json::Value, CodecError> { codec::encode(self) }
+/// #     fn decode(t: &str, v: u32, p: serde_json::Value) -> Result<Self, CodecError> {
+/// #         codec::check_known::<Self>(t, v)?;
+/// #         codec::decode(t, v, p)
+/// #     }
+/// # }
+/// # #[derive(Debug, Default, Serialize, Deserialize)]
+/// # struct AccountSummary { balance: u64 }
+/// # impl Document for AccountSummary {
+/// #     const NAME: &'static str = "account_summaries";
+/// #     type Event = Deposited;
+/// #     fn apply(&mut self, event: &EventEnvelope<Deposited>) {
+/// #         self.balance += event.payload.amount;
+/// #     }
+/// # }
+/// use cqrs_postgres::{PgDocumentView, PgEventStore, PgProjectionRunner};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PgEventStore::connect("postgres://postgres@localhost/app").await?;
+/// let runner = PgProjectionRunner::builder(store.clone())
+///     .view(PgDocumentView::<AccountSummary>::new(&store)?)
+///     .start()
+///     .await?;
+/// // ... after a command on account "a-1" and a wait_for on its position:
+/// let summary: Option<AccountSummary> = PgDocumentView::get(&store, "a-1").await?;
+/// # drop((runner, summary));
+/// # Ok(())
+/// # }
+/// ```
+pub struct PgDocumentView<D> {
+    sql: Statements,
+    /// Documents touched by the current batch, written back by `flush`.
+    buffer: HashMap<String, D>,
+    _document: PhantomData<fn() -> D>,
+}
+
+impl<D> fmt::Debug for PgDocumentView<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgDocumentView")
+            .field("table", &self.sql.table)
+            .field("buffered", &self.buffer.len())
+            .finish()
+    }
+}
+
+/// The view's statements, with the schema and table names spliced in once.
+#[derive(Debug)]
+struct Statements {
+    table: String,
+    create: String,
+    load: String,
+    store: String,
+    truncate: String,
+    activate: String,
+}
+
+impl Statements {
+    fn new<D: Document>(schema: &str) -> Result<Self, PgProjectionError> {
+        check_identifier(D::NAME, 48)?;
+        if RESERVED.contains(&D::NAME) {
+            return Err(PgProjectionError::InvalidName {
+                name: D::NAME.to_owned(),
+                reason: "it is the name of one of the store's tables",
+            });
+        }
+        // The schema passed the store's own check; neither name needs escaping.
+        let table = format!("\"{schema}\".\"{}_v{}\"", D::NAME, D::VERSION);
+        let view = format!("\"{schema}\".\"{}\"", D::NAME);
+        Ok(Self {
+            create: format!(
+                "CREATE TABLE IF NOT EXISTS {table} (\
+                 id text PRIMARY KEY, \
+                 document jsonb NOT NULL, \
+                 updated_at timestamptz NOT NULL DEFAULT now())"
+            ),
+            load: format!("SELECT document FROM {table} WHERE id = $1::text"),
+            store: format!(
+                "INSERT INTO {table} AS t (id, document) \
+                 SELECT * FROM unnest($1::text[], $2::jsonb[]) \
+                 ON CONFLICT (id) DO UPDATE \
+                 SET document = excluded.document, updated_at = now()"
+            ),
+            truncate: format!("TRUNCATE {table}"),
+            activate: format!(
+                "CREATE OR REPLACE VIEW {view} AS SELECT id, document, updated_at FROM {table}"
+            ),
+            table,
+        })
+    }
+}
+
+fn view_name<D: Document>(store: &PgEventStore) -> Result<String, PgProjectionError> {
+    check_identifier(D::NAME, 48)?;
+    Ok(format!("\"{}\".\"{}\"", store.schema(), D::NAME))
+}
+
+impl<D: Document> PgDocumentView<D> {
+    /// The view of `D` in `store`'s schema.
+    ///
+    /// # Errors
+    ///
+    /// [`PgProjectionError::InvalidName`] when [`D::NAME`](Document::NAME) is not a plain
+    /// identifier of at most 48 characters, or names one of the store's tables.
+    pub fn new(store: &PgEventStore) -> Result<Self, PgProjectionError> {
+        Ok(Self {
+            sql: Statements::new::<D>(store.schema())?,
+            buffer: HashMap::new(),
+            _document: PhantomData,
+        })
+    }
+
+    /// The served document of `key`, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`cqrs_core::Error::Backend`] with a [`PgProjectionError`]: `Database` when the
+    /// query fails (also before any runner took the view up: the SQL view does not exist
+    /// yet), `Document` when the stored document does not deserialise.
+    pub async fn get(store: &PgEventStore, key: &str) -> cqrs_core::Result<Option<D>> {
+        let sql = format!(
+            "SELECT document FROM {} WHERE id = $1::text",
+            view_name::<D>(store)?
+        );
+        let row: Option<Json<serde_json::Value>> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(key)
+            .fetch_optional(store.pool())
+            .await
+            .map_err(|e| PgProjectionError::database("document_get", e))?;
+        row.map(|Json(document)| decode::<D>(key, document))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// Every served document, ordered by key.
+    ///
+    /// # Errors
+    ///
+    /// As for [`get`](Self::get).
+    pub async fn all(store: &PgEventStore) -> cqrs_core::Result<Vec<(String, D)>> {
+        let sql = format!(
+            "SELECT id, document FROM {} ORDER BY id",
+            view_name::<D>(store)?
+        );
+        let rows: Vec<(String, Json<serde_json::Value>)> = sqlx::query_as(AssertSqlSafe(sql))
+            .fetch_all(store.pool())
+            .await
+            .map_err(|e| PgProjectionError::database("document_all", e))?;
+        rows.into_iter()
+            .map(|(key, Json(document))| {
+                let document = decode::<D>(&key, document)?;
+                Ok((key, document))
+            })
+            .collect()
+    }
+}
+
+fn decode<D: Document>(key: &str, document: serde_json::Value) -> Result<D, PgProjectionError> {
+    serde_json::from_value(document).map_err(|source| PgProjectionError::Document {
+        view: D::NAME,
+        key: key.to_owned(),
+        source,
+    })
+}
+
+impl<D: Document> Projection for PgDocumentView<D> {
+    const NAME: &'static str = D::NAME;
+    const VERSION: u32 = D::VERSION;
+    type Event = D::Event;
+    type Context = PgConnection;
+    type Error = PgProjectionError;
+
+    fn filter() -> EventFilter {
+        D::filter()
+    }
+
+    async fn handle(
+        &mut self,
+        cx: &mut PgConnection,
+        event: &EventEnvelope<D::Event>,
+    ) -> Result<(), PgProjectionError> {
+        let Some(key) = D::key(event) else {
+            return Ok(());
+        };
+        if let Some(document) = self.buffer.get_mut(&key) {
+            document.apply(event);
+            return Ok(());
+        }
+        let stored: Option<Json<serde_json::Value>> =
+            sqlx::query_scalar(AssertSqlSafe(self.sql.load.as_str()))
+                .bind(&key)
+                .fetch_optional(&mut *cx)
+                .await
+                .map_err(|e| PgProjectionError::database("document_load", e))?;
+        let mut document = match stored {
+            Some(Json(stored)) => decode::<D>(&key, stored)?,
+            None => D::default(),
+        };
+        document.apply(event);
+        self.buffer.insert(key, document);
+        Ok(())
+    }
+}
+
+impl<D: Document> PgView for PgDocumentView<D> {
+    async fn setup(&mut self, cx: &mut PgConnection) -> Result<(), PgProjectionError> {
+        sqlx::query(AssertSqlSafe(self.sql.create.as_str()))
+            .execute(cx)
+            .await
+            .map_err(|e| PgProjectionError::database("document_create", e))?;
+        Ok(())
+    }
+
+    async fn reset(&mut self, cx: &mut PgConnection) -> Result<(), PgProjectionError> {
+        self.buffer.clear();
+        sqlx::query(AssertSqlSafe(self.sql.truncate.as_str()))
+            .execute(cx)
+            .await
+            .map_err(|e| PgProjectionError::database("document_reset", e))?;
+        Ok(())
+    }
+
+    async fn flush(&mut self, cx: &mut PgConnection) -> Result<(), PgProjectionError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(self.buffer.len());
+        let mut documents = Vec::with_capacity(self.buffer.len());
+        for (key, document) in self.buffer.drain() {
+            let value =
+                serde_json::to_value(&document).map_err(|source| PgProjectionError::Document {
+                    view: D::NAME,
+                    key: key.clone(),
+                    source,
+                })?;
+            keys.push(key);
+            documents.push(Json(value));
+        }
+        sqlx::query(AssertSqlSafe(self.sql.store.as_str()))
+            .bind(&keys)
+            .bind(&documents)
+            .execute(cx)
+            .await
+            .map_err(|e| PgProjectionError::database("document_store", e))?;
+        Ok(())
+    }
+
+    fn discard(&mut self) {
+        self.buffer.clear();
+    }
+
+    async fn activate(&mut self, cx: &mut PgConnection) -> Result<(), PgProjectionError> {
+        sqlx::query(AssertSqlSafe(self.sql.activate.as_str()))
+            .execute(cx)
+            .await
+            .map_err(|e| PgProjectionError::database("document_activate", e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,541 @@
+//! The loop that runs one projection while its runner owns it.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use cqrs_core::{BoxError, EventFilter, Position, Projection};
+use sqlx::{Postgres, Transaction};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, error, info, warn};
+
+use crate::checkpoints::{self, Advance};
+use crate::projection_error::PgProjectionError;
+use crate::runner::Shared;
+use crate::view::PgView;
+
+type Result<T, E = PgProjectionError> = std::result::Result<T, E>;
+
+/// What one step of the loop found.
+#[derive(Debug)]
+enum Step {
+    /// More may be readable at once.
+    Progress,
+    /// Everything readable is applied; `head` is the newest readable event.
+    Idle { head: Position },
+    /// The projection is stopped at a failing event until an operator acts.
+    Failed,
+    /// A handler failed; try again after the delay.
+    Retry(Duration),
+    /// The projection's row is gone: register and claim it again.
+    Missing,
+}
+
+/// Runs one projection: waits for its runner to own it, then applies batches until
+/// ownership is lost or the runner shuts down.
+pub(crate) struct Worker<V> {
+    view: V,
+    shared: Arc<Shared>,
+    owned: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    filter: EventFilter,
+    position: Position,
+    limit: usize,
+    attempts: u32,
+}
+
+impl<V: PgView> Worker<V> {
+    pub(crate) fn new(view: V, shared: Arc<Shared>, owned: watch::Receiver<bool>) -> Self {
+        let shutdown = shared.shutdown.clone();
+        let limit = shared.config.batch_size;
+        Self {
+            view,
+            shared,
+            owned,
+            shutdown,
+            filter: V::filter(),
+            position: Position::START,
+            limit,
+            attempts: 0,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn owned(&self) -> bool {
+        *self.owned.borrow() && !self.stopping()
+    }
+
+    /// Sleeps for `delay`; `false` when ownership was lost or the runner stops meanwhile.
+    async fn pause(&mut self, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = self.owned.changed() => {}
+            _ = self.shutdown.changed() => {}
+        }
+        self.owned()
+    }
+
+    pub(crate) async fn run(mut self) {
+        let span = tracing::info_span!(
+            "cqrs_postgres.projection",
+            projection = V::NAME,
+            version = V::VERSION
+        );
+        async move {
+            loop {
+                // Wait to be given ownership.
+                while !*self.owned.borrow_and_update() {
+                    if self.stopping() {
+                        return;
+                    }
+                    tokio::select! {
+                        changed = self.owned.changed() => if changed.is_err() { return },
+                        _ = self.shutdown.changed() => {}
+                    }
+                }
+                if self.stopping() {
+                    return;
+                }
+                match self.claim().await {
+                    Ok(()) => {
+                        info!(position = %self.position, "projection owned");
+                        self.work().await;
+                        info!(position = %self.position, "projection released");
+                    }
+                    Err(error) => {
+                        warn!(error = %chain(&error), "cannot take up the projection; trying again");
+                        self.pause(self.shared.config.poll_interval).await;
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Records the new owner, prepares the view and loads the checkpoint.
+    async fn claim(&mut self) -> Result<()> {
+        let shared = Arc::clone(&self.shared);
+        let mut tx = begin(&shared).await?;
+        let mut claimed =
+            checkpoints::claim(&mut tx, &shared.queries, V::NAME, V::VERSION, &shared.owner)
+                .await?;
+        if claimed.is_none() {
+            // The row was deleted: register the projection again.
+            drop(tx);
+            let mut conn = shared
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| PgProjectionError::database("acquire", e))?;
+            checkpoints::register(
+                &mut conn,
+                &shared.queries,
+                V::NAME,
+                V::VERSION,
+                &self.filter,
+                false,
+            )
+            .await?;
+            drop(conn);
+            tx = begin(&shared).await?;
+            claimed =
+                checkpoints::claim(&mut tx, &shared.queries, V::NAME, V::VERSION, &shared.owner)
+                    .await?;
+        }
+        let Some((position, active)) = claimed else {
+            return Err(PgProjectionError::database(
+                "projection_claim",
+                sqlx::Error::RowNotFound,
+            ));
+        };
+        if let Err(source) = guarded(self.view.setup(&mut tx)).await {
+            self.view.discard();
+            return Err(hook_failed::<V>("setup", source));
+        }
+        if active && let Err(source) = guarded(self.view.activate(&mut tx)).await {
+            self.view.discard();
+            return Err(hook_failed::<V>("activate", source));
+        }
+        tx.commit()
+            .await
+            .map_err(|e| PgProjectionError::database("commit", e))?;
+        self.position = position;
+        self.limit = shared.config.batch_size;
+        self.attempts = 0;
+        Ok(())
+    }
+
+    /// Applies batches while owned.
+    async fn work(&mut self) {
+        let hub = Arc::clone(&self.shared.hub);
+        let mut log = hub.subscribe_log();
+        let mut control = hub.subscribe_control();
+        let poll = self.shared.config.poll_interval;
+        let mut trouble = Duration::from_millis(50);
+        let mut nudge = Duration::from_millis(1);
+        while self.owned() {
+            // Marked seen before reading, so an announcement during the step wakes the
+            // next wait at once.
+            log.borrow_and_update();
+            control.borrow_and_update();
+            let step = self.step().await;
+            match step {
+                Ok(Step::Progress) => {
+                    trouble = Duration::from_millis(50);
+                }
+                Ok(Step::Idle { head }) => {
+                    trouble = Duration::from_millis(50);
+                    // An append was announced but is not readable yet (an older
+                    // transaction is still open): look again soon rather than at the
+                    // next announcement.
+                    if *log.borrow() > head {
+                        if !self.pause(nudge).await {
+                            return;
+                        }
+                        nudge = (nudge * 2).min(poll);
+                        continue;
+                    }
+                    nudge = Duration::from_millis(1);
+                    tokio::select! {
+                        _ = log.changed() => {}
+                        _ = control.changed() => {}
+                        _ = self.owned.changed() => {}
+                        _ = self.shutdown.changed() => {}
+                        () = tokio::time::sleep(poll) => {}
+                    }
+                }
+                Ok(Step::Failed) => {
+                    tokio::select! {
+                        _ = control.changed() => {}
+                        _ = self.owned.changed() => {}
+                        _ = self.shutdown.changed() => {}
+                        () = tokio::time::sleep(poll) => {}
+                    }
+                }
+                Ok(Step::Retry(delay)) => {
+                    if !self.pause(delay).await {
+                        return;
+                    }
+                }
+                Ok(Step::Missing) => return,
+                Err(error) => {
+                    warn!(
+                        error = %chain(&error),
+                        position = %self.position,
+                        "projection batch failed; retrying"
+                    );
+                    if !self.pause(trouble).await {
+                        return;
+                    }
+                    trouble = (trouble * 2).min(poll.max(Duration::from_secs(1)));
+                }
+            }
+        }
+    }
+
+    /// One batch: read, apply, move the checkpoint, commit.
+    async fn step(&mut self) -> Result<Step> {
+        let shared = Arc::clone(&self.shared);
+        let span = tracing::debug_span!(
+            "cqrs_postgres.projection.batch",
+            projection = V::NAME,
+            position = %self.position,
+            events = tracing::field::Empty,
+        );
+        async move {
+            let mut tx = begin(&shared).await?;
+            let batch = checkpoints::read_batch(
+                &mut tx,
+                &shared.queries,
+                V::NAME,
+                V::VERSION,
+                self.position,
+                &self.filter,
+                self.limit,
+            )
+            .await?;
+            let Some(header) = batch.header else {
+                return Ok(Step::Missing);
+            };
+            if header.rebuild_requested {
+                return self.rebuild(tx).await;
+            }
+            if header.failed {
+                return Ok(Step::Failed);
+            }
+            if header.position != self.position {
+                // Moved by someone else: an operator's skip, or another owner.
+                debug!(position = %header.position, "checkpoint moved elsewhere");
+                self.position = header.position;
+                self.limit = shared.config.batch_size;
+                self.attempts = 0;
+                return Ok(Step::Progress);
+            }
+            let count = batch.events.len();
+            tracing::Span::current().record("events", count);
+            let caught_up = count < self.limit;
+            let mut to = batch.events.last().map_or(self.position, |(p, _)| *p);
+            if caught_up && header.head > to {
+                // Nothing it wants up to the head: the view is current up to there.
+                to = header.head;
+            }
+            let version = i32::try_from(V::VERSION).unwrap_or(i32::MAX);
+            let switch = caught_up
+                && !header.active
+                && header.active_version.is_none_or(|served| served < version);
+            let finish_rebuild = caught_up && header.rebuilding;
+            if count == 0 && to == self.position && !switch && !finish_rebuild {
+                return Ok(Step::Idle { head: header.head });
+            }
+            let first = batch.events.first().map(|(p, _)| *p);
+            for (index, (position, event)) in batch.events.into_iter().enumerate() {
+                let outcome = match event {
+                    Ok(raw) => match raw.into_decoded::<V::Event>() {
+                        Ok(event) => guarded(self.view.handle(&mut tx, &event)).await,
+                        Err(error) => Err(Box::new(error) as BoxError),
+                    },
+                    Err(error) => Err(Box::new(error) as BoxError),
+                };
+                if let Err(source) = outcome {
+                    drop(tx);
+                    self.view.discard();
+                    return self.handler_failed(index, position, source).await;
+                }
+            }
+            if let Err(source) = guarded(self.view.flush(&mut tx)).await {
+                drop(tx);
+                self.view.discard();
+                return match first {
+                    // Narrow the batch down to the event the flush fails on.
+                    Some(_) if count > 1 => {
+                        self.limit = count / 2;
+                        Ok(Step::Progress)
+                    }
+                    Some(position) => self.handler_failed(0, position, source).await,
+                    None => Err(hook_failed::<V>("flush", source)),
+                };
+            }
+            if switch {
+                if let Err(source) = guarded(self.view.activate(&mut tx)).await {
+                    drop(tx);
+                    self.view.discard();
+                    return Err(hook_failed::<V>("activate", source));
+                }
+                checkpoints::switch(&mut tx, &shared.queries, V::NAME, V::VERSION).await?;
+                info!(position = %to, "new version caught up; now served");
+            }
+            let rebuilding = header.rebuilding && !caught_up;
+            let state = if rebuilding || (!header.active && !switch) {
+                "rebuilding"
+            } else if caught_up {
+                "caught_up"
+            } else {
+                "running"
+            };
+            let advanced = checkpoints::advance(
+                &mut tx,
+                &shared.queries,
+                Advance {
+                    name: V::NAME,
+                    version: V::VERSION,
+                    from: self.position,
+                    to,
+                    state,
+                    rebuilding,
+                },
+            )
+            .await;
+            match advanced {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    // Fenced off: the checkpoint moved under us. Nothing commits.
+                    drop(tx);
+                    self.view.discard();
+                    warn!("checkpoint moved during the batch; batch dropped");
+                    return Ok(Step::Progress);
+                }
+                Err(error) => {
+                    drop(tx);
+                    self.view.discard();
+                    return Err(error);
+                }
+            }
+            if let Err(error) = tx.commit().await {
+                self.view.discard();
+                return Err(PgProjectionError::database("commit", error));
+            }
+            if finish_rebuild {
+                info!(position = %to, "rebuild caught up");
+            }
+            debug!(position = %to, events = count, "projection batch committed");
+            self.position = to;
+            self.limit = shared.config.batch_size;
+            self.attempts = 0;
+            Ok(if caught_up {
+                Step::Idle { head: header.head }
+            } else {
+                Step::Progress
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Resets the view and the checkpoint, as an operator asked.
+    async fn rebuild(&mut self, mut tx: Transaction<'static, Postgres>) -> Result<Step> {
+        self.view.discard();
+        if let Err(source) = guarded(self.view.reset(&mut tx)).await {
+            drop(tx);
+            self.view.discard();
+            let error = hook_failed::<V>("reset", source);
+            warn!(error = %chain(&error), "resetting the view for a rebuild failed; retrying");
+            return Ok(Step::Retry(self.shared.config.poll_interval));
+        }
+        if !checkpoints::reset(&mut tx, &self.shared.queries, V::NAME, V::VERSION).await? {
+            return Ok(Step::Progress);
+        }
+        tx.commit()
+            .await
+            .map_err(|e| PgProjectionError::database("commit", e))?;
+        info!("view reset; rebuilding from the start of the log");
+        self.position = Position::START;
+        self.limit = self.shared.config.batch_size;
+        self.attempts = 0;
+        Ok(Step::Progress)
+    }
+
+    /// A handler (or the decoding before it) failed on the event at `index` of the batch.
+    async fn handler_failed(
+        &mut self,
+        index: usize,
+        position: Position,
+        source: BoxError,
+    ) -> Result<Step> {
+        if index > 0 {
+            // Commit the events before it first.
+            self.limit = index;
+            return Ok(Step::Progress);
+        }
+        self.attempts += 1;
+        let error = cqrs_core::Error::Projection {
+            projection: V::NAME,
+            position,
+            source,
+        };
+        let config = &self.shared.config;
+        if self.attempts < config.max_attempts {
+            let exponent = self.attempts.saturating_sub(1).min(16);
+            let delay = config
+                .backoff
+                .saturating_mul(1 << exponent)
+                .min(Duration::from_secs(30));
+            warn!(
+                error = %chain(&error),
+                attempt = self.attempts,
+                "projection handler failed; retrying"
+            );
+            self.limit = 1;
+            return Ok(Step::Retry(delay));
+        }
+        let message = chain(&error);
+        error!(error = %message, %position, "projection handler keeps failing; projection stopped");
+        self.attempts = 0;
+        self.limit = config.batch_size;
+        checkpoints::fail(
+            &self.shared.pool,
+            &self.shared.queries,
+            V::NAME,
+            V::VERSION,
+            self.position,
+            position,
+            &message,
+        )
+        .await?;
+        Ok(Step::Failed)
+    }
+}
+
+fn hook_failed<V: Projection>(hook: &'static str, source: BoxError) -> PgProjectionError {
+    PgProjectionError::Hook {
+        projection: V::NAME,
+        hook,
+        source,
+    }
+}
+
+async fn begin(shared: &Shared) -> Result<Transaction<'static, Postgres>> {
+    shared
+        .pool
+        .begin()
+        .await
+        .map_err(|e| PgProjectionError::database("begin", e))
+}
+
+/// An error and its sources, as one line.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs a hook or handler, turning its error, or a panic, into a boxed error.
+async fn guarded<F, E>(future: F) -> Result<(), BoxError>
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match catch_unwind(future).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(Box::new(error)),
+        Err(panic) => Err(Box::new(Panicked(panic_message(panic.as_ref())))),
+    }
+}
+
+/// A handler panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("the handler panicked: {0}")]
+struct Panicked(String);
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}
+
+/// Polls a future, catching a panic inside it.
+async fn catch_unwind<F: Future>(future: F) -> std::result::Result<F::Output, Box<dyn Any + Send>> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+    .await
+}
+
+/// Makes a worker for `view` and runs it as a task.
+pub(crate) fn spawn<V: PgView>(
+    view: V,
+    shared: Arc<Shared>,
+    owned: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(Worker::new(view, shared, owned).run())
+}

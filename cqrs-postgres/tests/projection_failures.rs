@@ -1,0 +1,152 @@
+//! A failing handler: retried with backoff, then the projection stops at the event with
+//! its error recorded; the others keep running; `retry` and `skip` resume it.
+
+mod common;
+mod projection_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestStore, eventually};
+use cqrs_core::EventEnvelope;
+use cqrs_postgres::{Document, PgDocumentView, PgProjectionRunner, ProjectionState};
+use projection_support::{Balances, Faults, add, add_many, caught_up, fold, rows, served_view};
+use serde::{Deserialize, Serialize};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Counts events per stream: a second projection beside the failing one.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Seen {
+    events: u64,
+}
+
+impl Document for Seen {
+    const NAME: &'static str = "seen";
+    type Event = common::counter::Added;
+    fn apply(&mut self, _: &EventEnvelope<common::counter::Added>) {
+        self.events += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_and_applied_once() {
+    let t = TestStore::new("proj_retry").await;
+    let schema = t.store.schema().to_owned();
+    let faults = Arc::new(Faults::default());
+    // Fails once in the middle of a batch, and once more with a panic.
+    faults.fail_once("r-1", 6);
+    faults.panic_once("r-1", 13);
+    let runner = PgProjectionRunner::builder(t.store.clone())
+        .batch_size(10)
+        .retries(3, Duration::from_millis(20))
+        .view(Balances::<1>::new(&schema).with_faults(Arc::clone(&faults)))
+        .start()
+        .await
+        .expect("start");
+    let last = add_many(&t.store, "r-1", 0, 20, 20, 5).await;
+    caught_up(&runner, "balances", last, WAIT).await;
+    assert_eq!(
+        rows(t.pool(), &served_view(&schema)).await,
+        fold(t.pool(), &schema).await
+    );
+    runner.shutdown().await;
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_failure_stops_only_that_projection_until_skipped_or_retried() {
+    let t = TestStore::new("proj_fail").await;
+    let schema = t.store.schema().to_owned();
+    let faults = Arc::new(Faults::default());
+    faults.fail_always("f-1", 4);
+    faults.fail_always("f-1", 9);
+    let runner = PgProjectionRunner::builder(t.store.clone())
+        .batch_size(50)
+        .retries(3, Duration::from_millis(10))
+        .view(Balances::<1>::new(&schema).with_faults(Arc::clone(&faults)))
+        .view(PgDocumentView::<Seen>::new(&t.store).expect("name"))
+        .start()
+        .await
+        .expect("start");
+    let last = add_many(&t.store, "f-1", 0, 12, 12, 1).await;
+
+    // The other projection is not held up.
+    runner
+        .wait_for("seen", last, WAIT)
+        .await
+        .expect("seen catches up");
+
+    let status = eventually(WAIT, || async {
+        let status = runner.status_of("balances").await.expect("status");
+        (status[0].state == ProjectionState::Failed).then(|| status[0].clone())
+    })
+    .await
+    .expect("the projection stops");
+    let failed_at = status.failed_at.expect("the failing event is recorded");
+    let error = status.error.expect("the error is recorded");
+    assert!(error.contains("injected failure at f-1/4"), "{error}");
+    // Events before the failing one were applied (and committed), none after.
+    assert_eq!(
+        rows(t.pool(), &served_view(&schema)).await,
+        vec![("f-1".to_owned(), 3, 3)]
+    );
+    assert!(status.position < failed_at);
+    assert!(status.lag_events >= 9);
+
+    // Still failing: a retry stops at the same event again.
+    assert!(runner.retry("balances", 1).await.expect("retry"));
+    let again = eventually(WAIT, || async {
+        let status = runner.status_of("balances").await.expect("status");
+        (status[0].state == ProjectionState::Failed).then(|| status[0].clone())
+    })
+    .await
+    .expect("fails again");
+    assert_eq!(again.failed_at, Some(failed_at));
+
+    // Skip it: the projection goes on and stops at the next bad event.
+    assert_eq!(
+        runner.skip("balances", 1).await.expect("skip"),
+        Some(failed_at)
+    );
+    let next = eventually(WAIT, || async {
+        let status = runner.status_of("balances").await.expect("status");
+        (status[0].state == ProjectionState::Failed && status[0].failed_at != Some(failed_at))
+            .then(|| status[0].clone())
+    })
+    .await
+    .expect("stops at the next bad event");
+    assert!(next.error.expect("error").contains("f-1/9"));
+    assert_eq!(
+        rows(t.pool(), &served_view(&schema)).await,
+        vec![("f-1".to_owned(), 7, 7)]
+    );
+
+    // Fixed in the meantime: retry applies it and catches up.
+    faults.heal("f-1", 9);
+    assert!(runner.retry("balances", 1).await.expect("retry"));
+    runner
+        .wait_for("balances", last, WAIT)
+        .await
+        .expect("caught up");
+    // Everything but the skipped event.
+    assert_eq!(
+        rows(t.pool(), &served_view(&schema)).await,
+        vec![("f-1".to_owned(), 11, 11)]
+    );
+    let status = runner.status_of("balances").await.expect("status");
+    assert_eq!(status[0].state, ProjectionState::CaughtUp);
+    assert_eq!(status[0].error, None);
+    assert_eq!(status[0].failed_at, None);
+
+    // Nothing to retry or skip now.
+    assert!(!runner.retry("balances", 1).await.expect("retry"));
+    assert_eq!(runner.skip("balances", 1).await.expect("skip"), None);
+    let late = add(&t.store, "f-1", 12, 1).await;
+    runner
+        .wait_for("balances", late, WAIT)
+        .await
+        .expect("live again");
+    runner.shutdown().await;
+    t.cleanup().await;
+}
