@@ -257,3 +257,109 @@ pub async fn caught_up(
         .await
         .expect("the projection catches up");
 }
+
+/// The environment variable that turns a test binary into a projection worker process.
+pub const WORKER_SCHEMA: &str = "CQRS_TEST_WORKER_SCHEMA";
+
+/// A projection worker in a process of its own: this test binary again, running only
+/// the test `test_name`, which must call [`run_worker_if_asked`]. Killed on drop.
+pub struct WorkerProcess {
+    pub owner: String,
+    pub child: std::process::Child,
+}
+
+impl WorkerProcess {
+    /// Starts a worker owning as `owner`; `delay` is slept per event, `batch` events per
+    /// transaction, `claim` the claim interval.
+    pub fn spawn(
+        test_name: &str,
+        schema: &str,
+        owner: &str,
+        delay: Duration,
+        batch: usize,
+        claim: Duration,
+    ) -> Self {
+        let exe = std::env::current_exe().expect("the test binary");
+        let child = std::process::Command::new(exe)
+            .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+            .env(WORKER_SCHEMA, schema)
+            .env("CQRS_TEST_WORKER_OWNER", owner)
+            .env("CQRS_TEST_WORKER_DELAY_US", delay.as_micros().to_string())
+            .env("CQRS_TEST_WORKER_BATCH", batch.to_string())
+            .env("CQRS_TEST_WORKER_CLAIM_MS", claim.as_millis().to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn a worker process");
+        Self {
+            owner: owner.to_owned(),
+            child,
+        }
+    }
+
+    /// SIGKILL: no destructor, no rollback, no unlock runs in the worker.
+    pub fn kill(&mut self) {
+        // `Child::kill` sends SIGKILL on Unix.
+        self.child.kill().expect("SIGKILL the worker");
+        self.child.wait().expect("reap the worker");
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// In a process started by [`WorkerProcess::spawn`]: runs a projection runner with the
+/// balance view until killed (or until the parent test process is gone). Elsewhere:
+/// returns at once.
+pub fn run_worker_if_asked() {
+    let Ok(schema) = std::env::var(WORKER_SCHEMA) else {
+        return;
+    };
+    let env = |name: &str| std::env::var(name).unwrap_or_default();
+    let owner = env("CQRS_TEST_WORKER_OWNER");
+    let delay = Duration::from_micros(env("CQRS_TEST_WORKER_DELAY_US").parse().unwrap_or(0));
+    let batch: usize = env("CQRS_TEST_WORKER_BATCH").parse().unwrap_or(100);
+    let claim = Duration::from_millis(env("CQRS_TEST_WORKER_CLAIM_MS").parse().unwrap_or(1000));
+    let parent = std::os::unix::process::parent_id();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let pool = crate::common::pool(4, &format!("worker {owner}")).await;
+        let store = PgEventStore::new(pool)
+            .with_schema(&schema)
+            .expect("schema");
+        let runner = PgProjectionRunner::builder(store)
+            .owner(owner)
+            .batch_size(batch)
+            .claim_interval(claim)
+            .poll_interval(Duration::from_millis(200))
+            .view(Balances::<1>::new(&schema).with_delay(delay))
+            .start()
+            .await
+            .expect("start the worker's runner");
+        // Until killed; a worker whose test is gone stops too.
+        while std::os::unix::process::parent_id() == parent {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        runner.shutdown().await;
+    });
+}
+
+/// A runner with no projection, to wait on and report projections run elsewhere.
+pub async fn observer(store: &PgEventStore) -> PgProjectionRunner {
+    PgProjectionRunner::builder(store.clone())
+        .poll_interval(Duration::from_millis(100))
+        .start()
+        .await
+        .expect("start an observer")
+}
