@@ -53,6 +53,27 @@ const COMMAND_ID_KEY: &str = "commands_pkey";
 ///
 /// Clones are cheap handles to the same pool.
 ///
+/// # Global order
+///
+/// An event's [`Position`] is `(transaction id, sequence)`: the 64-bit id (`xid8`) of
+/// the transaction that appended it, then a store-wide identity number. Sequence order
+/// alone would skip events: a transaction can take sequence 10, stay open, and commit
+/// after another committed sequence 11, which a reader may already have passed.
+///
+/// [`read_all`](EventStore::read_all) and [`head`](EventStore::head) only return events
+/// whose transaction id is below the `xmin` of the statement's snapshot
+/// (`pg_snapshot_xmin(pg_current_snapshot())`). Every transaction below `xmin` has ended,
+/// and every transaction still running, or not yet started, has an id at or above it, so
+/// the set of visible events below `xmin` can never grow again: once a reader has passed
+/// a position, nothing new appears before it. A long-running transaction anywhere in the
+/// cluster holds `xmin` back, which delays readers (never reorders them).
+///
+/// Within a stream, positions follow versions: the append is the first (and only) write
+/// of its transaction, so its transaction id is assigned after it has seen the previous
+/// version committed, and ids are handed out in increasing order. (An append that came
+/// after other writes in the same transaction would carry an older id and could sort
+/// before the version it follows.) Sequences number the events of one append in order.
+///
 /// ```no_run
 /// use cqrs_core::{AppendRequest, EventStore, NewEvent};
 /// use cqrs_postgres::PgEventStore;
