@@ -205,4 +205,6 @@ mod guide {
     struct Concepts;
     #[doc = include_str!("../../../docs/contributing.md")]
     struct Contributing;
+    #[doc = include_str!("../../../docs/projections.md")]
+    struct Projections;
 }
