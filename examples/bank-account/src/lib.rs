@@ -207,4 +207,6 @@ mod guide {
     struct Contributing;
     #[doc = include_str!("../../../docs/projections.md")]
     struct Projections;
+    #[doc = include_str!("../../../docs/postgres.md")]
+    struct Postgres;
 }
