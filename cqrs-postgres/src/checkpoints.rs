@@ -5,7 +5,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use cqrs_core::{CodecError, EventFilter, Metadata, Position, RecordedEvent};
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, PgConnection, PgExecutor};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, PgConnection, PgExecutor, Row};
 use tracing::trace;
 use uuid::Uuid;
 
@@ -175,7 +176,8 @@ pub(crate) struct Header {
     pub(crate) active_version: Option<i32>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
+/// A row of `projection_batch.sql`: the header (`is_header`) or an event.
+#[derive(Debug)]
 struct BatchRow {
     is_header: bool,
     transaction_id: i64,
@@ -197,6 +199,33 @@ struct BatchRow {
     /// As text: parsed straight into [`Metadata`], with no intermediate JSON value.
     metadata: Option<String>,
     recorded_at: Option<DateTime<Utc>>,
+}
+
+/// By position rather than by name: a batch has thousands of rows of 19 columns.
+impl<'r> sqlx::FromRow<'r, PgRow> for BatchRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            is_header: row.try_get(0)?,
+            transaction_id: row.try_get(1)?,
+            sequence: row.try_get(2)?,
+            head_transaction_id: row.try_get(3)?,
+            head_sequence: row.try_get(4)?,
+            active: row.try_get(5)?,
+            rebuilding: row.try_get(6)?,
+            rebuild_requested: row.try_get(7)?,
+            failed: row.try_get(8)?,
+            active_version: row.try_get(9)?,
+            stream_type: row.try_get(10)?,
+            stream_id: row.try_get(11)?,
+            stream_version: row.try_get(12)?,
+            event_id: row.try_get(13)?,
+            event_type: row.try_get(14)?,
+            schema_version: row.try_get(15)?,
+            payload: row.try_get(16)?,
+            metadata: row.try_get(17)?,
+            recorded_at: row.try_get(18)?,
+        })
+    }
 }
 
 impl BatchRow {

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use cqrs_core::{BoxError, EventFilter, Position, Projection};
+use cqrs_core::{BoxError, Event, EventEnvelope, EventFilter, Position, Projection, RecordedEvent};
 use sqlx::{Postgres, Transaction};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, warn};
 
-use crate::checkpoints::{self, Advance};
+use crate::checkpoints::{self, Advance, Header};
 use crate::projection_error::PgProjectionError;
 use crate::runner::Shared;
 use crate::view::PgView;
@@ -24,8 +25,9 @@ type Result<T, E = PgProjectionError> = std::result::Result<T, E>;
 enum Step {
     /// More may be readable at once.
     Progress,
-    /// Everything readable is applied; `head` is the newest readable event.
-    Idle { head: Position },
+    /// Everything readable is applied; `head` is the newest readable event, `applied`
+    /// whether this step committed anything.
+    Idle { head: Position, applied: bool },
     /// The projection is stopped at a failing event until an operator acts.
     Failed,
     /// A handler failed; try again after the delay.
@@ -36,15 +38,78 @@ enum Step {
 
 /// Runs one projection: waits for its runner to own it, then applies batches until
 /// ownership is lost or the runner shuts down.
-pub(crate) struct Worker<V> {
+pub(crate) struct Worker<V: PgView> {
     view: V,
     shared: Arc<Shared>,
     owned: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
-    filter: EventFilter,
+    filter: Arc<EventFilter>,
     position: Position,
     limit: usize,
     attempts: u32,
+    /// The next batch, read while the current one is applied.
+    ahead: Option<Ahead<V::Event>>,
+}
+
+/// A batch of decoded events with the projection's row, as read in one snapshot.
+struct Decoded<E> {
+    header: Option<Header>,
+    events: Vec<(Position, Result<EventEnvelope<E>, BoxError>)>,
+}
+
+/// A batch being read ahead, after `after`, at most `limit` events. Dropping it stops the
+/// read.
+struct Ahead<E> {
+    after: Position,
+    limit: usize,
+    task: JoinHandle<Result<Decoded<E>>>,
+}
+
+impl<E> Drop for Ahead<E> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads a batch on a connection of its own and decodes it.
+async fn read<E: Event>(
+    shared: Arc<Shared>,
+    filter: Arc<EventFilter>,
+    name: &'static str,
+    version: u32,
+    after: Position,
+    limit: usize,
+) -> Result<Decoded<E>> {
+    let mut conn = shared
+        .pool
+        .acquire()
+        .await
+        .map_err(|e| PgProjectionError::database("acquire", e))?;
+    let batch = checkpoints::read_batch(
+        &mut conn,
+        &shared.queries,
+        name,
+        version,
+        after,
+        &filter,
+        limit,
+    )
+    .await?;
+    drop(conn);
+    let events = batch
+        .events
+        .into_iter()
+        .map(|(position, event)| {
+            let event = event
+                .and_then(RecordedEvent::into_decoded::<E>)
+                .map_err(|error| Box::new(error) as BoxError);
+            (position, event)
+        })
+        .collect();
+    Ok(Decoded {
+        header: batch.header,
+        events,
+    })
 }
 
 impl<V: PgView> Worker<V> {
@@ -56,10 +121,11 @@ impl<V: PgView> Worker<V> {
             shared,
             owned,
             shutdown,
-            filter: V::filter(),
+            filter: Arc::new(V::filter()),
             position: Position::START,
             limit,
             attempts: 0,
+            ahead: None,
         }
     }
 
@@ -106,6 +172,7 @@ impl<V: PgView> Worker<V> {
                     Ok(()) => {
                         info!(position = %self.position, "projection owned");
                         self.work().await;
+                        self.ahead = None;
                         info!(position = %self.position, "projection released");
                     }
                     Err(error) => {
@@ -190,16 +257,20 @@ impl<V: PgView> Worker<V> {
                 Ok(Step::Progress) => {
                     trouble = Duration::from_millis(50);
                 }
-                Ok(Step::Idle { head }) => {
+                Ok(Step::Idle { head, applied }) => {
                     trouble = Duration::from_millis(50);
-                    // An append was announced but is not readable yet (an older
-                    // transaction is still open): look again soon rather than at the
-                    // next announcement.
                     if *log.borrow() > head {
+                        if applied {
+                            // Announced while the batch ran: read on at once.
+                            nudge = Duration::from_millis(1);
+                            continue;
+                        }
+                        // Announced but not readable yet (an older transaction is still
+                        // open): look again soon rather than at the next announcement.
                         if !self.pause(nudge).await {
                             return;
                         }
-                        nudge = (nudge * 2).min(poll);
+                        nudge = (nudge * 2).min(poll).min(Duration::from_millis(100));
                         continue;
                     }
                     nudge = Duration::from_millis(1);
@@ -250,27 +321,38 @@ impl<V: PgView> Worker<V> {
             events = tracing::field::Empty,
         );
         async move {
-            let mut tx = begin(&shared).await?;
-            let batch = checkpoints::read_batch(
-                &mut tx,
-                &shared.queries,
-                V::NAME,
-                V::VERSION,
-                self.position,
-                &self.filter,
-                self.limit,
-            )
-            .await?;
+            let ahead = self.ahead.take();
+            let read_ahead = ahead
+                .as_ref()
+                .is_some_and(|a| a.after == self.position && a.limit == self.limit);
+            let batch = match ahead {
+                Some(mut ahead) if read_ahead => (&mut ahead.task).await.map_err(|_| {
+                    PgProjectionError::database("projection_batch", sqlx::Error::WorkerCrashed)
+                })??,
+                _ => {
+                    read::<V::Event>(
+                        Arc::clone(&shared),
+                        Arc::clone(&self.filter),
+                        V::NAME,
+                        V::VERSION,
+                        self.position,
+                        self.limit,
+                    )
+                    .await?
+                }
+            };
             let Some(header) = batch.header else {
                 return Ok(Step::Missing);
             };
             if header.rebuild_requested {
-                return self.rebuild(tx).await;
+                return self.rebuild().await;
             }
             if header.failed {
                 return Ok(Step::Failed);
             }
-            if header.position != self.position {
+            // A batch read ahead saw the row before the previous batch committed; the
+            // fence below still catches a checkpoint moved by someone else.
+            if !read_ahead && header.position != self.position {
                 // Moved by someone else: an operator's skip, or another owner.
                 debug!(position = %header.position, "checkpoint moved elsewhere");
                 self.position = header.position;
@@ -292,26 +374,42 @@ impl<V: PgView> Worker<V> {
                 && header.active_version.is_none_or(|served| served < version);
             let finish_rebuild = caught_up && header.rebuilding;
             if count == 0 && to == self.position && !switch && !finish_rebuild {
-                return Ok(Step::Idle { head: header.head });
+                return Ok(Step::Idle {
+                    head: header.head,
+                    applied: false,
+                });
+            }
+            if !caught_up && self.limit == shared.config.batch_size {
+                // Read the next batch while this one is applied.
+                self.ahead = Some(Ahead {
+                    after: to,
+                    limit: self.limit,
+                    task: tokio::spawn(read::<V::Event>(
+                        Arc::clone(&shared),
+                        Arc::clone(&self.filter),
+                        V::NAME,
+                        V::VERSION,
+                        to,
+                        self.limit,
+                    )),
+                });
             }
             let first = batch.events.first().map(|(p, _)| *p);
+            let mut tx = begin(&shared).await?;
             for (index, (position, event)) in batch.events.into_iter().enumerate() {
                 let outcome = match event {
-                    Ok(raw) => match raw.into_decoded::<V::Event>() {
-                        Ok(event) => guarded(self.view.handle(&mut tx, &event)).await,
-                        Err(error) => Err(Box::new(error) as BoxError),
-                    },
-                    Err(error) => Err(Box::new(error) as BoxError),
+                    Ok(event) => guarded(self.view.handle(&mut tx, &event)).await,
+                    Err(error) => Err(error),
                 };
                 if let Err(source) = outcome {
                     drop(tx);
-                    self.view.discard();
+                    self.abandon();
                     return self.handler_failed(index, position, source).await;
                 }
             }
             if let Err(source) = guarded(self.view.flush(&mut tx)).await {
                 drop(tx);
-                self.view.discard();
+                self.abandon();
                 return match first {
                     // Narrow the batch down to the event the flush fails on.
                     Some(_) if count > 1 => {
@@ -325,10 +423,16 @@ impl<V: PgView> Worker<V> {
             if switch {
                 if let Err(source) = guarded(self.view.activate(&mut tx)).await {
                     drop(tx);
-                    self.view.discard();
+                    self.abandon();
                     return Err(hook_failed::<V>("activate", source));
                 }
-                checkpoints::switch(&mut tx, &shared.queries, V::NAME, V::VERSION).await?;
+                if let Err(error) =
+                    checkpoints::switch(&mut tx, &shared.queries, V::NAME, V::VERSION).await
+                {
+                    drop(tx);
+                    self.abandon();
+                    return Err(error);
+                }
                 info!(position = %to, "new version caught up; now served");
             }
             let rebuilding = header.rebuilding && !caught_up;
@@ -357,18 +461,20 @@ impl<V: PgView> Worker<V> {
                 Ok(None) => {
                     // Fenced off: the checkpoint moved under us. Nothing commits.
                     drop(tx);
-                    self.view.discard();
+                    self.abandon();
                     warn!("checkpoint moved during the batch; batch dropped");
+                    // The next read (not read ahead) finds out why.
+                    self.limit = shared.config.batch_size;
                     return Ok(Step::Progress);
                 }
                 Err(error) => {
                     drop(tx);
-                    self.view.discard();
+                    self.abandon();
                     return Err(error);
                 }
             }
             if let Err(error) = tx.commit().await {
-                self.view.discard();
+                self.abandon();
                 return Err(PgProjectionError::database("commit", error));
             }
             if finish_rebuild {
@@ -379,7 +485,10 @@ impl<V: PgView> Worker<V> {
             self.limit = shared.config.batch_size;
             self.attempts = 0;
             Ok(if caught_up {
-                Step::Idle { head: header.head }
+                Step::Idle {
+                    head: header.head,
+                    applied: true,
+                }
             } else {
                 Step::Progress
             })
@@ -388,12 +497,20 @@ impl<V: PgView> Worker<V> {
         .await
     }
 
-    /// Resets the view and the checkpoint, as an operator asked.
-    async fn rebuild(&mut self, mut tx: Transaction<'static, Postgres>) -> Result<Step> {
+    /// Forgets a batch that did not commit: what the view buffered, and the batch read
+    /// ahead of it.
+    fn abandon(&mut self) {
         self.view.discard();
+        self.ahead = None;
+    }
+
+    /// Resets the view and the checkpoint, as an operator asked.
+    async fn rebuild(&mut self) -> Result<Step> {
+        self.abandon();
+        let mut tx = begin(&self.shared).await?;
         if let Err(source) = guarded(self.view.reset(&mut tx)).await {
             drop(tx);
-            self.view.discard();
+            self.abandon();
             let error = hook_failed::<V>("reset", source);
             warn!(error = %chain(&error), "resetting the view for a rebuild failed; retrying");
             return Ok(Step::Retry(self.shared.config.poll_interval));
