@@ -4,6 +4,7 @@
 mod checkpoints;
 mod document;
 mod error;
+mod inline;
 mod listener;
 mod notify;
 mod projection_error;

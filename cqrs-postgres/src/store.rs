@@ -17,6 +17,7 @@ use tracing::{Instrument, trace};
 use uuid::Uuid;
 
 use crate::error::Statement;
+use crate::inline::Inline;
 use crate::notify::{Notifier, PgNotify};
 use crate::rows::{
     CommandLoadRow, EventRow, LogRow, OutcomeRow, PositionRow, SnapshotRow, to_i64_saturating,
@@ -106,6 +107,7 @@ struct Inner {
     queries: Queries,
     notify: PgNotify,
     notifier: Notifier,
+    inline: Inline,
 }
 
 impl PgEventStore {
@@ -137,7 +139,7 @@ impl PgEventStore {
             Ok(schema) => schema,
             Err(error) => unreachable!("the default schema name is valid: {error}"),
         };
-        Self::build(pool, schema, PgNotify::default())
+        Self::build(pool, schema, PgNotify::default(), Inline::default())
     }
 
     /// Connects a pool of up to 10 connections to `url` and makes a store on it (schema
@@ -182,6 +184,7 @@ impl PgEventStore {
             self.inner.pool.clone(),
             schema,
             self.inner.notify,
+            self.inner.inline.clone(),
         ))
     }
 
@@ -189,10 +192,29 @@ impl PgEventStore {
     /// [`PgNotify::AfterCommit`]).
     #[must_use]
     pub fn with_notify(self, notify: PgNotify) -> Self {
-        Self::build(self.inner.pool.clone(), self.inner.schema.clone(), notify)
+        Self::build(
+            self.inner.pool.clone(),
+            self.inner.schema.clone(),
+            notify,
+            self.inner.inline.clone(),
+        )
     }
 
-    fn build(pool: PgPool, schema: SchemaName, notify: PgNotify) -> Self {
+    /// The same store running `inline` inside the transaction of every append.
+    pub(crate) fn with_inline_projections(self, inline: Inline) -> Self {
+        Self::build(
+            self.inner.pool.clone(),
+            self.inner.schema.clone(),
+            self.inner.notify,
+            inline,
+        )
+    }
+
+    pub(crate) fn inline_projections(&self) -> &Inline {
+        &self.inner.inline
+    }
+
+    fn build(pool: PgPool, schema: SchemaName, notify: PgNotify, inline: Inline) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -201,6 +223,7 @@ impl PgEventStore {
                 schema,
                 notify,
                 notifier: Notifier::new(),
+                inline,
             }),
         }
     }
@@ -325,7 +348,7 @@ impl PgEventStore {
             metadata.push(Json(&event.metadata));
         }
         log_statement(Statement::Append);
-        let row =
+        let query =
             sqlx::query_as::<_, OutcomeRow>(AssertSqlSafe(Arc::clone(&self.inner.queries.append)))
                 .bind(request.stream_type.as_ref())
                 .bind(request.stream_id.as_str())
@@ -336,9 +359,14 @@ impl PgEventStore {
                 .bind(&payloads)
                 .bind(&metadata)
                 .bind(request.command_id)
-                .bind((self.inner.notify == PgNotify::InTransaction).then_some(self.channel()))
-                .fetch_optional(&self.inner.pool)
-                .await;
+                .bind((self.inner.notify == PgNotify::InTransaction).then_some(self.channel()));
+        // With inline projections the append and their handlers share one transaction;
+        // without, the append stays one statement on the pool.
+        let row = if self.inner.inline.is_empty() {
+            query.fetch_optional(&self.inner.pool).await
+        } else {
+            crate::inline::append(self, request, query).await?
+        };
         match row {
             Ok(Some(row)) => {
                 let outcome = row.into_outcome()?;

@@ -1,0 +1,152 @@
+//! Inline projections: the view changes in the append's own transaction, so it is current
+//! the moment the append returns, and a failing handler refuses the append.
+
+mod common;
+mod projection_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestStore;
+use cqrs_core::{AppendRequest, Error, EventStore, NewEvent, Position};
+use cqrs_postgres::{PgProjectionRunner, ProjectionState};
+use projection_support::{Balances, Faults, add, fold, rows, table};
+use serde_json::json;
+
+async fn create_table(t: &TestStore, table: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (account text PRIMARY KEY, balance bigint NOT NULL, events bigint NOT NULL)"
+    )))
+    .execute(t.pool())
+    .await
+    .expect("create the view's table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_is_current_when_the_append_returns() {
+    let t = TestStore::with_pool_size("proj_inline", 20).await;
+    let schema = t.store.schema().to_owned();
+    create_table(&t, &table::<1>(&schema)).await;
+    let store = t.store.clone().with_inline(Balances::<1>::new(&schema));
+
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let store = store.clone();
+        let pool = t.pool().clone();
+        let table = table::<1>(&schema);
+        writers.spawn(async move {
+            let account = format!("i-{w}");
+            for version in 0..20_u64 {
+                add(&store, &account, version, 2).await;
+                // No wait: the append's commit carried the view's change.
+                let seen: (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT balance, events FROM {table} WHERE account = $1"
+                )))
+                .bind(&account)
+                .fetch_one(&pool)
+                .await
+                .expect("the row is there");
+                let n = i64::try_from(version + 1).unwrap_or(i64::MAX);
+                assert_eq!(seen, (2 * n, n));
+            }
+        });
+    }
+    while let Some(joined) = writers.join_next().await {
+        joined.expect("writer");
+    }
+    // Several events in one append, and events it does not want.
+    let events = (0..5)
+        .map(|_| NewEvent::new("Added", 2, json!({ "amount": 3 })))
+        .collect();
+    store
+        .append(AppendRequest::new("counter", "many", 0, events))
+        .await
+        .expect("append five");
+    let other = store
+        .append(AppendRequest::new(
+            "other",
+            "o-1",
+            0,
+            vec![NewEvent::new("Unrelated", 1, json!({}))],
+        ))
+        .await
+        .expect("append an unrelated event");
+    assert_eq!(
+        rows(t.pool(), &table::<1>(&schema)).await,
+        fold(t.pool(), &schema).await
+    );
+
+    // Reported as inline, and waiting on it returns at once.
+    let runner = PgProjectionRunner::builder(t.store.clone())
+        .start()
+        .await
+        .expect("start");
+    let status = runner.status_of("balances").await.expect("status");
+    assert_eq!(status[0].state, ProjectionState::Inline);
+    runner
+        .wait_for("balances", other.position, Duration::from_millis(1))
+        .await
+        .expect("an inline projection is always current");
+    runner.shutdown().await;
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_inline_handler_refuses_the_append() {
+    let t = TestStore::new("proj_inline_fail").await;
+    let schema = t.store.schema().to_owned();
+    create_table(&t, &table::<1>(&schema)).await;
+    let faults = Arc::new(Faults::default());
+    faults.fail_always("bad", 2);
+    let store = t
+        .store
+        .clone()
+        .with_inline(Balances::<1>::new(&schema).with_faults(Arc::clone(&faults)));
+
+    add(&store, "bad", 0, 1).await;
+    let two = vec![
+        NewEvent::new("Added", 2, json!({ "amount": 1 })),
+        NewEvent::new("Added", 2, json!({ "amount": 1 })),
+    ];
+    let error = store
+        .append(AppendRequest::new("counter", "bad", 1, two.clone()))
+        .await
+        .expect_err("the handler fails on version 2");
+    assert!(
+        matches!(
+            error,
+            Error::Projection {
+                projection: "balances",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // Nothing of it was written: not the events, not the view's change for version 3.
+    assert_eq!(
+        store.load("counter", "bad", 0).await.expect("load").len(),
+        1
+    );
+    assert_eq!(
+        rows(t.pool(), &table::<1>(&schema)).await,
+        vec![("bad".to_owned(), 1, 1)]
+    );
+    // A conflict in the inline path is the usual typed conflict.
+    let conflict = store
+        .append(AppendRequest::new("counter", "bad", 0, two.clone()))
+        .await
+        .expect_err("stale expected version");
+    assert!(conflict.is_conflict(), "{conflict:?}");
+
+    faults.heal("bad", 2);
+    let outcome = store
+        .append(AppendRequest::new("counter", "bad", 1, two))
+        .await
+        .expect("append");
+    assert!(outcome.position > Position::START);
+    assert_eq!(
+        rows(t.pool(), &table::<1>(&schema)).await,
+        fold(t.pool(), &schema).await
+    );
+    t.cleanup().await;
+}
