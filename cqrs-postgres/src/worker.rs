@@ -246,7 +246,8 @@ impl<V: PgView> Worker<V> {
         let mut control = hub.subscribe_control();
         let poll = self.shared.config.poll_interval;
         let mut trouble = Duration::from_millis(50);
-        let mut nudge = Duration::from_millis(1);
+        let mut nudge = Duration::from_millis(2);
+        let mut nudges = 0_u32;
         while self.owned() {
             // Marked seen before reading, so an announcement during the step wakes the
             // next wait at once.
@@ -262,18 +263,24 @@ impl<V: PgView> Worker<V> {
                     if *log.borrow() > head {
                         if applied {
                             // Announced while the batch ran: read on at once.
-                            nudge = Duration::from_millis(1);
+                            nudge = Duration::from_millis(2);
+                            nudges = 0;
                             continue;
                         }
                         // Announced but not readable yet (an older transaction is still
-                        // open): look again soon rather than at the next announcement.
+                        // open): look again soon rather than at the next announcement,
+                        // every 2 ms for a while, then less and less often.
                         if !self.pause(nudge).await {
                             return;
                         }
-                        nudge = (nudge * 2).min(poll).min(Duration::from_millis(100));
+                        nudges += 1;
+                        if nudges > 50 {
+                            nudge = (nudge * 2).min(poll).min(Duration::from_millis(100));
+                        }
                         continue;
                     }
-                    nudge = Duration::from_millis(1);
+                    nudge = Duration::from_millis(2);
+                    nudges = 0;
                     tokio::select! {
                         _ = log.changed() => {}
                         _ = control.changed() => {}
