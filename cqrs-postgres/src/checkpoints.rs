@@ -36,6 +36,7 @@ pub(crate) struct ProjectionQueries {
     control: Arc<str>,
     checkpoint: Arc<str>,
     status: Arc<str>,
+    retire: Arc<str>,
 }
 
 impl ProjectionQueries {
@@ -58,6 +59,7 @@ impl ProjectionQueries {
             control: render(include_str!("sql/projection_control.sql")),
             checkpoint: render(include_str!("sql/projection_checkpoint.sql")),
             status: render(include_str!("sql/projection_status.sql")),
+            retire: render(include_str!("sql/projection_retire.sql")),
         }
     }
 }
@@ -552,4 +554,21 @@ pub(crate) async fn status(
         .fetch_all(executor)
         .await
         .map_err(|e| PgProjectionError::database("projection_status", e))
+}
+
+/// Deletes the row of a version that is not served; `false` when there was none.
+pub(crate) async fn retire(
+    executor: impl PgExecutor<'_>,
+    queries: &ProjectionQueries,
+    name: &str,
+    version: u32,
+) -> Result<bool> {
+    log_statement("projection_retire");
+    sqlx::query_scalar::<_, String>(AssertSqlSafe(Arc::clone(&queries.retire)))
+        .bind(name)
+        .bind(version_param(version))
+        .fetch_optional(executor)
+        .await
+        .map(|row| row.is_some())
+        .map_err(|e| PgProjectionError::database("projection_retire", e))
 }

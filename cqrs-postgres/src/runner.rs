@@ -701,6 +701,20 @@ impl PgProjectionRunner {
         self.control(name, version, Control::Skip).await
     }
 
+    /// Forgets a version of projection `name` that is no longer served (after a
+    /// blue/green switch): its row goes, so status stops reporting it. Its tables are
+    /// yours to drop. Stop the processes that still run that version first, or they
+    /// register it again. Returns `false` when there is no such version, or it is the
+    /// served one.
+    ///
+    /// # Errors
+    ///
+    /// [`cqrs_core::Error::Backend`] when the delete fails.
+    pub async fn retire(&self, name: &str, version: u32) -> cqrs_core::Result<bool> {
+        let shared = &self.inner.shared;
+        Ok(checkpoints::retire(&shared.pool, &shared.queries, name, version).await?)
+    }
+
     async fn control(
         &self,
         name: &str,

@@ -127,7 +127,13 @@ async fn a_new_version_is_served_only_once_it_has_caught_up() {
     assert_eq!(served, fold(t.pool(), &schema).await);
     assert_eq!(served, rows(t.pool(), &table::<2>(&schema)).await);
 
+    // The old version can be forgotten; the served one cannot.
     blue.shutdown().await;
+    assert!(!green.retire("balances", 2).await.expect("retire"));
+    assert!(green.retire("balances", 1).await.expect("retire"));
+    let status = green.status_of("balances").await.expect("status");
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].version, 2);
     green.shutdown().await;
     t.cleanup().await;
 }
