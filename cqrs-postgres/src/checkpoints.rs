@@ -170,6 +170,10 @@ pub(crate) struct Header {
     pub(crate) position: Position,
     /// The newest event a reader can see now (START when the log is empty).
     pub(crate) head: Position,
+    /// The last event of the window read (wanted or not), if it held any.
+    pub(crate) covered: Option<Position>,
+    /// How many events the window held (wanted or not).
+    pub(crate) scanned: u64,
     pub(crate) active: bool,
     pub(crate) rebuilding: bool,
     pub(crate) rebuild_requested: bool,
@@ -186,6 +190,9 @@ struct BatchRow {
     sequence: i64,
     head_transaction_id: Option<i64>,
     head_sequence: Option<i64>,
+    covered_transaction_id: Option<i64>,
+    covered_sequence: Option<i64>,
+    scanned: Option<i64>,
     active: Option<bool>,
     rebuilding: Option<bool>,
     rebuild_requested: Option<bool>,
@@ -203,7 +210,7 @@ struct BatchRow {
     recorded_at: Option<DateTime<Utc>>,
 }
 
-/// By position rather than by name: a batch has thousands of rows of 19 columns.
+/// By position rather than by name: a batch has thousands of rows of 22 columns.
 impl<'r> sqlx::FromRow<'r, PgRow> for BatchRow {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
@@ -212,20 +219,23 @@ impl<'r> sqlx::FromRow<'r, PgRow> for BatchRow {
             sequence: row.try_get(2)?,
             head_transaction_id: row.try_get(3)?,
             head_sequence: row.try_get(4)?,
-            active: row.try_get(5)?,
-            rebuilding: row.try_get(6)?,
-            rebuild_requested: row.try_get(7)?,
-            failed: row.try_get(8)?,
-            active_version: row.try_get(9)?,
-            stream_type: row.try_get(10)?,
-            stream_id: row.try_get(11)?,
-            stream_version: row.try_get(12)?,
-            event_id: row.try_get(13)?,
-            event_type: row.try_get(14)?,
-            schema_version: row.try_get(15)?,
-            payload: row.try_get(16)?,
-            metadata: row.try_get(17)?,
-            recorded_at: row.try_get(18)?,
+            covered_transaction_id: row.try_get(5)?,
+            covered_sequence: row.try_get(6)?,
+            scanned: row.try_get(7)?,
+            active: row.try_get(8)?,
+            rebuilding: row.try_get(9)?,
+            rebuild_requested: row.try_get(10)?,
+            failed: row.try_get(11)?,
+            active_version: row.try_get(12)?,
+            stream_type: row.try_get(13)?,
+            stream_id: row.try_get(14)?,
+            stream_version: row.try_get(15)?,
+            event_id: row.try_get(16)?,
+            event_type: row.try_get(17)?,
+            schema_version: row.try_get(18)?,
+            payload: row.try_get(19)?,
+            metadata: row.try_get(20)?,
+            recorded_at: row.try_get(21)?,
         })
     }
 }
@@ -236,9 +246,15 @@ impl BatchRow {
             (Some(transaction_id), Some(sequence)) => position(transaction_id, sequence)?,
             _ => Position::START,
         };
+        let covered = match (self.covered_transaction_id, self.covered_sequence) {
+            (Some(transaction_id), Some(sequence)) => Some(position(transaction_id, sequence)?),
+            _ => None,
+        };
         Ok(Header {
             position: position(self.transaction_id, self.sequence)?,
             head,
+            covered,
+            scanned: to_u64("scanned", self.scanned.unwrap_or(0))?,
             active: self.active.unwrap_or(false),
             rebuilding: self.rebuilding.unwrap_or(false),
             rebuild_requested: self.rebuild_requested.unwrap_or(false),
@@ -313,7 +329,17 @@ impl BatchRow {
     }
 }
 
-/// Reads the projection's row, the head and a batch of events, in one snapshot.
+/// Which part of the log a batch reads: the next `limit` events after `after`, cut at
+/// `until`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    pub(crate) after: Position,
+    pub(crate) limit: usize,
+    pub(crate) until: Option<Position>,
+}
+
+/// Reads the projection's row, the head and a window of the log, keeping the events
+/// `filter` wants, in one snapshot.
 ///
 /// An event row that does not convert into an envelope (metadata of the wrong shape) is
 /// an error against that event, which the worker handles like a failing handler.
@@ -322,12 +348,13 @@ pub(crate) async fn read_batch(
     queries: &ProjectionQueries,
     name: &str,
     version: u32,
-    after: Position,
     filter: &EventFilter,
-    limit: usize,
+    window: Window,
 ) -> Result<Batch> {
     let (stream_types, event_types) = filter_params(filter);
-    let (transaction_id, sequence) = bind_position(after);
+    let (transaction_id, sequence) = bind_position(window.after);
+    let (until_transaction, until_sequence) =
+        window.until.map_or((i64::MAX, i64::MAX), bind_position);
     log_statement("projection_batch");
     let rows = sqlx::query_as::<_, BatchRow>(AssertSqlSafe(Arc::clone(&queries.batch)))
         .bind(name)
@@ -336,7 +363,9 @@ pub(crate) async fn read_batch(
         .bind(sequence)
         .bind(&stream_types)
         .bind(&event_types)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(i64::try_from(window.limit).unwrap_or(i64::MAX))
+        .bind(until_transaction)
+        .bind(until_sequence)
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| PgProjectionError::database("projection_batch", e))?;
@@ -370,7 +399,7 @@ pub(crate) struct Advance<'a> {
 
 /// Moves the checkpoint if nobody else moved it; `None` when fenced off.
 pub(crate) async fn advance(
-    conn: &mut PgConnection,
+    conn: impl PgExecutor<'_>,
     queries: &ProjectionQueries,
     advance: Advance<'_>,
 ) -> Result<Option<bool>> {
@@ -387,7 +416,7 @@ pub(crate) async fn advance(
         .bind(advance.state)
         .bind(advance.rebuilding)
         .bind(&queries.channel)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(conn)
         .await
         .map_err(|e| PgProjectionError::database("projection_advance", e))
 }

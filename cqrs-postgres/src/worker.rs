@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, warn};
 
-use crate::checkpoints::{self, Advance, Header};
+use crate::checkpoints::{self, Advance, Header, Window};
 use crate::projection_error::PgProjectionError;
 use crate::runner::Shared;
 use crate::view::PgView;
@@ -45,7 +45,8 @@ pub(crate) struct Worker<V: PgView> {
     shutdown: watch::Receiver<bool>,
     filter: Arc<EventFilter>,
     position: Position,
-    limit: usize,
+    /// Where the next window stops, while a failing event is being narrowed down.
+    until: Option<Position>,
     attempts: u32,
     /// The next batch, read while the current one is applied.
     ahead: Option<Ahead<V::Event>>,
@@ -57,11 +58,9 @@ struct Decoded<E> {
     events: Vec<(Position, Result<EventEnvelope<E>, BoxError>)>,
 }
 
-/// A batch being read ahead, after `after`, at most `limit` events. Dropping it stops the
-/// read.
+/// A batch being read ahead, after `after`. Dropping it stops the read.
 struct Ahead<E> {
     after: Position,
-    limit: usize,
     task: JoinHandle<Result<Decoded<E>>>,
 }
 
@@ -77,24 +76,15 @@ async fn read<E: Event>(
     filter: Arc<EventFilter>,
     name: &'static str,
     version: u32,
-    after: Position,
-    limit: usize,
+    window: Window,
 ) -> Result<Decoded<E>> {
     let mut conn = shared
         .pool
         .acquire()
         .await
         .map_err(|e| PgProjectionError::database("acquire", e))?;
-    let batch = checkpoints::read_batch(
-        &mut conn,
-        &shared.queries,
-        name,
-        version,
-        after,
-        &filter,
-        limit,
-    )
-    .await?;
+    let batch =
+        checkpoints::read_batch(&mut conn, &shared.queries, name, version, &filter, window).await?;
     drop(conn);
     let events = batch
         .events
@@ -115,7 +105,6 @@ async fn read<E: Event>(
 impl<V: PgView> Worker<V> {
     pub(crate) fn new(view: V, shared: Arc<Shared>, owned: watch::Receiver<bool>) -> Self {
         let shutdown = shared.shutdown.clone();
-        let limit = shared.config.batch_size;
         Self {
             view,
             shared,
@@ -123,7 +112,7 @@ impl<V: PgView> Worker<V> {
             shutdown,
             filter: Arc::new(V::filter()),
             position: Position::START,
-            limit,
+            until: None,
             attempts: 0,
             ahead: None,
         }
@@ -234,7 +223,7 @@ impl<V: PgView> Worker<V> {
             .await
             .map_err(|e| PgProjectionError::database("commit", e))?;
         self.position = position;
-        self.limit = shared.config.batch_size;
+        self.until = None;
         self.attempts = 0;
         Ok(())
     }
@@ -318,7 +307,8 @@ impl<V: PgView> Worker<V> {
         }
     }
 
-    /// One batch: read, apply, move the checkpoint, commit.
+    /// One batch: read a window of the log, apply the events it wants, move the
+    /// checkpoint, commit.
     async fn step(&mut self) -> Result<Step> {
         let shared = Arc::clone(&self.shared);
         let span = tracing::debug_span!(
@@ -328,10 +318,10 @@ impl<V: PgView> Worker<V> {
             events = tracing::field::Empty,
         );
         async move {
+            let limit = shared.config.batch_size;
             let ahead = self.ahead.take();
-            let read_ahead = ahead
-                .as_ref()
-                .is_some_and(|a| a.after == self.position && a.limit == self.limit);
+            let read_ahead =
+                self.until.is_none() && ahead.as_ref().is_some_and(|a| a.after == self.position);
             let batch = match ahead {
                 Some(mut ahead) if read_ahead => (&mut ahead.task).await.map_err(|_| {
                     PgProjectionError::database("projection_batch", sqlx::Error::WorkerCrashed)
@@ -342,8 +332,11 @@ impl<V: PgView> Worker<V> {
                         Arc::clone(&self.filter),
                         V::NAME,
                         V::VERSION,
-                        self.position,
-                        self.limit,
+                        Window {
+                            after: self.position,
+                            limit,
+                            until: self.until,
+                        },
                     )
                     .await?
                 }
@@ -363,45 +356,81 @@ impl<V: PgView> Worker<V> {
                 // Moved by someone else: an operator's skip, or another owner.
                 debug!(position = %header.position, "checkpoint moved elsewhere");
                 self.position = header.position;
-                self.limit = shared.config.batch_size;
+                self.until = None;
                 self.attempts = 0;
                 return Ok(Step::Progress);
             }
             let count = batch.events.len();
             tracing::Span::current().record("events", count);
-            let caught_up = count < self.limit;
-            let mut to = batch.events.last().map_or(self.position, |(p, _)| *p);
-            if caught_up && header.head > to {
-                // Nothing it wants up to the head: the view is current up to there.
-                to = header.head;
-            }
+            let full = usize::try_from(header.scanned).unwrap_or(usize::MAX) >= limit;
+            // Not cut short by the window's size or bound: it covered the log up to the
+            // head, and the view is current up to there.
+            let caught_up = !full && self.until.is_none();
+            let covered = header.covered.unwrap_or(self.position).max(self.position);
+            let to = if caught_up {
+                covered.max(header.head)
+            } else {
+                covered
+            };
             let version = i32::try_from(V::VERSION).unwrap_or(i32::MAX);
             let switch = caught_up
                 && !header.active
                 && header.active_version.is_none_or(|served| served < version);
             let finish_rebuild = caught_up && header.rebuilding;
+            let rebuilding = header.rebuilding && !caught_up;
+            let state = if rebuilding || (!header.active && !switch) {
+                "rebuilding"
+            } else if caught_up {
+                "caught_up"
+            } else {
+                "running"
+            };
+            let advance = Advance {
+                name: V::NAME,
+                version: V::VERSION,
+                from: self.position,
+                to,
+                state,
+                rebuilding,
+            };
             if count == 0 && to == self.position && !switch && !finish_rebuild {
                 return Ok(Step::Idle {
                     head: header.head,
                     applied: false,
                 });
             }
-            if !caught_up && self.limit == shared.config.batch_size {
-                // Read the next batch while this one is applied.
+            if full && self.until.is_none() {
+                // Read the next window while this one is applied.
                 self.ahead = Some(Ahead {
                     after: to,
-                    limit: self.limit,
                     task: tokio::spawn(read::<V::Event>(
                         Arc::clone(&shared),
                         Arc::clone(&self.filter),
                         V::NAME,
                         V::VERSION,
-                        to,
-                        self.limit,
+                        Window {
+                            after: to,
+                            limit,
+                            until: None,
+                        },
                     )),
                 });
             }
-            let first = batch.events.first().map(|(p, _)| *p);
+            if count == 0 && !switch {
+                // Nothing to apply: the checkpoint moves on its own.
+                return match checkpoints::advance(&shared.pool, &shared.queries, advance).await {
+                    Ok(Some(_)) => Ok(self.committed(to, caught_up, header.head, finish_rebuild)),
+                    Ok(None) => {
+                        self.abandon();
+                        Ok(Step::Progress)
+                    }
+                    Err(error) => {
+                        self.abandon();
+                        Err(error)
+                    }
+                };
+            }
+            let positions: Vec<Position> = batch.events.iter().map(|(p, _)| *p).collect();
             let mut tx = begin(&shared).await?;
             for (index, (position, event)) in batch.events.into_iter().enumerate() {
                 let outcome = match event {
@@ -411,20 +440,19 @@ impl<V: PgView> Worker<V> {
                 if let Err(source) = outcome {
                     drop(tx);
                     self.abandon();
-                    return self.handler_failed(index, position, source).await;
+                    let before = index.checked_sub(1).map(|i| positions[i]);
+                    return self.handler_failed(before, position, source).await;
                 }
             }
             if let Err(source) = guarded(self.view.flush(&mut tx)).await {
                 drop(tx);
                 self.abandon();
-                return match first {
+                return if count > 1 {
                     // Narrow the batch down to the event the flush fails on.
-                    Some(_) if count > 1 => {
-                        self.limit = count / 2;
-                        Ok(Step::Progress)
-                    }
-                    Some(position) => self.handler_failed(0, position, source).await,
-                    None => Err(hook_failed::<V>("flush", source)),
+                    self.until = Some(positions[count / 2 - 1]);
+                    Ok(Step::Progress)
+                } else {
+                    self.handler_failed(None, positions[0], source).await
                 };
             }
             if switch {
@@ -442,36 +470,14 @@ impl<V: PgView> Worker<V> {
                 }
                 info!(position = %to, "new version caught up; now served");
             }
-            let rebuilding = header.rebuilding && !caught_up;
-            let state = if rebuilding || (!header.active && !switch) {
-                "rebuilding"
-            } else if caught_up {
-                "caught_up"
-            } else {
-                "running"
-            };
-            let advanced = checkpoints::advance(
-                &mut tx,
-                &shared.queries,
-                Advance {
-                    name: V::NAME,
-                    version: V::VERSION,
-                    from: self.position,
-                    to,
-                    state,
-                    rebuilding,
-                },
-            )
-            .await;
-            match advanced {
+            match checkpoints::advance(&mut *tx, &shared.queries, advance).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    // Fenced off: the checkpoint moved under us. Nothing commits.
+                    // Fenced off: the checkpoint moved under us. Nothing commits; the
+                    // next read (not read ahead) finds out why.
                     drop(tx);
                     self.abandon();
                     warn!("checkpoint moved during the batch; batch dropped");
-                    // The next read (not read ahead) finds out why.
-                    self.limit = shared.config.batch_size;
                     return Ok(Step::Progress);
                 }
                 Err(error) => {
@@ -484,24 +490,35 @@ impl<V: PgView> Worker<V> {
                 self.abandon();
                 return Err(PgProjectionError::database("commit", error));
             }
-            if finish_rebuild {
-                info!(position = %to, "rebuild caught up");
-            }
             debug!(position = %to, events = count, "projection batch committed");
-            self.position = to;
-            self.limit = shared.config.batch_size;
-            self.attempts = 0;
-            Ok(if caught_up {
-                Step::Idle {
-                    head: header.head,
-                    applied: true,
-                }
-            } else {
-                Step::Progress
-            })
+            Ok(self.committed(to, caught_up, header.head, finish_rebuild))
         }
         .instrument(span)
         .await
+    }
+
+    /// The batch up to `to` committed.
+    fn committed(
+        &mut self,
+        to: Position,
+        caught_up: bool,
+        head: Position,
+        finish_rebuild: bool,
+    ) -> Step {
+        if finish_rebuild {
+            info!(position = %to, "rebuild caught up");
+        }
+        self.position = to;
+        self.until = None;
+        self.attempts = 0;
+        if caught_up {
+            Step::Idle {
+                head,
+                applied: true,
+            }
+        } else {
+            Step::Progress
+        }
     }
 
     /// Forgets a batch that did not commit: what the view buffered, and the batch read
@@ -530,21 +547,22 @@ impl<V: PgView> Worker<V> {
             .map_err(|e| PgProjectionError::database("commit", e))?;
         info!("view reset; rebuilding from the start of the log");
         self.position = Position::START;
-        self.limit = self.shared.config.batch_size;
+        self.until = None;
         self.attempts = 0;
         Ok(Step::Progress)
     }
 
-    /// A handler (or the decoding before it) failed on the event at `index` of the batch.
+    /// A handler (or the decoding before it) failed on the event at `position`; `before`
+    /// is the batch's event just before it, if any.
     async fn handler_failed(
         &mut self,
-        index: usize,
+        before: Option<Position>,
         position: Position,
         source: BoxError,
     ) -> Result<Step> {
-        if index > 0 {
+        if let Some(before) = before {
             // Commit the events before it first.
-            self.limit = index;
+            self.until = Some(before);
             return Ok(Step::Progress);
         }
         self.attempts += 1;
@@ -565,13 +583,14 @@ impl<V: PgView> Worker<V> {
                 attempt = self.attempts,
                 "projection handler failed; retrying"
             );
-            self.limit = 1;
+            // The next window holds this event and nothing it wants before it.
+            self.until = Some(position);
             return Ok(Step::Retry(delay));
         }
         let message = chain(&error);
         error!(error = %message, %position, "projection handler keeps failing; projection stopped");
         self.attempts = 0;
-        self.limit = config.batch_size;
+        self.until = None;
         checkpoints::fail(
             &self.shared.pool,
             &self.shared.queries,

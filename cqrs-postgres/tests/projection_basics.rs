@@ -106,6 +106,39 @@ async fn events_it_does_not_want_still_count_as_passed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_wanting_few_events_walks_the_log_in_windows() {
+    let t = TestStore::new("proj_sparse").await;
+    let schema = t.store.schema().to_owned();
+    let runner = PgProjectionRunner::builder(t.store.clone())
+        .batch_size(7)
+        .view(Balances::<1>::new(&schema))
+        .start()
+        .await
+        .expect("start");
+    let mut last = Position::START;
+    for i in 0..12_u64 {
+        let noise: Vec<NewEvent> = (0..23)
+            .map(|n| NewEvent::new("Unrelated", 1, json!({ "n": n })))
+            .collect();
+        t.store
+            .append(AppendRequest::new("other", format!("o-{i}"), 0, noise))
+            .await
+            .expect("append unrelated events");
+        last = projection_support::add(&t.store, "wanted", i, i + 1).await;
+    }
+    runner
+        .wait_for("balances", last, WAIT)
+        .await
+        .expect("caught up");
+    assert_eq!(
+        rows(t.pool(), &served_view(&schema)).await,
+        vec![("wanted".to_owned(), 78, 12)]
+    );
+    runner.shutdown().await;
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_projections_run_too() {
     let t = TestStore::new("proj_plain").await;
     let schema = t.store.schema().to_owned();

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestStore, eventually};
-use cqrs_core::EventEnvelope;
+use cqrs_core::{AppendRequest, EventEnvelope, EventStore, NewEvent};
 use cqrs_postgres::{Document, PgDocumentView, PgProjectionRunner, ProjectionState};
 use projection_support::{Balances, Faults, add, add_many, caught_up, fold, rows, served_view};
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -44,7 +45,20 @@ async fn a_transient_failure_is_retried_and_applied_once() {
         .start()
         .await
         .expect("start");
-    let last = add_many(&t.store, "r-1", 0, 20, 20, 5).await;
+    let mut last = add_many(&t.store, "r-1", 0, 4, 4, 5).await;
+    // Events it does not want sit between the ones it does.
+    for chunk in 0..4_u64 {
+        t.store
+            .append(AppendRequest::new(
+                "other",
+                format!("o-{chunk}"),
+                0,
+                vec![NewEvent::new("Unrelated", 1, json!({}))],
+            ))
+            .await
+            .expect("append");
+        last = add_many(&t.store, "r-1", 4 + chunk * 4, 4, 2, 5).await;
+    }
     caught_up(&runner, "balances", last, WAIT).await;
     assert_eq!(
         rows(t.pool(), &served_view(&schema)).await,
