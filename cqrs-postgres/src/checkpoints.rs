@@ -190,14 +190,12 @@ struct BatchRow {
     sequence: i64,
     head_transaction_id: Option<i64>,
     head_sequence: Option<i64>,
-    covered_transaction_id: Option<i64>,
-    covered_sequence: Option<i64>,
-    scanned: Option<i64>,
     active: Option<bool>,
     rebuilding: Option<bool>,
     rebuild_requested: Option<bool>,
     failed: Option<bool>,
     active_version: Option<i32>,
+    wanted: bool,
     stream_type: Option<String>,
     stream_id: Option<String>,
     stream_version: Option<i64>,
@@ -210,7 +208,7 @@ struct BatchRow {
     recorded_at: Option<DateTime<Utc>>,
 }
 
-/// By position rather than by name: a batch has thousands of rows of 22 columns.
+/// By position rather than by name: a batch has thousands of rows of 20 columns.
 impl<'r> sqlx::FromRow<'r, PgRow> for BatchRow {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
@@ -219,23 +217,21 @@ impl<'r> sqlx::FromRow<'r, PgRow> for BatchRow {
             sequence: row.try_get(2)?,
             head_transaction_id: row.try_get(3)?,
             head_sequence: row.try_get(4)?,
-            covered_transaction_id: row.try_get(5)?,
-            covered_sequence: row.try_get(6)?,
-            scanned: row.try_get(7)?,
-            active: row.try_get(8)?,
-            rebuilding: row.try_get(9)?,
-            rebuild_requested: row.try_get(10)?,
-            failed: row.try_get(11)?,
-            active_version: row.try_get(12)?,
-            stream_type: row.try_get(13)?,
-            stream_id: row.try_get(14)?,
-            stream_version: row.try_get(15)?,
-            event_id: row.try_get(16)?,
-            event_type: row.try_get(17)?,
-            schema_version: row.try_get(18)?,
-            payload: row.try_get(19)?,
-            metadata: row.try_get(20)?,
-            recorded_at: row.try_get(21)?,
+            active: row.try_get(5)?,
+            rebuilding: row.try_get(6)?,
+            rebuild_requested: row.try_get(7)?,
+            failed: row.try_get(8)?,
+            active_version: row.try_get(9)?,
+            wanted: row.try_get(10)?,
+            stream_type: row.try_get(11)?,
+            stream_id: row.try_get(12)?,
+            stream_version: row.try_get(13)?,
+            event_id: row.try_get(14)?,
+            event_type: row.try_get(15)?,
+            schema_version: row.try_get(16)?,
+            payload: row.try_get(17)?,
+            metadata: row.try_get(18)?,
+            recorded_at: row.try_get(19)?,
         })
     }
 }
@@ -246,15 +242,11 @@ impl BatchRow {
             (Some(transaction_id), Some(sequence)) => position(transaction_id, sequence)?,
             _ => Position::START,
         };
-        let covered = match (self.covered_transaction_id, self.covered_sequence) {
-            (Some(transaction_id), Some(sequence)) => Some(position(transaction_id, sequence)?),
-            _ => None,
-        };
         Ok(Header {
             position: position(self.transaction_id, self.sequence)?,
             head,
-            covered,
-            scanned: to_u64("scanned", self.scanned.unwrap_or(0))?,
+            covered: None,
+            scanned: 0,
             active: self.active.unwrap_or(false),
             rebuilding: self.rebuilding.unwrap_or(false),
             rebuild_requested: self.rebuild_requested.unwrap_or(false),
@@ -297,7 +289,13 @@ impl BatchRow {
         };
         let stream_version = to_u64("stream_version", stream_version)?;
         let schema_version = to_u32("schema_version", schema_version)?;
-        let metadata = match serde_json::from_str::<Metadata>(&metadata) {
+        let parsed = if metadata == "{}" {
+            // The common case, without a parser.
+            Ok(Metadata::default())
+        } else {
+            serde_json::from_str::<Metadata>(&metadata)
+        };
+        let metadata = match parsed {
             Ok(metadata) => metadata,
             Err(source) => {
                 return Err(cqrs_core::Error::Decode {
@@ -329,8 +327,8 @@ impl BatchRow {
     }
 }
 
-/// Which part of the log a batch reads: the next `limit` events after `after`, cut at
-/// `until`.
+/// Which part of the log a batch reads: the next `limit` events after `after`, of which
+/// those past `until` are left for a later batch.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Window {
     pub(crate) after: Position,
@@ -353,8 +351,6 @@ pub(crate) async fn read_batch(
 ) -> Result<Batch> {
     let (stream_types, event_types) = filter_params(filter);
     let (transaction_id, sequence) = bind_position(window.after);
-    let (until_transaction, until_sequence) =
-        window.until.map_or((i64::MAX, i64::MAX), bind_position);
     log_statement("projection_batch");
     let rows = sqlx::query_as::<_, BatchRow>(AssertSqlSafe(Arc::clone(&queries.batch)))
         .bind(name)
@@ -364,8 +360,6 @@ pub(crate) async fn read_batch(
         .bind(&stream_types)
         .bind(&event_types)
         .bind(i64::try_from(window.limit).unwrap_or(i64::MAX))
-        .bind(until_transaction)
-        .bind(until_sequence)
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| PgProjectionError::database("projection_batch", e))?;
@@ -373,13 +367,26 @@ pub(crate) async fn read_batch(
         header: None,
         events: Vec::with_capacity(rows.len()),
     };
+    let mut covered = None;
+    let mut scanned = 0;
     for row in rows {
         if row.is_header {
             batch.header = Some(row.into_header()?);
-        } else {
-            let at = position(row.transaction_id, row.sequence)?;
+            continue;
+        }
+        let at = position(row.transaction_id, row.sequence)?;
+        if window.until.is_some_and(|until| at > until) {
+            continue;
+        }
+        scanned += 1;
+        covered = covered.max(Some(at));
+        if row.wanted {
             batch.events.push((at, row.into_recorded(at)));
         }
+    }
+    if let Some(header) = &mut batch.header {
+        header.covered = covered;
+        header.scanned = scanned;
     }
     // The rows arrive in log order; a stable sort of sorted input is one pass.
     batch.events.sort_by_key(|(at, _)| *at);

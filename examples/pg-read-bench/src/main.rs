@@ -107,7 +107,10 @@ impl Projection for Balances {
         _: &mut PgConnection,
         event: &EventEnvelope<AccountEvent>,
     ) -> Result<(), sqlx::Error> {
-        let entry = self.deltas.entry(event.stream_id.clone()).or_default();
+        let entry = match self.deltas.get_mut(&event.stream_id) {
+            Some(entry) => entry,
+            None => self.deltas.entry(event.stream_id.clone()).or_default(),
+        };
         match event.payload {
             AccountEvent::Opened { .. } => {}
             AccountEvent::Deposited { amount } => {
