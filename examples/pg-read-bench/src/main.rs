@@ -708,11 +708,15 @@ async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()
 async fn live_lag(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()> {
     let store = PgEventStore::new(pool.clone()).with_schema(schema)?;
     store.migrate().await?;
-    let runner = PgProjectionRunner::builder(store.clone())
-        .claim_interval(Duration::from_millis(10))
-        .view(Balances::new(schema))
-        .start()
-        .await?;
+    // The projection runs on a small pool of its own, as it would in a worker process:
+    // it does not queue behind the writers for connections.
+    let worker_pool = self::pool(4).await?;
+    let runner =
+        PgProjectionRunner::builder(PgEventStore::new(worker_pool.clone()).with_schema(schema)?)
+            .claim_interval(Duration::from_millis(10))
+            .view(Balances::new(schema))
+            .start()
+            .await?;
     // Wait until it owns the projection.
     runner
         .wait_for(Balances::NAME, Position::START, Duration::from_secs(10))
@@ -812,5 +816,6 @@ async fn live_lag(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<
         announced.len(),
     );
     runner.shutdown().await;
+    worker_pool.close().await;
     Ok(())
 }
