@@ -30,6 +30,7 @@ pub(crate) struct Config {
     pub(crate) claim_interval: Duration,
     pub(crate) max_attempts: u32,
     pub(crate) backoff: Duration,
+    pub(crate) synchronous_commit: bool,
 }
 
 impl Default for Config {
@@ -40,6 +41,7 @@ impl Default for Config {
             claim_interval: Duration::from_secs(1),
             max_attempts: 5,
             backoff: Duration::from_millis(100),
+            synchronous_commit: false,
         }
     }
 }
@@ -158,6 +160,21 @@ impl PgProjectionRunnerBuilder {
     pub fn retries(mut self, max_attempts: u32, backoff: Duration) -> Self {
         self.config.max_attempts = max_attempts.max(1);
         self.config.backoff = backoff;
+        self
+    }
+
+    /// Whether a batch's commit waits for its WAL flush (default `false`).
+    ///
+    /// It need not for exactly-once: a view's changes and its checkpoint commit
+    /// together, so a server crash that loses a batch's commit loses both, and the worker
+    /// applies the batch again from the older checkpoint. The log itself stays durable:
+    /// appends are not affected. What a crash can do without the flush is take a view
+    /// back, for a moment, behind what a reader already saw (after
+    /// [`wait_for`](PgProjectionRunner::wait_for)), until the batch is applied again.
+    /// Set it to `true` to rule that out, at the cost of one WAL flush per batch.
+    #[must_use]
+    pub fn synchronous_commit(mut self, synchronous: bool) -> Self {
+        self.config.synchronous_commit = synchronous;
         self
     }
 

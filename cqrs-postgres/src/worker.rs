@@ -613,12 +613,20 @@ fn hook_failed<V: Projection>(hook: &'static str, source: BoxError) -> PgProject
     }
 }
 
+/// Opens a batch's transaction. Unless configured otherwise, its commit does not wait
+/// for the WAL flush: a server crash can only lose a batch together with its
+/// checkpoint, which the worker then applies again (see
+/// [`PgProjectionRunnerBuilder::synchronous_commit`](crate::PgProjectionRunnerBuilder::synchronous_commit)).
 async fn begin(shared: &Shared) -> Result<Transaction<'static, Postgres>> {
-    shared
-        .pool
-        .begin()
-        .await
-        .map_err(|e| PgProjectionError::database("begin", e))
+    let begun = if shared.config.synchronous_commit {
+        shared.pool.begin().await
+    } else {
+        shared
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit TO off")
+            .await
+    };
+    begun.map_err(|e| PgProjectionError::database("begin", e))
 }
 
 /// An error and its sources, as one line.

@@ -152,6 +152,7 @@ async fn plain_projections_run_too() {
     .expect("create the table");
     let table = view.table.clone();
     let runner = PgProjectionRunner::builder(t.store.clone())
+        .synchronous_commit(true)
         .projection(view)
         .start()
         .await
