@@ -209,4 +209,8 @@ mod guide {
     struct Projections;
     #[doc = include_str!("../../../docs/postgres.md")]
     struct Postgres;
+    #[doc = include_str!("../../../docs/performance.md")]
+    struct Performance;
+    #[doc = include_str!("../../../docs/README.md")]
+    struct Guide;
 }
