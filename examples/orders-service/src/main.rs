@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Environment: `DATABASE_URL` (required), `ORDERS_SCHEMA` (default `orders_service`),
-//! `PORT` (default 3000), `RUST_LOG` (default `example_orders_service=debug,info`).
+//! `PORT` (default 3000), `RUST_LOG` (default `example_orders_service=debug,cqrs_postgres=info,warn`).
 //! Then, for example:
 //!
 //! ```text
@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("example_orders_service=debug,info")),
+                .unwrap_or_else(|_| EnvFilter::new("example_orders_service=debug,cqrs_postgres=info,warn")),
         )
         .init();
 
