@@ -23,10 +23,9 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("example_orders_service=debug,cqrs_postgres=info,warn")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new("example_orders_service=debug,cqrs_postgres=info,warn")
+        }))
         .init();
 
     let url = std::env::var("DATABASE_URL").context("set DATABASE_URL to a PostgreSQL URL")?;
