@@ -107,30 +107,11 @@ impl From<PgProjectionError> for cqrs_core::Error {
 
 /// Checks a name that is spliced into SQL as an identifier.
 pub(crate) fn check_identifier(name: &str, max_len: usize) -> Result<(), PgProjectionError> {
-    let invalid = |reason| PgProjectionError::InvalidName {
-        name: name.chars().take(64).collect(),
-        reason,
-    };
-    let mut chars = name.chars();
-    match chars.next() {
-        None => return Err(invalid("it is empty")),
-        Some(first) if !(first.is_ascii_lowercase() || first == '_') => {
-            return Err(invalid(
-                "it must start with a lowercase ASCII letter or `_`",
-            ));
-        }
-        Some(_) => {}
+    match crate::schema::identifier_problem(name, max_len) {
+        Some(reason) => Err(PgProjectionError::InvalidName {
+            name: name.chars().take(64).collect(),
+            reason,
+        }),
+        None => Ok(()),
     }
-    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-        return Err(invalid(
-            "it may only hold lowercase ASCII letters, digits and `_`",
-        ));
-    }
-    if name.len() > max_len {
-        return Err(invalid("it is too long"));
-    }
-    if name.starts_with("pg_") {
-        return Err(invalid("the `pg_` prefix is reserved by PostgreSQL"));
-    }
-    Ok(())
 }

@@ -15,34 +15,15 @@ pub(crate) struct SchemaName {
 impl SchemaName {
     /// Accepts `^[a-z_][a-z0-9_]{0,55}$`, minus the `pg_` prefix PostgreSQL reserves.
     pub(crate) fn parse(name: &str) -> Result<Self, Error> {
-        let invalid = |reason| Error::InvalidSchema {
-            name: name.chars().take(64).collect(),
-            reason,
-        };
-        let mut chars = name.chars();
-        match chars.next() {
-            None => return Err(invalid("it is empty")),
-            Some(first) if !(first.is_ascii_lowercase() || first == '_') => {
-                return Err(invalid(
-                    "it must start with a lowercase ASCII letter or `_`",
-                ));
-            }
-            Some(_) => {}
+        match identifier_problem(name, MAX_SCHEMA_LEN) {
+            Some(reason) => Err(Error::InvalidSchema {
+                name: name.chars().take(64).collect(),
+                reason,
+            }),
+            None => Ok(Self {
+                name: name.to_owned(),
+            }),
         }
-        if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
-            return Err(invalid(
-                "it may only hold lowercase ASCII letters, digits and `_`",
-            ));
-        }
-        if name.len() > MAX_SCHEMA_LEN {
-            return Err(invalid("it is longer than 56 characters"));
-        }
-        if name.starts_with("pg_") {
-            return Err(invalid("the `pg_` prefix is reserved by PostgreSQL"));
-        }
-        Ok(Self {
-            name: name.to_owned(),
-        })
     }
 
     pub(crate) fn as_str(&self) -> &str {
@@ -92,6 +73,30 @@ impl Queries {
             save_snapshot: render(include_str!("sql/save_snapshot.sql")),
         }
     }
+}
+
+/// Why `name` cannot be spliced into SQL as an identifier, if it cannot: it must match
+/// `^[a-z_][a-z0-9_]*$`, hold at most `max_len` bytes, and not take the `pg_` prefix
+/// PostgreSQL reserves.
+pub(crate) fn identifier_problem(name: &str, max_len: usize) -> Option<&'static str> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Some("it is empty"),
+        Some(first) if !(first.is_ascii_lowercase() || first == '_') => {
+            return Some("it must start with a lowercase ASCII letter or `_`");
+        }
+        Some(_) => {}
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Some("it may only hold lowercase ASCII letters, digits and `_`");
+    }
+    if name.len() > max_len {
+        return Some("it is too long for a PostgreSQL identifier here");
+    }
+    if name.starts_with("pg_") {
+        return Some("the `pg_` prefix is reserved by PostgreSQL");
+    }
+    None
 }
 
 #[cfg(test)]
