@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use cqrs_core::{CodecError, EventFilter, Metadata, Position, RecordedEvent};
+use cqrs_core::{EventFilter, Position, RecordedEvent};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, PgExecutor, Row};
@@ -11,7 +11,7 @@ use tracing::trace;
 use uuid::Uuid;
 
 use crate::projection_error::PgProjectionError;
-use crate::rows::{position, to_i64_saturating, to_u32, to_u64};
+use crate::rows::{bad_metadata, parse_metadata, position, to_i64_saturating, to_u32, to_u64};
 use crate::schema::SchemaName;
 
 type Result<T, E = PgProjectionError> = std::result::Result<T, E>;
@@ -289,27 +289,17 @@ impl BatchRow {
         };
         let stream_version = to_u64("stream_version", stream_version)?;
         let schema_version = to_u32("schema_version", schema_version)?;
-        let parsed = if metadata == "{}" {
-            // The common case, without a parser.
-            Ok(Metadata::default())
-        } else {
-            serde_json::from_str::<Metadata>(&metadata)
-        };
-        let metadata = match parsed {
+        let metadata = match parse_metadata(&metadata) {
             Ok(metadata) => metadata,
             Err(source) => {
-                return Err(cqrs_core::Error::Decode {
-                    source: Box::new(CodecError::Payload {
-                        event_type: event_type.clone(),
-                        version: schema_version,
-                        source,
-                    }),
+                return Err(bad_metadata(
                     stream_type,
                     stream_id,
                     stream_version,
                     event_type,
                     schema_version,
-                });
+                    source,
+                ));
             }
         };
         Ok(RecordedEvent {

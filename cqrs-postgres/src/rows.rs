@@ -39,6 +39,40 @@ pub(crate) fn position(transaction_id: i64, sequence: i64) -> Result<Position, E
     ))
 }
 
+/// Parses the text of a stored `metadata` column. Most events carry the pipeline's ids;
+/// events appended without metadata store `{}`, which needs no parser.
+pub(crate) fn parse_metadata(text: &str) -> Result<Metadata, serde_json::Error> {
+    if text == "{}" {
+        Ok(Metadata::default())
+    } else {
+        serde_json::from_str(text)
+    }
+}
+
+/// The error for stored metadata that is not of the [`Metadata`] shape: a
+/// [`cqrs_core::Error::Decode`] naming the stream, version and type.
+pub(crate) fn bad_metadata(
+    stream_type: String,
+    stream_id: String,
+    stream_version: u64,
+    event_type: String,
+    schema_version: u32,
+    source: serde_json::Error,
+) -> cqrs_core::Error {
+    cqrs_core::Error::Decode {
+        source: Box::new(CodecError::Payload {
+            event_type: event_type.clone(),
+            version: schema_version,
+            source,
+        }),
+        stream_type,
+        stream_id,
+        stream_version,
+        event_type,
+        schema_version,
+    }
+}
+
 /// One event of a known stream (the stream's type and id are not repeated per row).
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct EventRow {
@@ -49,7 +83,8 @@ pub(crate) struct EventRow {
     pub(crate) event_type: String,
     pub(crate) schema_version: i32,
     pub(crate) payload: Value,
-    pub(crate) metadata: Value,
+    /// The `metadata` column as text: parsed straight into [`Metadata`].
+    pub(crate) metadata: String,
     pub(crate) recorded_at: DateTime<Utc>,
 }
 
@@ -80,21 +115,17 @@ impl EventRow {
         let stream_version = to_u64("stream_version", self.stream_version)?;
         let schema_version = to_u32("schema_version", self.schema_version)?;
         let position = position(self.transaction_id, self.sequence)?;
-        let metadata = match serde_json::from_value::<Metadata>(self.metadata) {
+        let metadata = match parse_metadata(&self.metadata) {
             Ok(metadata) => metadata,
             Err(source) => {
-                return Err(cqrs_core::Error::Decode {
-                    source: Box::new(CodecError::Payload {
-                        event_type: self.event_type.clone(),
-                        version: schema_version,
-                        source,
-                    }),
+                return Err(bad_metadata(
                     stream_type,
                     stream_id,
                     stream_version,
-                    event_type: self.event_type,
+                    self.event_type,
                     schema_version,
-                });
+                    source,
+                ));
             }
         };
         Ok(RecordedEvent {
@@ -123,7 +154,7 @@ pub(crate) struct CommandLoadRow {
     pub(crate) event_id: Option<Uuid>,
     pub(crate) event_type: Option<String>,
     pub(crate) schema_version: Option<i32>,
-    pub(crate) metadata: Option<Value>,
+    pub(crate) metadata: Option<String>,
     pub(crate) recorded_at: Option<DateTime<Utc>>,
 }
 

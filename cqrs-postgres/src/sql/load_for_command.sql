@@ -8,13 +8,13 @@ WITH snapshot AS (
 )
 SELECT true AS is_snapshot, s.stream_version, s.state AS payload,
        NULL::bigint AS sequence, NULL::bigint AS transaction_id, NULL::uuid AS event_id,
-       NULL::text AS event_type, NULL::integer AS schema_version, NULL::jsonb AS metadata,
+       NULL::text AS event_type, NULL::integer AS schema_version, NULL::text AS metadata,
        NULL::timestamptz AS recorded_at
 FROM snapshot AS s
 UNION ALL
 SELECT false, e.stream_version, e.payload,
        e.sequence, e.transaction_id, e.event_id,
-       e.event_type, e.schema_version, e.metadata,
+       e.event_type, e.schema_version, e.metadata::text AS metadata,
        e.recorded_at
 FROM {schema}.events AS e
 WHERE e.stream_type = $1::text

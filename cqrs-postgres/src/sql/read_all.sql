@@ -6,7 +6,7 @@
 -- ended, and every transaction still running or yet to start has an id at or above it,
 -- so no event can later appear at a position this batch has passed.
 SELECT sequence, transaction_id, stream_type, stream_id, stream_version, event_id,
-       event_type, schema_version, payload, metadata, recorded_at
+       event_type, schema_version, payload, metadata::text AS metadata, recorded_at
 FROM {schema}.events
 WHERE (transaction_id, sequence) > ($1::bigint, $2::bigint)
   AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
