@@ -11,7 +11,7 @@ use tracing::trace;
 use uuid::Uuid;
 
 use crate::projection_error::PgProjectionError;
-use crate::rows::{bad_metadata, parse_metadata, position, to_i64_saturating, to_u32, to_u64};
+use crate::rows::{EventRow, position, to_i64_saturating};
 use crate::schema::SchemaName;
 
 type Result<T, E = PgProjectionError> = std::result::Result<T, E>;
@@ -255,10 +255,10 @@ impl BatchRow {
         })
     }
 
-    /// The envelope of an event row. Columns the store constrains but a hand-written row
-    /// could still break (metadata that is not the metadata shape) are a typed
+    /// The envelope of an event row, converted as the store converts its own rows
+    /// ([`EventRow::into_recorded`]): metadata of the wrong shape is a typed
     /// [`cqrs_core::Error::Decode`] naming the stream, version and type.
-    fn into_recorded(self, position: Position) -> cqrs_core::Result<RecordedEvent> {
+    fn into_recorded(self) -> cqrs_core::Result<RecordedEvent> {
         let (
             Some(stream_type),
             Some(stream_id),
@@ -287,33 +287,18 @@ impl BatchRow {
             }
             .into());
         };
-        let stream_version = to_u64("stream_version", stream_version)?;
-        let schema_version = to_u32("schema_version", schema_version)?;
-        let metadata = match parse_metadata(&metadata) {
-            Ok(metadata) => metadata,
-            Err(source) => {
-                return Err(bad_metadata(
-                    stream_type,
-                    stream_id,
-                    stream_version,
-                    event_type,
-                    schema_version,
-                    source,
-                ));
-            }
-        };
-        Ok(RecordedEvent {
-            event_id,
-            stream_type,
-            stream_id,
+        EventRow {
+            sequence: self.sequence,
+            transaction_id: self.transaction_id,
             stream_version,
-            position,
+            event_id,
             event_type,
             schema_version,
+            payload,
             metadata,
             recorded_at,
-            payload,
-        })
+        }
+        .into_recorded(stream_type, stream_id)
     }
 }
 
@@ -371,7 +356,7 @@ pub(crate) async fn read_batch(
         scanned += 1;
         covered = covered.max(Some(at));
         if row.wanted {
-            batch.events.push((at, row.into_recorded(at)));
+            batch.events.push((at, row.into_recorded()));
         }
     }
     if let Some(header) = &mut batch.header {

@@ -41,7 +41,7 @@ pub(crate) fn position(transaction_id: i64, sequence: i64) -> Result<Position, E
 
 /// Parses the text of a stored `metadata` column. Most events carry the pipeline's ids;
 /// events appended without metadata store `{}`, which needs no parser.
-pub(crate) fn parse_metadata(text: &str) -> Result<Metadata, serde_json::Error> {
+fn parse_metadata(text: &str) -> Result<Metadata, serde_json::Error> {
     if text == "{}" {
         Ok(Metadata::default())
     } else {
@@ -51,7 +51,7 @@ pub(crate) fn parse_metadata(text: &str) -> Result<Metadata, serde_json::Error> 
 
 /// The error for stored metadata that is not of the [`Metadata`] shape: a
 /// [`cqrs_core::Error::Decode`] naming the stream, version and type.
-pub(crate) fn bad_metadata(
+fn bad_metadata(
     stream_type: String,
     stream_id: String,
     stream_version: u64,
