@@ -204,6 +204,89 @@ impl RecordedEvent {
     }
 }
 
+/// A stored event as a command's load returns it: what folding it onto an aggregate's
+/// state needs, and nothing else.
+///
+/// [`EventStore::load_for_command`](crate::EventStore::load_for_command) returns these
+/// instead of [`RecordedEvent`]s, so a backend can skip the columns a replay never reads
+/// (ids, positions, metadata, timestamps): replaying a long stream is dominated by
+/// per-event work.
+///
+/// ```
+/// use cqrs_core::{CodecError, Event, EventType, ReplayEvent, codec};
+/// use serde_json::json;
+///
+/// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// struct Deposited {
+///     amount: u64,
+/// }
+///
+/// impl Event for Deposited {
+///     const TYPES: &'static [EventType] = &[EventType { name: "Deposited", version: 1 }];
+///     fn event_type(&self) -> &'static str { "Deposited" }
+///     fn schema_version(&self) -> u32 { 1 }
+///     fn encode(&self) -> Result<serde_json::Value, CodecError> { codec::encode(self) }
+///     fn decode(t: &str, v: u32, payload: serde_json::Value) -> Result<Self, CodecError> {
+///         codec::check_known::<Self>(t, v)?;
+///         codec::decode(t, v, payload)
+///     }
+/// }
+///
+/// let stored = ReplayEvent {
+///     stream_version: 3,
+///     event_type: "Deposited".to_owned(),
+///     schema_version: 1,
+///     payload: json!({ "amount": 5 }),
+/// };
+/// let event: Deposited = stored.decode("account", "a-1")?;
+/// assert_eq!(event, Deposited { amount: 5 });
+/// # Ok::<(), cqrs_core::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplayEvent {
+    /// Version within its stream (1-based).
+    pub stream_version: u64,
+    /// Stored type name.
+    pub event_type: String,
+    /// Stored schema version (the version the payload was written with).
+    pub schema_version: u32,
+    /// The payload.
+    pub payload: Value,
+}
+
+impl ReplayEvent {
+    /// Decodes the payload into a domain event, upcasting older schema versions. The
+    /// stream's type and id only name the event in an error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Decode`] naming the stream, version and type when the event type is
+    /// unknown, the version has no upcast path, or the payload does not deserialise.
+    pub fn decode<E: Event>(self, stream_type: &str, stream_id: &str) -> Result<E, Error> {
+        E::decode(&self.event_type, self.schema_version, self.payload).map_err(|source| {
+            Error::Decode {
+                stream_type: stream_type.to_owned(),
+                stream_id: stream_id.to_owned(),
+                stream_version: self.stream_version,
+                event_type: self.event_type,
+                schema_version: self.schema_version,
+                source: Box::new(source),
+            }
+        })
+    }
+}
+
+impl From<RecordedEvent> for ReplayEvent {
+    fn from(event: RecordedEvent) -> Self {
+        Self {
+            stream_version: event.stream_version,
+            event_type: event.event_type,
+            schema_version: event.schema_version,
+            payload: event.payload,
+        }
+    }
+}
+
 impl<P> EventEnvelope<P> {
     /// The same envelope around another payload.
     pub fn with_payload<Q>(&self, payload: Q) -> EventEnvelope<Q> {

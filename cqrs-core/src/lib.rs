@@ -21,7 +21,7 @@ pub use aggregate::{Aggregate, SnapshotPolicy};
 pub use command::{Command, CommandMetadata};
 pub use derive_support::{Apply, Handle, Project};
 pub use envelope::{
-    EventEnvelope, Metadata, NewEvent, ParsePositionError, Position, RecordedEvent,
+    EventEnvelope, Metadata, NewEvent, ParsePositionError, Position, RecordedEvent, ReplayEvent,
 };
 pub use error::{BoxError, Error, Result};
 pub use event::{CodecError, Event, EventType, Upcaster, codec};

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::cache::{KeyedLocks, StateCache};
 use crate::{
     Aggregate, AppendOutcome, AppendRequest, Command, CommandMetadata, Error, EventStore, Metadata,
-    NewEvent, Position, Snapshot, SnapshotPolicy,
+    NewEvent, Position, ReplayEvent, Snapshot, SnapshotPolicy,
 };
 
 /// How the pipeline reacts to a concurrency conflict: reload the aggregate and run the
@@ -632,12 +632,17 @@ where
                 Ok(state) => (state, snapshot.stream_version, loaded.events),
                 Err(error) => {
                     warn!(%error, aggregate_id = %id, "snapshot does not deserialise; replaying the whole stream");
-                    (A::default(), 0, self.store.load(A::TYPE, id, 0).await?)
+                    let events = self.store.load(A::TYPE, id, 0).await?;
+                    (
+                        A::default(),
+                        0,
+                        events.into_iter().map(ReplayEvent::from).collect(),
+                    )
                 }
             },
         };
         let replayed = events.len();
-        let loaded = fold(state, version, events)?;
+        let loaded = fold(id, state, version, events)?;
         let span = tracing::Span::current();
         span.record("stream_version", loaded.version);
         span.record("replayed", replayed);
@@ -645,22 +650,25 @@ where
     }
 }
 
-/// Folds raw events onto a state at `version`, checking that versions are contiguous.
+/// Folds stored events of aggregate `id` onto a state at `version`, checking that
+/// versions are contiguous.
 fn fold<A: Aggregate>(
+    id: &str,
     mut state: A,
     mut version: u64,
-    events: Vec<crate::RecordedEvent>,
+    events: Vec<ReplayEvent>,
 ) -> Result<Loaded<A>, Error> {
     for raw in events {
         if raw.stream_version != version + 1 {
             return Err(Error::backend(format!(
-                "stream `{}/{}` jumps from version {version} to {}",
-                raw.stream_type, raw.stream_id, raw.stream_version
+                "stream `{}/{id}` jumps from version {version} to {}",
+                A::TYPE,
+                raw.stream_version
             )));
         }
-        let event = raw.into_decoded::<A::Event>()?;
-        state.apply(&event.payload);
-        version = event.stream_version;
+        version = raw.stream_version;
+        let event = raw.decode::<A::Event>(A::TYPE, id)?;
+        state.apply(&event);
     }
     Ok(Loaded { state, version })
 }

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{Error, EventType, NewEvent, Position, RecordedEvent, Result};
+use crate::{Error, EventType, NewEvent, Position, RecordedEvent, ReplayEvent, Result};
 
 /// Appends events to one stream if it is at the expected version.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,8 +172,9 @@ pub struct Snapshot {
 pub struct LoadedStream {
     /// The newest snapshot with the requested state version, if any.
     pub snapshot: Option<Snapshot>,
-    /// Events after the snapshot (or all events), in version order.
-    pub events: Vec<RecordedEvent>,
+    /// Events after the snapshot (or all events), in version order, with what a fold
+    /// needs.
+    pub events: Vec<ReplayEvent>,
 }
 
 /// The storage backend contract.
@@ -210,7 +211,8 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<RecordedEvent>>;
 
     /// Loads what a command needs: the newest snapshot of `state_version` (if any) and
-    /// the events after it. Backends should do this in one round trip; the default
+    /// the events after it, as [`ReplayEvent`]s (only what a fold reads). Backends should
+    /// do this in one round trip and skip the columns a fold does not need; the default
     /// makes two calls.
     ///
     /// # Errors
@@ -228,7 +230,10 @@ pub trait EventStore: Send + Sync + 'static {
             .filter(|s| s.state_version == state_version);
         let after = snapshot.as_ref().map_or(0, |s| s.stream_version);
         let events = self.load(stream_type, stream_id, after).await?;
-        Ok(LoadedStream { snapshot, events })
+        Ok(LoadedStream {
+            snapshot,
+            events: events.into_iter().map(ReplayEvent::from).collect(),
+        })
     }
 
     /// Appends events to a stream if it is at the expected version.

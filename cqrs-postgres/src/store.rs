@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cqrs_core::{
     AppendOutcome, AppendRequest, EventFilter, EventStore, LoadedStream, Position, RecordedEvent,
-    Snapshot,
+    ReplayEvent, Snapshot,
 };
 use sqlx::postgres::PgPoolOptions;
 use sqlx::types::Json;
@@ -20,7 +20,7 @@ use crate::error::Statement;
 use crate::inline::Inline;
 use crate::notify::{Notifier, PgNotify};
 use crate::rows::{
-    CommandLoadRow, EventRow, LogRow, OutcomeRow, PositionRow, SnapshotRow, to_i64_saturating,
+    EventRow, LogRow, OutcomeRow, PositionRow, ReplayRow, SnapshotRow, to_i64_saturating, to_u32,
     to_u64,
 };
 use crate::schema::{Queries, SchemaName};
@@ -494,7 +494,7 @@ impl EventStore for PgEventStore {
         // A state version past i32::MAX cannot be stored, so no snapshot matches it.
         let wanted = i32::try_from(state_version).unwrap_or(-1);
         log_statement(Statement::LoadForCommand);
-        let rows = sqlx::query_as::<_, CommandLoadRow>(AssertSqlSafe(Arc::clone(
+        let rows = sqlx::query_as::<_, ReplayRow>(AssertSqlSafe(Arc::clone(
             &self.inner.queries.load_for_command,
         )))
         .bind(stream_type)
@@ -506,25 +506,24 @@ impl EventStore for PgEventStore {
         let mut loaded = LoadedStream::default();
         loaded.events.reserve(rows.len());
         for row in rows {
-            if row.is_snapshot {
-                loaded.snapshot = Some(Snapshot {
-                    stream_type: stream_type.to_owned(),
-                    stream_id: stream_id.to_owned(),
-                    stream_version: to_u64("stream_version", row.stream_version)?,
-                    state_version,
-                    state: row.payload,
-                });
-            } else {
-                let Some(event) = row.into_event() else {
-                    return Err(Error::OutOfRange {
-                        column: "event_id",
-                        value: 0,
-                    }
-                    .into());
-                };
-                loaded
-                    .events
-                    .push(event.into_recorded(stream_type.to_owned(), stream_id.to_owned())?);
+            let stream_version = to_u64("stream_version", row.stream_version)?;
+            match (row.event_type, row.schema_version) {
+                (Some(event_type), Some(schema_version)) => loaded.events.push(ReplayEvent {
+                    stream_version,
+                    event_type,
+                    schema_version: to_u32("schema_version", schema_version)?,
+                    payload: row.payload,
+                }),
+                // The snapshot's row: the only one without an event type.
+                _ => {
+                    loaded.snapshot = Some(Snapshot {
+                        stream_type: stream_type.to_owned(),
+                        stream_id: stream_id.to_owned(),
+                        stream_version,
+                        state_version,
+                        state: row.payload,
+                    });
+                }
             }
         }
         // The rows arrive in version order; a stable sort of sorted input is one pass.

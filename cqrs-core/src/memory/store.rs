@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::{
     AppendOutcome, AppendRequest, Error, EventFilter, EventStore, LoadedStream, Position,
-    RecordedEvent, Result, Snapshot,
+    RecordedEvent, ReplayEvent, Result, Snapshot,
 };
 
 /// An event store held in memory, for tests, examples and prototypes.
@@ -176,7 +176,11 @@ impl EventStore for MemoryEventStore {
                 .cloned()
         };
         let after = snapshot.as_ref().map_or(0, |s| s.stream_version);
-        let events = self.stream(stream_type, stream_id, after);
+        let events = self
+            .stream(stream_type, stream_id, after)
+            .into_iter()
+            .map(ReplayEvent::from)
+            .collect();
         Ok(LoadedStream { snapshot, events })
     }
 
