@@ -27,7 +27,8 @@
 //!   p50/p99 from the append's commit to the commit of the batch that applied it (seen as
 //!   the checkpoint's notification);
 //! - w1 without any projection, then w4: w1 with an inline balance projection, updated
-//!   inside each append's transaction: commands/s.
+//!   inside each append's transaction: commands/s, without and then with the pipeline's
+//!   aggregate cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -673,7 +674,8 @@ async fn w1(
     })
 }
 
-/// w4: w1 with an inline balance projection, next to w1 on the same store without it.
+/// w4: w1 with an inline balance projection, next to w1 on the same store without it,
+/// each without and with the pipeline's aggregate cache.
 async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()> {
     let store = PgEventStore::new(pool.clone()).with_schema(schema)?;
     store.migrate().await?;
@@ -689,32 +691,45 @@ async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()
          SET balance = b.balance + excluded.balance, movements = b.movements + 1"
     )
     .into();
-    let plain = w1(&Cqrs::new(store.clone()), "plain", deposits).await?;
     let inline_store = store.clone().with_inline(InlineBalances { upsert });
-    let with_inline = w1(&Cqrs::new(inline_store), "inline", deposits).await?;
+    for cache in [false, true] {
+        let pipeline = |store: &PgEventStore| {
+            let cqrs = Cqrs::<BankAccount, PgEventStore>::new(store.clone());
+            if cache { cqrs.with_cache(1024) } else { cqrs }
+        };
+        let suffix = if cache { "-cached" } else { "" };
+        let plain = w1(&pipeline(&store), &format!("plain{suffix}"), deposits).await?;
+        let with_inline = w1(
+            &pipeline(&inline_store),
+            &format!("inline{suffix}"),
+            deposits,
+        )
+        .await?;
+        for (label, load) in [("w1  ", &plain), ("w4  ", &with_inline)] {
+            println!(
+                "{label} 16 tasks x (Open + {deposits} deposits), own accounts, {}, {}: {:>8.0} commands/s  p50 {:.2} ms  p99 {:.2} ms",
+                if label.starts_with("w4") {
+                    "inline balance projection"
+                } else {
+                    "no projection"
+                },
+                if cache { "with the cache" } else { "no cache" },
+                per_second(load.commands as u64, load.elapsed),
+                millis(load.p50),
+                millis(load.p99),
+            );
+        }
+    }
     let (balance, movements): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT sum(balance)::bigint, sum(movements)::bigint FROM {table}"
     )))
     .fetch_one(pool)
     .await?;
     anyhow::ensure!(
-        u64::try_from(balance)? == 16 * deposits
-            && u64::try_from(movements)? == 16 * (deposits + 1),
+        u64::try_from(balance)? == 2 * 16 * deposits
+            && u64::try_from(movements)? == 2 * 16 * (deposits + 1),
         "the inline view does not match the commands"
     );
-    for (label, load) in [("w1  ", &plain), ("w4  ", &with_inline)] {
-        println!(
-            "{label} 16 tasks x (Open + {deposits} deposits), own accounts{}: {:>8.0} commands/s  p50 {:.2} ms  p99 {:.2} ms",
-            if label.starts_with("w4") {
-                ", inline balance projection"
-            } else {
-                ", no projection"
-            },
-            per_second(load.commands as u64, load.elapsed),
-            millis(load.p50),
-            millis(load.p99),
-        );
-    }
     Ok(())
 }
 
