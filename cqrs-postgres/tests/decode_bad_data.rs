@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::TestStore;
 use common::counter::{Added, Counter};
 use cqrs_core::{CodecError, Cqrs, Error, EventFilter, EventStore, Position};
@@ -162,12 +164,21 @@ async fn bad_rows_are_typed_decode_errors_naming_stream_version_and_type() {
         "{text}"
     );
 
-    // In the global log, events decode (or not) one by one...
-    let log = t
-        .store
-        .read_all(Position::START, 5, &EventFilter::all())
-        .await
-        .expect("read_all");
+    // In the global log, events decode (or not) one by one. (The log only shows rows
+    // below the oldest running transaction, and other tests run beside this one: wait
+    // until all five are readable.)
+    let mut log = Vec::new();
+    for _ in 0..500 {
+        log = t
+            .store
+            .read_all(Position::START, 5, &EventFilter::all())
+            .await
+            .expect("read_all");
+        if log.len() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let verdicts: Vec<(String, bool)> = log
         .iter()
         .map(|raw| (raw.stream_id.clone(), raw.decode::<Added>().is_ok()))
@@ -184,11 +195,18 @@ async fn bad_rows_are_typed_decode_errors_naming_stream_version_and_type() {
     );
     // ...and a row whose envelope itself is corrupt stops the reader at that event with
     // the same typed error, instead of skipping it.
-    match t
-        .store
-        .read_all(log[4].position, 5, &EventFilter::all())
-        .await
-    {
+    let mut after_upcast = Ok(Vec::new());
+    for _ in 0..500 {
+        after_upcast = t
+            .store
+            .read_all(log[4].position, 5, &EventFilter::all())
+            .await;
+        if !matches!(&after_upcast, Ok(events) if events.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    match after_upcast {
         Err(Error::Decode {
             stream_id,
             stream_version: 1,
