@@ -1,9 +1,11 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use cqrs_core::Position;
 use sqlx::PgPool;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{Instrument, debug, warn};
 
 /// How a [`PgEventStore`](crate::PgEventStore) announces appends on its
@@ -30,8 +32,8 @@ use tracing::{Instrument, debug, warn};
 #[non_exhaustive]
 pub enum PgNotify {
     /// Once an append has committed, a background task of the store sends one `NOTIFY`
-    /// with the newest position; appends that commit while it is busy share the next
-    /// one. The default.
+    /// with the newest position, at most one per millisecond: appends that commit while
+    /// it waits share the next one. The default.
     ///
     /// Appends stay fully concurrent. A process that dies between an append's commit and
     /// the notification loses that wake-up; readers find the events at their next poll.
@@ -100,9 +102,20 @@ impl Notifier {
     }
 }
 
-/// Sends the newest position each time it changes; ends when the store is dropped.
+/// The shortest time between two notifications of one store. Under load, appends that
+/// commit within it share one `NOTIFY`, which costs the server a statement and a commit
+/// of its own; a reader wakes at most this much later.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Sends the newest position each time it changes, at most once per [`NOTIFY_INTERVAL`];
+/// ends when the store is dropped.
 async fn notify_loop(pool: PgPool, channel: String, mut latest: watch::Receiver<Position>) {
+    let mut sent_at: Option<Instant> = None;
     while latest.changed().await.is_ok() {
+        if let Some(sent_at) = sent_at {
+            tokio::time::sleep_until(sent_at + NOTIFY_INTERVAL).await;
+        }
+        sent_at = Some(Instant::now());
         let position = *latest.borrow_and_update();
         crate::store::log_statement(crate::Statement::Notify);
         let sent = sqlx::query("SELECT pg_notify($1, $2)")
