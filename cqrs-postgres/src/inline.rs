@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
-use cqrs_core::{AppendRequest, EventFilter, Projection, RecordedEvent};
+use cqrs_core::{AppendRequest, EventFilter, NewEvent, Position, Projection, RecordedEvent};
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryAs;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres};
@@ -136,8 +136,8 @@ impl PgEventStore {
     /// its view is updated in the same commit as the events, so it never lags.
     ///
     /// The append becomes a transaction of a few statements instead of one: `BEGIN`, the
-    /// append, one to learn where the new events sit in the log, the handler's own, and
-    /// `COMMIT`. The handler gets the transaction and each appended event its
+    /// append, for an append of several events one to learn where they sit in the log,
+    /// the handler's own, and `COMMIT`. The handler gets the transaction and each appended event its
     /// [`filter`](Projection::filter) keeps; it runs on a clone of `projection`, so
     /// concurrent appends do not wait on each other. If it fails, the append fails with
     /// [`cqrs_core::Error::Projection`] and nothing is written: an inline projection can
@@ -257,6 +257,17 @@ async fn appended(
     request: &AppendRequest,
     row: &OutcomeRow,
 ) -> cqrs_core::Result<Vec<RecordedEvent>> {
+    // A single event sits where the append's outcome says: no need to ask. (Several
+    // events of one append need not have consecutive sequences, so they are looked up.)
+    if let ([event], Some(recorded_at)) = (request.events.as_slice(), row.recorded_at) {
+        return Ok(vec![recorded(
+            request,
+            event,
+            row.stream_version,
+            position(row.transaction_id, row.sequence)?,
+            recorded_at,
+        )?]);
+    }
     let sql = include_str!("sql/inline_positions.sql")
         .replace("{schema}", &format!("\"{}\"", store.schema()));
     let placed: Vec<(i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(AssertSqlSafe(sql))
@@ -282,18 +293,35 @@ async fn appended(
     for (event, (stream_version, sequence, transaction_id, recorded_at)) in
         request.events.iter().zip(placed)
     {
-        events.push(RecordedEvent {
-            event_id: event.event_id,
-            stream_type: request.stream_type.clone().into_owned(),
-            stream_id: request.stream_id.clone(),
-            stream_version: to_u64("stream_version", stream_version)?,
-            position: position(transaction_id, sequence)?,
-            event_type: event.event_type.clone().into_owned(),
-            schema_version: event.schema_version,
-            metadata: event.metadata.clone(),
+        events.push(recorded(
+            request,
+            event,
+            stream_version,
+            position(transaction_id, sequence)?,
             recorded_at,
-            payload: event.payload.clone(),
-        });
+        )?);
     }
     Ok(events)
+}
+
+/// One appended event as the log holds it.
+fn recorded(
+    request: &AppendRequest,
+    event: &NewEvent,
+    stream_version: i64,
+    position: Position,
+    recorded_at: DateTime<Utc>,
+) -> cqrs_core::Result<RecordedEvent> {
+    Ok(RecordedEvent {
+        event_id: event.event_id,
+        stream_type: request.stream_type.clone().into_owned(),
+        stream_id: request.stream_id.clone(),
+        stream_version: to_u64("stream_version", stream_version)?,
+        position,
+        event_type: event.event_type.clone().into_owned(),
+        schema_version: event.schema_version,
+        metadata: event.metadata.clone(),
+        recorded_at,
+        payload: event.payload.clone(),
+    })
 }

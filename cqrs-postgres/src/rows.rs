@@ -179,6 +179,9 @@ pub(crate) struct OutcomeRow {
     pub(crate) stream_version: i64,
     pub(crate) transaction_id: i64,
     pub(crate) sequence: i64,
+    /// When the appended events were recorded (only on a fresh append's row).
+    #[sqlx(default)]
+    pub(crate) recorded_at: Option<DateTime<Utc>>,
 }
 
 impl OutcomeRow {

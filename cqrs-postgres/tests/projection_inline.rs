@@ -150,3 +150,68 @@ async fn a_failing_inline_handler_refuses_the_append() {
     );
     t.cleanup().await;
 }
+
+/// An inline projection that keeps every envelope it is handed.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Arc<std::sync::Mutex<Vec<cqrs_core::EventEnvelope<common::counter::Added>>>>,
+}
+
+impl cqrs_core::Projection for Recorder {
+    const NAME: &'static str = "recorder";
+    type Event = common::counter::Added;
+    type Context = sqlx::PgConnection;
+    type Error = std::convert::Infallible;
+
+    async fn handle(
+        &mut self,
+        _cx: &mut sqlx::PgConnection,
+        event: &cqrs_core::EventEnvelope<common::counter::Added>,
+    ) -> Result<(), std::convert::Infallible> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(event.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_see_each_event_as_the_log_stores_it() {
+    let t = TestStore::new("proj_inline_env").await;
+    let recorder = Recorder::default();
+    let store = t.store.clone().with_inline(recorder.clone());
+    // Single-event appends (their place comes with the append's outcome) and appends
+    // of several events (looked up), on two streams.
+    add(&store, "one", 0, 1).await;
+    add(&store, "one", 1, 2).await;
+    projection_support::add_many(&store, "many", 0, 7, 3, 5).await;
+    add(&store, "one", 2, 3).await;
+
+    let mut stored = Vec::new();
+    for stream in ["one", "many"] {
+        for event in store.load("counter", stream, 0).await.expect("load") {
+            stored.push(event.decode::<common::counter::Added>().expect("decode"));
+        }
+    }
+    let mut seen = recorder
+        .seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    stored.sort_by_key(|e| e.position);
+    seen.sort_by_key(|e| e.position);
+    assert_eq!(seen.len(), 10);
+    for (seen, stored) in seen.iter().zip(&stored) {
+        assert_eq!(seen.position, stored.position);
+        assert_eq!(seen.event_id, stored.event_id);
+        assert_eq!(
+            (&seen.stream_id, seen.stream_version),
+            (&stored.stream_id, stored.stream_version)
+        );
+        assert_eq!(seen.recorded_at, stored.recorded_at);
+        assert_eq!(seen.payload, stored.payload);
+        assert_eq!(seen.metadata, stored.metadata);
+    }
+    t.cleanup().await;
+}

@@ -5,8 +5,8 @@
 -- $10 the NOTIFY channel when the statement itself notifies (PgNotify::InTransaction),
 -- otherwise NULL.
 --
--- Returns one row: the outcome (duplicate = false), or the original outcome of the
--- command id (duplicate = true). Returns no row when the stream is not at the expected
+-- Returns one row: the outcome (duplicate = false) with the events' recorded_at, or the
+-- original outcome of the command id (duplicate = true). Returns no row when the stream is not at the expected
 -- version. A concurrent append at the same version (or with the same command id) makes
 -- the statement fail with a unique violation instead.
 --
@@ -59,10 +59,10 @@ notified AS (
     WHERE $10::text IS NOT NULL
 )
 SELECT false AS duplicate, $3::bigint + 1 AS first_version, l.stream_version,
-       l.transaction_id, l.sequence
+       l.transaction_id, l.sequence, now() AS recorded_at
 FROM last AS l
 CROSS JOIN (SELECT count(*) AS n FROM notified) AS n
 CROSS JOIN (SELECT count(*) AS n FROM recorded) AS r
 UNION ALL
-SELECT true, first_version, stream_version, transaction_id, sequence
+SELECT true, first_version, stream_version, transaction_id, sequence, NULL
 FROM existing
