@@ -209,12 +209,12 @@ impl RecordedEvent {
 ///
 /// [`EventStore::load_for_command`](crate::EventStore::load_for_command) returns these
 /// instead of [`RecordedEvent`]s, so a backend can skip the columns a replay never reads
-/// (ids, positions, metadata, timestamps): replaying a long stream is dominated by
-/// per-event work.
+/// (ids, positions, metadata, timestamps), and the payload stays JSON text until
+/// [`decode`](Self::decode) deserialises it straight into the event type: replaying a
+/// long stream is dominated by per-event work.
 ///
 /// ```
 /// use cqrs_core::{CodecError, Event, EventType, ReplayEvent, codec};
-/// use serde_json::json;
 ///
 /// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 /// struct Deposited {
@@ -236,7 +236,7 @@ impl RecordedEvent {
 ///     stream_version: 3,
 ///     event_type: "Deposited".to_owned(),
 ///     schema_version: 1,
-///     payload: json!({ "amount": 5 }),
+///     payload: r#"{"amount": 5}"#.to_owned(),
 /// };
 /// let event: Deposited = stored.decode("account", "a-1")?;
 /// assert_eq!(event, Deposited { amount: 5 });
@@ -250,20 +250,20 @@ pub struct ReplayEvent {
     pub event_type: String,
     /// Stored schema version (the version the payload was written with).
     pub schema_version: u32,
-    /// The payload.
-    pub payload: Value,
+    /// The payload, as JSON text.
+    pub payload: String,
 }
 
 impl ReplayEvent {
-    /// Decodes the payload into a domain event, upcasting older schema versions. The
-    /// stream's type and id only name the event in an error.
+    /// Decodes the payload into a domain event ([`Event::decode_json`]), upcasting older
+    /// schema versions. The stream's type and id only name the event in an error.
     ///
     /// # Errors
     ///
     /// [`Error::Decode`] naming the stream, version and type when the event type is
     /// unknown, the version has no upcast path, or the payload does not deserialise.
     pub fn decode<E: Event>(self, stream_type: &str, stream_id: &str) -> Result<E, Error> {
-        E::decode(&self.event_type, self.schema_version, self.payload).map_err(|source| {
+        E::decode_json(&self.event_type, self.schema_version, &self.payload).map_err(|source| {
             Error::Decode {
                 stream_type: stream_type.to_owned(),
                 stream_id: stream_id.to_owned(),
@@ -282,7 +282,7 @@ impl From<RecordedEvent> for ReplayEvent {
             stream_version: event.stream_version,
             event_type: event.event_type,
             schema_version: event.schema_version,
-            payload: event.payload,
+            payload: event.payload.to_string(),
         }
     }
 }

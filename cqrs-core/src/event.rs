@@ -93,6 +93,27 @@ pub trait Event: Debug + Send + Sync + Sized + 'static {
     /// [`CodecError::Payload`] when the (upcast) payload does not deserialise.
     fn decode(event_type: &str, schema_version: u32, payload: Value) -> Result<Self, CodecError>;
 
+    /// Like [`decode`](Self::decode), from the payload's JSON text: what replaying a
+    /// stream uses.
+    ///
+    /// The default parses the text into a [`Value`] and calls `decode`. `#[derive(Event)]`
+    /// deserialises a payload at the current schema version straight from the text,
+    /// without building a `Value` first, and takes the `decode` path (with its upcasters)
+    /// only for older versions.
+    ///
+    /// # Errors
+    ///
+    /// As for [`decode`](Self::decode); text that is not JSON is a
+    /// [`CodecError::Payload`].
+    fn decode_json(
+        event_type: &str,
+        schema_version: u32,
+        payload: &str,
+    ) -> Result<Self, CodecError> {
+        let payload = codec::decode_json::<Value>(event_type, schema_version, payload)?;
+        Self::decode(event_type, schema_version, payload)
+    }
+
     /// The current schema version of a stored type name, if this type knows the name.
     fn current_version(event_type: &str) -> Option<u32> {
         Self::TYPES
@@ -180,6 +201,23 @@ pub mod codec {
         payload: Value,
     ) -> Result<T, CodecError> {
         serde_json::from_value(payload).map_err(|source| CodecError::Payload {
+            event_type: event_type.to_owned(),
+            version,
+            source,
+        })
+    }
+
+    /// Deserialises a payload's JSON text that is already at the current schema version.
+    ///
+    /// # Errors
+    ///
+    /// [`CodecError::Payload`] naming the type and version.
+    pub fn decode_json<T: DeserializeOwned>(
+        event_type: &str,
+        version: u32,
+        payload: &str,
+    ) -> Result<T, CodecError> {
+        serde_json::from_str(payload).map_err(|source| CodecError::Payload {
             event_type: event_type.to_owned(),
             version,
             source,

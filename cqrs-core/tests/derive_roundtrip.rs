@@ -232,6 +232,77 @@ fn struct_events_round_trip_and_upcast() -> Result<(), CodecError> {
     Ok(())
 }
 
+/// What `decode` makes of a payload, and what `decode_json` makes of its text, compared by
+/// outcome (errors by their kind and numbers, since sources differ in wording).
+fn same_outcome<E: Event + PartialEq>(event_type: &str, version: u32, payload: &Value) {
+    let from_value = E::decode(event_type, version, payload.clone());
+    let from_text = E::decode_json(event_type, version, &payload.to_string());
+    let shape = |result: &Result<E, CodecError>| match result {
+        Ok(_) => "ok".to_owned(),
+        Err(CodecError::UnknownType { event_type }) => format!("unknown type {event_type}"),
+        Err(CodecError::UnknownVersion {
+            version, current, ..
+        }) => format!("unknown version {version} of {current}"),
+        Err(CodecError::Upcast { from, .. }) => format!("upcast from {from}"),
+        Err(CodecError::Payload { version, .. }) => format!("payload at {version}"),
+        Err(other) => format!("{other:?}"),
+    };
+    assert_eq!(
+        shape(&from_text),
+        shape(&from_value),
+        "{event_type} v{version} {payload}"
+    );
+    if let (Ok(text), Ok(value)) = (&from_text, &from_value) {
+        assert!(
+            text == value,
+            "{event_type} v{version}: {text:?} != {value:?}"
+        );
+    }
+}
+
+#[test]
+fn decoding_from_json_text_agrees_with_decoding_a_value() -> Result<(), CodecError> {
+    // Current versions (straight from the text), older ones (upcast), and every error.
+    for event in every_event() {
+        same_outcome::<AccountEvent>(event.event_type(), event.schema_version(), &event.encode()?);
+    }
+    let cases = [
+        ("MoneyWithdrawn", 1, json!({ "amount": 7 })),
+        (
+            "MoneyWithdrawn",
+            2,
+            json!({ "amount": 7, "reference": "x" }),
+        ),
+        ("MoneyWithdrawn", 2, json!({ "amount": "seven" })),
+        ("MoneyWithdrawn", 4, json!({})),
+        ("Withdrawn", 1, json!({})),
+        ("Opened", 0, json!({ "owner": "ada" })),
+        ("Opened", 2, json!({ "owner": "ada" })),
+        ("Opened", 1, json!({ "owner": 5 })),
+    ];
+    for (event_type, version, payload) in &cases {
+        same_outcome::<AccountEvent>(event_type, *version, payload);
+    }
+    same_outcome::<Interest>("InterestPaid", 2, &json!({ "cents": 4, "rate_bp": 1 }));
+    same_outcome::<Interest>("InterestPaid", 1, &json!({ "cents": 4 }));
+    same_outcome::<Interest>("InterestPaid", 3, &json!({ "cents": 4 }));
+    same_outcome::<Interest>("Interest", 2, &json!({}));
+    // Text that is not JSON is a payload error, at the current version or an older one.
+    assert!(matches!(
+        AccountEvent::decode_json("Opened", 1, "{\"owner\": "),
+        Err(CodecError::Payload { version: 1, .. })
+    ));
+    assert!(matches!(
+        AccountEvent::decode_json("MoneyWithdrawn", 1, "not json"),
+        Err(CodecError::Payload { version: 1, .. })
+    ));
+    assert!(matches!(
+        Interest::decode_json("InterestPaid", 2, ""),
+        Err(CodecError::Payload { version: 2, .. })
+    ));
+    Ok(())
+}
+
 #[derive(Debug, Command)]
 enum AccountCommand {
     Open {

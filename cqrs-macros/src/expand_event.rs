@@ -308,6 +308,25 @@ fn generate_enum(model: &Model, variants: &[VariantModel]) -> TokenStream {
             }
         }
     });
+    // Payloads at their type's current version deserialise straight from the text; older
+    // ones go through `decode` and its upcasters.
+    let json_decodes = variants.iter().map(|variant| {
+        let (name, ty) = (&variant.ident, &variant.ty);
+        let (type_name, version) = (&ty.name, ty.version);
+        if variant.fields.is_empty() {
+            return quote! {
+                (#type_name, #version) => ::core::result::Result::Ok(Self::#name {}),
+            };
+        }
+        let members = members(&variant.fields);
+        let owned = format_ident!("__{}Payload", variant.ident);
+        quote! {
+            (#type_name, #version) => {
+                let __payload: #owned = #root::codec::decode_json(event_type, #version, payload)?;
+                ::core::result::Result::Ok(Self::#name { #(#members: __payload.#members),* })
+            }
+        }
+    });
     quote! {
         #(#helpers)*
 
@@ -346,6 +365,25 @@ fn generate_enum(model: &Model, variants: &[VariantModel]) -> TokenStream {
                     _ => ::core::result::Result::Err(#root::__private::unknown_type(event_type)),
                 }
             }
+
+            fn decode_json(
+                event_type: &str,
+                schema_version: u32,
+                payload: &str,
+            ) -> ::core::result::Result<Self, #root::CodecError> {
+                match (event_type, schema_version) {
+                    #(#json_decodes)*
+                    _ => <Self as #root::Event>::decode(
+                        event_type,
+                        schema_version,
+                        #root::codec::decode_json::<#root::__private::serde_json::Value>(
+                            event_type,
+                            schema_version,
+                            payload,
+                        )?,
+                    ),
+                }
+            }
         }
     }
 }
@@ -357,6 +395,8 @@ fn generate_struct(model: &Model, ty: &TypeModel) -> TokenStream {
     let upcast = upcast(root, ty);
     let encode = quote_spanned!(ident.span()=> #root::codec::encode(self));
     let decode = quote_spanned!(ident.span()=> #root::codec::decode(event_type, #version, payload));
+    let decode_json =
+        quote_spanned!(ident.span()=> #root::codec::decode_json(event_type, #version, payload));
     quote! {
         #[automatically_derived]
         #[allow(unused_qualifications)]
@@ -387,6 +427,26 @@ fn generate_struct(model: &Model, ty: &TypeModel) -> TokenStream {
                 }
                 #upcast
                 #decode
+            }
+
+            fn decode_json(
+                event_type: &str,
+                schema_version: u32,
+                payload: &str,
+            ) -> ::core::result::Result<Self, #root::CodecError> {
+                // At the current version, straight from the text; older ones are upcast.
+                if event_type == #name && schema_version == #version {
+                    return #decode_json;
+                }
+                <Self as #root::Event>::decode(
+                    event_type,
+                    schema_version,
+                    #root::codec::decode_json::<#root::__private::serde_json::Value>(
+                            event_type,
+                            schema_version,
+                            payload,
+                        )?,
+                )
             }
         }
     }

@@ -149,7 +149,7 @@ impl EventRow {
 ///
 /// A replay decodes thousands of these, so the row is read by column position and
 /// without sqlx's per-value type check: the statement casts every column to the type read
-/// here (`bigint`, `text`, `integer`, `jsonb`), and the decoders still validate the bytes
+/// here (`bigint`, `text`, `integer`, `text`, `jsonb`), and the decoders still validate the bytes
 /// (a mismatch is an error, never a panic). Together these took about a fifth off a
 /// 10,000-event replay.
 #[derive(Debug)]
@@ -158,8 +158,10 @@ pub(crate) struct ReplayRow {
     /// `None` on the snapshot's row.
     pub(crate) event_type: Option<String>,
     pub(crate) schema_version: Option<i32>,
-    /// The event's payload, or the snapshot's state.
-    pub(crate) payload: Value,
+    /// The event's payload as JSON text; `None` on the snapshot's row.
+    pub(crate) payload: Option<String>,
+    /// The snapshot's state; `None` on event rows.
+    pub(crate) state: Option<Value>,
 }
 
 impl<'r> sqlx::FromRow<'r, PgRow> for ReplayRow {
@@ -169,6 +171,7 @@ impl<'r> sqlx::FromRow<'r, PgRow> for ReplayRow {
             event_type: row.try_get_unchecked(1)?,
             schema_version: row.try_get_unchecked(2)?,
             payload: row.try_get_unchecked(3)?,
+            state: row.try_get_unchecked(4)?,
         })
     }
 }

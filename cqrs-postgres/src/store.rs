@@ -507,22 +507,33 @@ impl EventStore for PgEventStore {
         loaded.events.reserve(rows.len());
         for row in rows {
             let stream_version = to_u64("stream_version", row.stream_version)?;
-            match (row.event_type, row.schema_version) {
-                (Some(event_type), Some(schema_version)) => loaded.events.push(ReplayEvent {
-                    stream_version,
-                    event_type,
-                    schema_version: to_u32("schema_version", schema_version)?,
-                    payload: row.payload,
-                }),
+            match (row.event_type, row.schema_version, row.payload, row.state) {
+                (Some(event_type), Some(schema_version), Some(payload), _) => {
+                    loaded.events.push(ReplayEvent {
+                        stream_version,
+                        event_type,
+                        schema_version: to_u32("schema_version", schema_version)?,
+                        payload,
+                    });
+                }
                 // The snapshot's row: the only one without an event type.
-                _ => {
+                (None, _, _, Some(state)) => {
                     loaded.snapshot = Some(Snapshot {
                         stream_type: stream_type.to_owned(),
                         stream_id: stream_id.to_owned(),
                         stream_version,
                         state_version,
-                        state: row.payload,
+                        state,
                     });
+                }
+                _ => {
+                    return Err(Error::database(
+                        Statement::LoadForCommand,
+                        sqlx::Error::Protocol(format!(
+                            "version {stream_version} came back as neither an event nor a snapshot"
+                        )),
+                    )
+                    .into());
                 }
             }
         }

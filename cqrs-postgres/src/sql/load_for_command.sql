@@ -3,17 +3,19 @@
 -- with only the columns a fold reads.
 -- $1 stream_type, $2 stream_id, $3 state version.
 --
--- Columns are read by position (see rows::ReplayRow): keep their order.
+-- Payloads come as text, which the fold deserialises straight into the event type; the
+-- snapshot's state comes in its own column.
+-- Columns are read by position (see rows::ReplayRow): keep their order and types.
 WITH snapshot AS (
     SELECT stream_version, state
     FROM {schema}.snapshots
     WHERE stream_type = $1::text AND stream_id = $2::text AND state_version = $3::integer
 )
 SELECT s.stream_version, NULL::text AS event_type, NULL::integer AS schema_version,
-       s.state AS payload
+       NULL::text AS payload, s.state
 FROM snapshot AS s
 UNION ALL
-SELECT e.stream_version, e.event_type, e.schema_version, e.payload
+SELECT e.stream_version, e.event_type, e.schema_version, e.payload::text, NULL::jsonb
 FROM {schema}.events AS e
 WHERE e.stream_type = $1::text
   AND e.stream_id = $2::text
