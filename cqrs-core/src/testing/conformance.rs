@@ -696,6 +696,7 @@ async fn read_all_returns_every_event_in_order(store: Arc<dyn EventStore>) -> Ve
 async fn read_all_after_a_position_excludes_it(store: Arc<dyn EventStore>) -> Verdict {
     append(&*store, "s", 0, events(4)).await?;
     let log = everything(&*store).await?;
+    ensure_eq!(log.len(), 4, "events in the log");
     let after = store
         .read_all(log[1].position, 100, &EventFilter::all())
         .await
