@@ -10,11 +10,12 @@ use chrono::{DateTime, Utc};
 use cqrs_core::{AppendRequest, EventFilter, NewEvent, Position, Projection, RecordedEvent};
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryAs;
-use sqlx::{AssertSqlSafe, PgConnection, Postgres};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Postgres};
 use tracing::trace;
 
 use crate::PgEventStore;
 use crate::checkpoints::{self, ProjectionQueries};
+use crate::connections::Lease;
 use crate::projection_error::PgProjectionError;
 use crate::rows::{OutcomeRow, position, to_u64};
 use crate::schema::SchemaName;
@@ -225,28 +226,40 @@ impl PgEventStore {
 /// commit, after which nothing is written.
 pub(crate) async fn append(
     store: &PgEventStore,
+    mut lease: Lease<'_>,
     request: &AppendRequest,
     query: QueryAs<'_, Postgres, OutcomeRow, PgArguments>,
 ) -> cqrs_core::Result<Result<Option<OutcomeRow>, sqlx::Error>> {
     let inline = store.inline_projections();
     inline.register(store).await?;
-    let mut tx = match store.pool().begin().await {
+    let conn = match lease.conn() {
+        Ok(conn) => conn,
+        Err(error) => return Ok(Err(error)),
+    };
+    let mut tx = match conn.begin().await {
         Ok(tx) => tx,
         Err(error) => return Ok(Err(error)),
     };
     let row = match query.fetch_optional(&mut *tx).await {
         Ok(Some(row)) if !row.duplicate => row,
-        // A conflict, a duplicate command or an error: nothing was written.
-        other => return Ok(other),
+        // A conflict, a duplicate command or an error: nothing was written. Rolling back
+        // leaves the connection ready for the next command.
+        other => {
+            let rolled_back = tx.rollback().await;
+            lease.release(&rolled_back);
+            return Ok(other);
+        }
     };
+    // A failing handler drops the transaction, and the lease with it: the connection,
+    // whose rollback is still pending, is closed rather than reused.
     let events = appended(&mut tx, store, request, &row).await?;
     for handler in &inline.handlers {
         trace!(projection = handler.name(), "inline projection");
         handler.apply(&mut tx, &events).await?;
     }
-    tx.commit()
-        .await
-        .map_err(|e| PgProjectionError::database("commit", e))?;
+    let committed = tx.commit().await;
+    lease.release(&committed);
+    committed.map_err(|e| PgProjectionError::database("commit", e))?;
     Ok(Ok(Some(row)))
 }
 

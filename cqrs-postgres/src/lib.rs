@@ -2,6 +2,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod checkpoints;
+mod connections;
 mod document;
 mod error;
 mod inline;

@@ -16,6 +16,7 @@ use sqlx::{AssertSqlSafe, PgPool};
 use tracing::{Instrument, trace};
 use uuid::Uuid;
 
+use crate::connections::{CommandConnections, Lease};
 use crate::error::Statement;
 use crate::inline::Inline;
 use crate::notify::{Notifier, PgNotify};
@@ -108,14 +109,18 @@ struct Inner {
     notify: PgNotify,
     notifier: Notifier,
     inline: Inline,
+    commands: Arc<CommandConnections>,
 }
 
 impl PgEventStore {
     /// A store on `pool`, in the schema `cqrs`.
     ///
-    /// sqlx pools ping a connection before handing it out unless built with
-    /// `test_before_acquire(false)`; that ping is a round trip per command, so turn it off
-    /// for pools dedicated to the store ([`connect`](Self::connect) does).
+    /// A command's load and append run on up to `max_connections` connections the store
+    /// opens with the pool's options and keeps (see
+    /// [`with_command_connections`](Self::with_command_connections)); everything else runs
+    /// on the pool. sqlx pools also ping a connection before handing it out unless built
+    /// with `test_before_acquire(false)`, a round trip per use, so turn that off for pools
+    /// dedicated to the store ([`connect`](Self::connect) does).
     ///
     /// ```no_run
     /// use cqrs_postgres::PgEventStore;
@@ -139,7 +144,16 @@ impl PgEventStore {
             Ok(schema) => schema,
             Err(error) => unreachable!("the default schema name is valid: {error}"),
         };
-        Self::build(pool, schema, PgNotify::default(), Inline::default())
+        let commands = Arc::new(CommandConnections::new(
+            usize::try_from(pool.options().get_max_connections()).unwrap_or(usize::MAX),
+        ));
+        Self::build(
+            pool,
+            schema,
+            PgNotify::default(),
+            Inline::default(),
+            commands,
+        )
     }
 
     /// Connects a pool of up to 10 connections to `url` and makes a store on it (schema
@@ -185,6 +199,7 @@ impl PgEventStore {
             schema,
             self.inner.notify,
             self.inner.inline.clone(),
+            Arc::clone(&self.inner.commands),
         ))
     }
 
@@ -197,6 +212,7 @@ impl PgEventStore {
             self.inner.schema.clone(),
             notify,
             self.inner.inline.clone(),
+            Arc::clone(&self.inner.commands),
         )
     }
 
@@ -207,6 +223,7 @@ impl PgEventStore {
             self.inner.schema.clone(),
             self.inner.notify,
             inline,
+            Arc::clone(&self.inner.commands),
         )
     }
 
@@ -214,7 +231,71 @@ impl PgEventStore {
         &self.inner.inline
     }
 
-    fn build(pool: PgPool, schema: SchemaName, notify: PgNotify, inline: Inline) -> Self {
+    /// The same store keeping up to `max` connections of its own for the statements on
+    /// a command's path (default: as many as the pool may open); 0 runs them on the pool.
+    ///
+    /// A command's load and its append (with its inline projections, if any) are one
+    /// short statement each. sqlx's pool checks every connection that comes back to it
+    /// with a round trip of its own, which for such a statement nearly doubles what the
+    /// server handles, so by default the store runs them on connections it keeps itself:
+    /// opened on first need with the pool's connect options, reused without a check (one
+    /// idle for more than ten seconds is checked first), and closed when the store is
+    /// dropped. One that fails in a way that leaves its state
+    /// unknown (a lost connection, a session the server ended, a statement abandoned
+    /// mid-way) is closed, not reused; the next command opens another. Everything else
+    /// (reading the log, snapshots, migrations, projections) uses the pool.
+    ///
+    /// So a store can hold up to the pool's size again in connections: count them when
+    /// sizing the server's `max_connections`, or pass a smaller `max` (commands beyond it
+    /// wait for a connection).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cqrs_postgres::PgEventStore;
+    /// use sqlx::postgres::PgPoolOptions;
+    ///
+    /// let pool = PgPoolOptions::new()
+    ///     .max_connections(16)
+    ///     .connect_lazy("postgres://postgres@localhost/app")?;
+    /// let store = PgEventStore::new(pool);
+    /// assert_eq!(store.command_connections(), 16);
+    /// let on_the_pool = store.with_command_connections(0);
+    /// assert_eq!(on_the_pool.command_connections(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_command_connections(self, max: usize) -> Self {
+        Self::build(
+            self.inner.pool.clone(),
+            self.inner.schema.clone(),
+            self.inner.notify,
+            self.inner.inline.clone(),
+            Arc::new(CommandConnections::new(max)),
+        )
+    }
+
+    /// How many connections of its own the store may keep for commands (0: they run on
+    /// the pool); see [`with_command_connections`](Self::with_command_connections).
+    #[must_use]
+    pub fn command_connections(&self) -> usize {
+        self.inner.commands.max()
+    }
+
+    /// A connection for a command's statement (see
+    /// [`with_command_connections`](Self::with_command_connections)).
+    pub(crate) async fn command_connection(&self) -> Result<Lease<'_>, sqlx::Error> {
+        self.inner.commands.lease(&self.inner.pool).await
+    }
+
+    fn build(
+        pool: PgPool,
+        schema: SchemaName,
+        notify: PgNotify,
+        inline: Inline,
+        commands: Arc<CommandConnections>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pool,
@@ -224,6 +305,7 @@ impl PgEventStore {
                 notify,
                 notifier: Notifier::new(),
                 inline,
+                commands,
             }),
         }
     }
@@ -361,11 +443,19 @@ impl PgEventStore {
                 .bind(request.command_id)
                 .bind((self.inner.notify == PgNotify::InTransaction).then_some(self.channel()));
         // With inline projections the append and their handlers share one transaction;
-        // without, the append stays one statement on the pool.
-        let row = if self.inner.inline.is_empty() {
-            query.fetch_optional(&self.inner.pool).await
-        } else {
-            crate::inline::append(self, request, query).await?
+        // without, the append stays one statement.
+        let row = match self.command_connection().await {
+            Err(error) => Err(error),
+            Ok(lease) if self.inner.inline.is_empty() => {
+                let mut lease = lease;
+                let row = match lease.conn() {
+                    Ok(conn) => query.fetch_optional(conn).await,
+                    Err(error) => Err(error),
+                };
+                lease.release(&row);
+                row
+            }
+            Ok(lease) => crate::inline::append(self, lease, request, query).await?,
         };
         match row {
             Ok(Some(row)) => {
@@ -499,10 +589,17 @@ impl EventStore for PgEventStore {
         )))
         .bind(stream_type)
         .bind(stream_id)
-        .bind(wanted)
-        .fetch_all(&self.inner.pool)
-        .await
-        .map_err(|e| Error::database(Statement::LoadForCommand, e))?;
+        .bind(wanted);
+        let mut lease = self
+            .command_connection()
+            .await
+            .map_err(|e| Error::database(Statement::LoadForCommand, e))?;
+        let rows = match lease.conn() {
+            Ok(conn) => rows.fetch_all(conn).await,
+            Err(error) => Err(error),
+        };
+        lease.release(&rows);
+        let rows = rows.map_err(|e| Error::database(Statement::LoadForCommand, e))?;
         let mut loaded = LoadedStream::default();
         loaded.events.reserve(rows.len());
         for row in rows {

@@ -1,0 +1,153 @@
+//! The connections a store keeps for the statements on a command's path (its load and
+//! its append).
+//!
+//! sqlx's pool checks every connection that comes back to it with a round trip of its own
+//! (a `Sync` and its `ReadyForQuery`), even with `test_before_acquire(false)`: for a
+//! command made of one short statement, that doubles the messages the server handles.
+//! These connections are opened with the pool's connect options and handed back without
+//! a check; one that has been idle for a while is checked before its next use. One that failed in any way but a statement error the server reported, or whose
+//! statement was abandoned mid-way (its future dropped), is closed instead of reused: its
+//! protocol state is unknown.
+
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgDatabaseError, PgSeverity};
+use sqlx::{ConnectOptions, Connection as _, PgConnection, PgPool, Postgres};
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tracing::debug;
+
+/// Up to `max` connections, opened on demand and kept open while the store lives.
+pub(crate) struct CommandConnections {
+    max: usize,
+    /// Connections ready for use, with when each was last handed back.
+    idle: Mutex<Vec<(PgConnection, Instant)>>,
+    permits: Semaphore,
+}
+
+/// A connection idle for longer than this is checked (a round trip) before use: the
+/// server, or something between, may have closed it meanwhile.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(10);
+
+impl fmt::Debug for CommandConnections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let idle = self.idle.lock().map_or(0, |idle| idle.len());
+        f.debug_struct("CommandConnections")
+            .field("max", &self.max)
+            .field("idle", &idle)
+            .finish()
+    }
+}
+
+impl CommandConnections {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(max),
+        }
+    }
+
+    /// How many connections the store may open (0: commands run on the pool).
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A connection for one command statement (or transaction): an idle one, or a new
+    /// one opened with the pool's options; waits while `max` are in use. With `max` 0, a
+    /// connection of the pool.
+    pub(crate) async fn lease(&self, pool: &PgPool) -> Result<Lease<'_>, sqlx::Error> {
+        if self.max == 0 {
+            return Ok(Lease {
+                owner: self,
+                conn: Some(Held::Pool(pool.acquire().await?)),
+                reusable: false,
+                _permit: None,
+            });
+        }
+        let permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match idle {
+            Some((conn, since)) if since.elapsed() < CHECK_AFTER_IDLE => conn,
+            Some((mut conn, _)) => match conn.ping().await {
+                Ok(()) => conn,
+                Err(error) => {
+                    debug!(%error, "an idle command connection was closed; opening another");
+                    pool.connect_options().connect().await?
+                }
+            },
+            None => pool.connect_options().connect().await?,
+        };
+        Ok(Lease {
+            owner: self,
+            conn: Some(Held::Own(conn)),
+            reusable: false,
+            _permit: Some(permit),
+        })
+    }
+}
+
+enum Held {
+    Own(PgConnection),
+    /// Returned to the pool when dropped, which checks it.
+    Pool(PoolConnection<Postgres>),
+}
+
+/// A connection taken for one command. Dropped without [`release`](Self::release), it is
+/// closed (or, from the pool, handed back to the pool's own check).
+pub(crate) struct Lease<'a> {
+    owner: &'a CommandConnections,
+    conn: Option<Held>,
+    reusable: bool,
+    _permit: Option<SemaphorePermit<'a>>,
+}
+
+impl Lease<'_> {
+    pub(crate) fn conn(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        match self.conn.as_mut() {
+            Some(Held::Own(conn)) => Ok(conn),
+            Some(Held::Pool(conn)) => Ok(&mut **conn),
+            None => Err(sqlx::Error::PoolClosed),
+        }
+    }
+
+    /// Hands the connection back for reuse after `result`, if the connection came through
+    /// it in a known state: success, or a statement error the server reported (after
+    /// which the session goes on). A lost connection, a protocol error, or a server error
+    /// that ends the session (`FATAL`, as from `pg_terminate_backend`) closes it.
+    pub(crate) fn release<T>(mut self, result: &Result<T, sqlx::Error>) {
+        self.reusable = match result {
+            Ok(_) => true,
+            Err(sqlx::Error::Database(error)) => error
+                .try_downcast_ref::<PgDatabaseError>()
+                .is_some_and(|error| {
+                    !matches!(error.severity(), PgSeverity::Fatal | PgSeverity::Panic)
+                }),
+            Err(_) => false,
+        };
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if self.reusable
+            && let Some(Held::Own(conn)) = self.conn.take()
+        {
+            self.owner
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((conn, Instant::now()));
+        }
+    }
+}
