@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use cqrs_core::{EventFilter, Position, RecordedEvent};
+use cqrs_core::{EventEnvelope, EventFilter, Position};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, PgExecutor, Row};
@@ -160,8 +160,9 @@ pub(crate) async fn claim(
 pub(crate) struct Batch {
     /// The projection's row; `None` when it is gone.
     pub(crate) header: Option<Header>,
-    /// The events after the worker's position, in log order, each with its position.
-    pub(crate) events: Vec<(Position, cqrs_core::Result<RecordedEvent>)>,
+    /// The events after the worker's position, in log order, each with its position; their
+    /// payloads are still JSON text.
+    pub(crate) events: Vec<(Position, cqrs_core::Result<EventEnvelope<String>>)>,
 }
 
 /// The projection's row, as a batch sees it.
@@ -202,36 +203,39 @@ struct BatchRow {
     event_id: Option<Uuid>,
     event_type: Option<String>,
     schema_version: Option<i32>,
-    payload: Option<Value>,
+    /// As text: deserialised straight into the projection's event type.
+    payload: Option<String>,
     /// As text: parsed straight into [`Metadata`], with no intermediate JSON value.
     metadata: Option<String>,
     recorded_at: Option<DateTime<Utc>>,
 }
 
-/// By position rather than by name: a batch has thousands of rows of 20 columns.
+/// By position rather than by name, and without sqlx's per-value type check: a batch has
+/// thousands of rows of 20 columns, and the statement gives every column the type read
+/// here (the decoders still validate the bytes: a mismatch is an error, not a panic).
 impl<'r> sqlx::FromRow<'r, PgRow> for BatchRow {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
-            is_header: row.try_get(0)?,
-            transaction_id: row.try_get(1)?,
-            sequence: row.try_get(2)?,
-            head_transaction_id: row.try_get(3)?,
-            head_sequence: row.try_get(4)?,
-            active: row.try_get(5)?,
-            rebuilding: row.try_get(6)?,
-            rebuild_requested: row.try_get(7)?,
-            failed: row.try_get(8)?,
-            active_version: row.try_get(9)?,
-            wanted: row.try_get(10)?,
-            stream_type: row.try_get(11)?,
-            stream_id: row.try_get(12)?,
-            stream_version: row.try_get(13)?,
-            event_id: row.try_get(14)?,
-            event_type: row.try_get(15)?,
-            schema_version: row.try_get(16)?,
-            payload: row.try_get(17)?,
-            metadata: row.try_get(18)?,
-            recorded_at: row.try_get(19)?,
+            is_header: row.try_get_unchecked(0)?,
+            transaction_id: row.try_get_unchecked(1)?,
+            sequence: row.try_get_unchecked(2)?,
+            head_transaction_id: row.try_get_unchecked(3)?,
+            head_sequence: row.try_get_unchecked(4)?,
+            active: row.try_get_unchecked(5)?,
+            rebuilding: row.try_get_unchecked(6)?,
+            rebuild_requested: row.try_get_unchecked(7)?,
+            failed: row.try_get_unchecked(8)?,
+            active_version: row.try_get_unchecked(9)?,
+            wanted: row.try_get_unchecked(10)?,
+            stream_type: row.try_get_unchecked(11)?,
+            stream_id: row.try_get_unchecked(12)?,
+            stream_version: row.try_get_unchecked(13)?,
+            event_id: row.try_get_unchecked(14)?,
+            event_type: row.try_get_unchecked(15)?,
+            schema_version: row.try_get_unchecked(16)?,
+            payload: row.try_get_unchecked(17)?,
+            metadata: row.try_get_unchecked(18)?,
+            recorded_at: row.try_get_unchecked(19)?,
         })
     }
 }
@@ -255,10 +259,10 @@ impl BatchRow {
         })
     }
 
-    /// The envelope of an event row, converted as the store converts its own rows
-    /// ([`EventRow::into_recorded`]): metadata of the wrong shape is a typed
-    /// [`cqrs_core::Error::Decode`] naming the stream, version and type.
-    fn into_recorded(self) -> cqrs_core::Result<RecordedEvent> {
+    /// The envelope of an event row, its payload still JSON text, converted as the store
+    /// converts its own rows ([`EventRow::into_recorded`]): metadata of the wrong shape is
+    /// a typed [`cqrs_core::Error::Decode`] naming the stream, version and type.
+    fn into_envelope(self) -> cqrs_core::Result<EventEnvelope<String>> {
         let (
             Some(stream_type),
             Some(stream_id),
@@ -294,11 +298,11 @@ impl BatchRow {
             event_id,
             event_type,
             schema_version,
-            payload,
+            payload: Value::Null,
             metadata,
             recorded_at,
         }
-        .into_recorded(stream_type, stream_id)
+        .into_envelope(stream_type, stream_id, payload)
     }
 }
 
@@ -356,7 +360,7 @@ pub(crate) async fn read_batch(
         scanned += 1;
         covered = covered.max(Some(at));
         if row.wanted {
-            batch.events.push((at, row.into_recorded()));
+            batch.events.push((at, row.into_envelope()));
         }
     }
     if let Some(header) = &mut batch.header {

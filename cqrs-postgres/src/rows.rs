@@ -6,7 +6,9 @@
 )]
 
 use chrono::{DateTime, Utc};
-use cqrs_core::{AppendOutcome, CodecError, Metadata, Position, RecordedEvent, Snapshot};
+use cqrs_core::{
+    AppendOutcome, CodecError, EventEnvelope, Metadata, Position, RecordedEvent, Snapshot,
+};
 use serde_json::Value;
 use sqlx::Row as _;
 use sqlx::postgres::PgRow;
@@ -110,10 +112,22 @@ impl EventRow {
     /// still break (metadata that is not the metadata shape) are a typed
     /// [`cqrs_core::Error::Decode`] naming the stream, version and type.
     pub(crate) fn into_recorded(
-        self,
+        mut self,
         stream_type: String,
         stream_id: String,
     ) -> cqrs_core::Result<RecordedEvent> {
+        let payload = std::mem::take(&mut self.payload);
+        self.into_envelope(stream_type, stream_id, payload)
+    }
+
+    /// Builds the envelope around `payload` (the row's own `payload` is not used), with
+    /// the errors of [`into_recorded`](Self::into_recorded).
+    pub(crate) fn into_envelope<P>(
+        self,
+        stream_type: String,
+        stream_id: String,
+        payload: P,
+    ) -> cqrs_core::Result<EventEnvelope<P>> {
         let stream_version = to_u64("stream_version", self.stream_version)?;
         let schema_version = to_u32("schema_version", self.schema_version)?;
         let position = position(self.transaction_id, self.sequence)?;
@@ -130,7 +144,7 @@ impl EventRow {
                 ));
             }
         };
-        Ok(RecordedEvent {
+        Ok(EventEnvelope {
             event_id: self.event_id,
             stream_type,
             stream_id,
@@ -140,7 +154,7 @@ impl EventRow {
             schema_version,
             metadata,
             recorded_at: self.recorded_at,
-            payload: self.payload,
+            payload,
         })
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use cqrs_core::{BoxError, Event, EventEnvelope, EventFilter, Position, Projection, RecordedEvent};
+use cqrs_core::{BoxError, Event, EventEnvelope, EventFilter, Position, Projection};
 use sqlx::{Postgres, Transaction};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -91,7 +91,7 @@ async fn read<E: Event>(
         .into_iter()
         .map(|(position, event)| {
             let event = event
-                .and_then(RecordedEvent::into_decoded::<E>)
+                .and_then(decode::<E>)
                 .map_err(|error| Box::new(error) as BoxError);
             (position, event)
         })
@@ -100,6 +100,45 @@ async fn read<E: Event>(
         header: batch.header,
         events,
     })
+}
+
+/// Deserialises an event's JSON text payload straight into the projection's event type
+/// ([`Event::decode_json`]), upcasting older schema versions.
+fn decode<E: Event>(event: EventEnvelope<String>) -> cqrs_core::Result<EventEnvelope<E>> {
+    let EventEnvelope {
+        event_id,
+        stream_type,
+        stream_id,
+        stream_version,
+        position,
+        event_type,
+        schema_version,
+        metadata,
+        recorded_at,
+        payload,
+    } = event;
+    match E::decode_json(&event_type, schema_version, &payload) {
+        Ok(payload) => Ok(EventEnvelope {
+            event_id,
+            stream_type,
+            stream_id,
+            stream_version,
+            position,
+            event_type,
+            schema_version,
+            metadata,
+            recorded_at,
+            payload,
+        }),
+        Err(source) => Err(cqrs_core::Error::Decode {
+            stream_type,
+            stream_id,
+            stream_version,
+            event_type,
+            schema_version,
+            source: Box::new(source),
+        }),
+    }
 }
 
 impl<V: PgView> Worker<V> {

@@ -165,3 +165,56 @@ async fn a_persistent_failure_stops_only_that_projection_until_skipped_or_retrie
     runner.shutdown().await;
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_does_not_decode_stops_the_projection_there() {
+    let t = TestStore::new("proj_undecodable").await;
+    let schema = t.store.schema().to_owned();
+    let runner = PgProjectionRunner::builder(t.store.clone())
+        .retries(1, Duration::from_millis(10))
+        .view(Balances::<1>::new(&schema))
+        .start()
+        .await
+        .expect("start");
+    add_many(&t.store, "u-1", 0, 3, 3, 2).await;
+    // Version 4 has a payload the event type cannot read; version 5 is fine.
+    t.store
+        .append(AppendRequest::new(
+            "counter",
+            "u-1",
+            3,
+            vec![NewEvent::new("Added", 2, json!({ "amount": "lots" }))],
+        ))
+        .await
+        .expect("append the bad event");
+    let last = add(&t.store, "u-1", 4, 2).await;
+
+    let status = eventually(WAIT, || async {
+        let status = runner.status_of("balances").await.expect("status");
+        (status[0].state == ProjectionState::Failed).then(|| status[0].clone())
+    })
+    .await
+    .expect("the projection stops at the bad event");
+    let error = status.error.expect("the error is recorded");
+    assert!(
+        error.contains("counter/u-1") && error.contains("version 4") && error.contains("Added"),
+        "{error}"
+    );
+    assert_eq!(
+        rows(t.pool(), &served_view(&schema)).await,
+        vec![("u-1".to_owned(), 6, 3)]
+    );
+
+    // Skipped, the projection goes on with the events after it.
+    assert!(runner.skip("balances", 1).await.expect("skip").is_some());
+    runner
+        .wait_for("balances", last, WAIT)
+        .await
+        .expect("caught up");
+    assert_eq!(
+        rows(t.pool(), &served_view(&schema)).await,
+        vec![("u-1".to_owned(), 8, 4)]
+    );
+    runner.shutdown().await;
+    t.cleanup().await;
+}

@@ -3,7 +3,8 @@
 -- after the worker's position ($3 $4), in log order. Every event of the window comes
 -- back, so the worker knows how far the window reached, but only the events the
 -- projection wants ($5 stream types and $6 event types; empty: all) come with their
--- content. $1 name, $2 version.
+-- content, the payload and metadata as JSON text (the worker deserialises the payload
+-- straight into the projection's event type). $1 name, $2 version.
 --
 -- The visibility rule is the one of read_all.sql: only rows of transactions below the
 -- snapshot's xmin, which have all ended. The head obeys the same rule in the same
@@ -31,7 +32,7 @@ SELECT true AS is_header, p.transaction_id, p.sequence,
        false AS wanted,
        NULL::text AS stream_type, NULL::text AS stream_id, NULL::bigint AS stream_version,
        NULL::uuid AS event_id, NULL::text AS event_type, NULL::integer AS schema_version,
-       NULL::jsonb AS payload, NULL::text AS metadata, NULL::timestamptz AS recorded_at
+       NULL::text AS payload, NULL::text AS metadata, NULL::timestamptz AS recorded_at
 FROM {schema}.projections AS p
 LEFT JOIN head AS h ON true
 WHERE p.name = $1::text AND p.version = $2::integer
@@ -44,7 +45,7 @@ SELECT false, w.transaction_id, w.sequence, NULL, NULL, NULL, NULL, NULL, NULL, 
        CASE WHEN w.wanted THEN w.event_id END,
        CASE WHEN w.wanted THEN w.event_type END,
        CASE WHEN w.wanted THEN w.schema_version END,
-       CASE WHEN w.wanted THEN w.payload END,
+       CASE WHEN w.wanted THEN w.payload::text END,
        CASE WHEN w.wanted THEN w.metadata::text END,
        CASE WHEN w.wanted THEN w.recorded_at END
 FROM (
