@@ -153,43 +153,7 @@ impl RecordedEvent {
     ///
     /// As for [`decode`](Self::decode).
     pub fn into_decoded<E: Event>(self) -> Result<EventEnvelope<E>, Error> {
-        let EventEnvelope {
-            event_id,
-            stream_type,
-            stream_id,
-            stream_version,
-            position,
-            event_type,
-            schema_version,
-            metadata,
-            recorded_at,
-            payload,
-        } = self;
-        let payload = match E::decode(&event_type, schema_version, payload) {
-            Ok(payload) => payload,
-            Err(source) => {
-                return Err(Error::Decode {
-                    stream_type,
-                    stream_id,
-                    stream_version,
-                    event_type,
-                    schema_version,
-                    source: Box::new(source),
-                });
-            }
-        };
-        Ok(EventEnvelope {
-            event_id,
-            stream_type,
-            stream_id,
-            stream_version,
-            position,
-            event_type,
-            schema_version,
-            metadata,
-            recorded_at,
-            payload,
-        })
+        self.decode_with(E::decode)
     }
 
     fn decode_payload<E: Event>(&self, payload: Value) -> Result<E, Error> {
@@ -287,7 +251,64 @@ impl From<RecordedEvent> for ReplayEvent {
     }
 }
 
+impl EventEnvelope<String> {
+    /// Decodes an envelope whose payload is still JSON text, as a backend may read it,
+    /// with [`Event::decode_json`]: like [`RecordedEvent::into_decoded`], without a
+    /// [`Value`] in between for payloads at their type's current version.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RecordedEvent::decode`]; text that is not JSON is a payload error.
+    pub fn into_decoded_json<E: Event>(self) -> Result<EventEnvelope<E>, Error> {
+        self.decode_with(|event_type, schema_version, payload: String| {
+            E::decode_json(event_type, schema_version, &payload)
+        })
+    }
+}
+
 impl<P> EventEnvelope<P> {
+    /// The same envelope around the payload `decode` makes of this one's (given the stored
+    /// type and schema version); its failure is an [`Error::Decode`] naming the event.
+    fn decode_with<E>(
+        self,
+        decode: impl FnOnce(&str, u32, P) -> Result<E, crate::CodecError>,
+    ) -> Result<EventEnvelope<E>, Error> {
+        let EventEnvelope {
+            event_id,
+            stream_type,
+            stream_id,
+            stream_version,
+            position,
+            event_type,
+            schema_version,
+            metadata,
+            recorded_at,
+            payload,
+        } = self;
+        match decode(&event_type, schema_version, payload) {
+            Ok(payload) => Ok(EventEnvelope {
+                event_id,
+                stream_type,
+                stream_id,
+                stream_version,
+                position,
+                event_type,
+                schema_version,
+                metadata,
+                recorded_at,
+                payload,
+            }),
+            Err(source) => Err(Error::Decode {
+                stream_type,
+                stream_id,
+                stream_version,
+                event_type,
+                schema_version,
+                source: Box::new(source),
+            }),
+        }
+    }
+
     /// The same envelope around another payload.
     pub fn with_payload<Q>(&self, payload: Q) -> EventEnvelope<Q> {
         EventEnvelope {

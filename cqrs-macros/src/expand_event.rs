@@ -182,6 +182,22 @@ fn types<'a>(root: &Path, types: impl IntoIterator<Item = &'a TypeModel>) -> Tok
 }
 
 /// Upcasts a stored payload to the current version: binds `payload` anew.
+/// The body of a derived `decode_json` for a payload not at its type's current version:
+/// parse the text, then `decode` (with its upcasters and errors).
+fn decode_older(root: &Path) -> TokenStream {
+    quote! {
+        <Self as #root::Event>::decode(
+            event_type,
+            schema_version,
+            #root::codec::decode_json::<#root::__private::serde_json::Value>(
+                event_type,
+                schema_version,
+                payload,
+            )?,
+        )
+    }
+}
+
 fn upcast(root: &Path, ty: &TypeModel) -> TokenStream {
     let first = ty.chain.first;
     let steps = ty.chain.steps.iter().map(|func| {
@@ -310,6 +326,7 @@ fn generate_enum(model: &Model, variants: &[VariantModel]) -> TokenStream {
     });
     // Payloads at their type's current version deserialise straight from the text; older
     // ones go through `decode` and its upcasters.
+    let older = decode_older(root);
     let json_decodes = variants.iter().map(|variant| {
         let (name, ty) = (&variant.ident, &variant.ty);
         let (type_name, version) = (&ty.name, ty.version);
@@ -373,15 +390,7 @@ fn generate_enum(model: &Model, variants: &[VariantModel]) -> TokenStream {
             ) -> ::core::result::Result<Self, #root::CodecError> {
                 match (event_type, schema_version) {
                     #(#json_decodes)*
-                    _ => <Self as #root::Event>::decode(
-                        event_type,
-                        schema_version,
-                        #root::codec::decode_json::<#root::__private::serde_json::Value>(
-                            event_type,
-                            schema_version,
-                            payload,
-                        )?,
-                    ),
+                    _ => #older,
                 }
             }
         }
@@ -397,6 +406,7 @@ fn generate_struct(model: &Model, ty: &TypeModel) -> TokenStream {
     let decode = quote_spanned!(ident.span()=> #root::codec::decode(event_type, #version, payload));
     let decode_json =
         quote_spanned!(ident.span()=> #root::codec::decode_json(event_type, #version, payload));
+    let older = decode_older(root);
     quote! {
         #[automatically_derived]
         #[allow(unused_qualifications)]
@@ -438,15 +448,7 @@ fn generate_struct(model: &Model, ty: &TypeModel) -> TokenStream {
                 if event_type == #name && schema_version == #version {
                     return #decode_json;
                 }
-                <Self as #root::Event>::decode(
-                    event_type,
-                    schema_version,
-                    #root::codec::decode_json::<#root::__private::serde_json::Value>(
-                            event_type,
-                            schema_version,
-                            payload,
-                        )?,
-                )
+                #older
             }
         }
     }

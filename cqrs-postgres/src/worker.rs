@@ -91,7 +91,7 @@ async fn read<E: Event>(
         .into_iter()
         .map(|(position, event)| {
             let event = event
-                .and_then(decode::<E>)
+                .and_then(EventEnvelope::into_decoded_json::<E>)
                 .map_err(|error| Box::new(error) as BoxError);
             (position, event)
         })
@@ -100,45 +100,6 @@ async fn read<E: Event>(
         header: batch.header,
         events,
     })
-}
-
-/// Deserialises an event's JSON text payload straight into the projection's event type
-/// ([`Event::decode_json`]), upcasting older schema versions.
-fn decode<E: Event>(event: EventEnvelope<String>) -> cqrs_core::Result<EventEnvelope<E>> {
-    let EventEnvelope {
-        event_id,
-        stream_type,
-        stream_id,
-        stream_version,
-        position,
-        event_type,
-        schema_version,
-        metadata,
-        recorded_at,
-        payload,
-    } = event;
-    match E::decode_json(&event_type, schema_version, &payload) {
-        Ok(payload) => Ok(EventEnvelope {
-            event_id,
-            stream_type,
-            stream_id,
-            stream_version,
-            position,
-            event_type,
-            schema_version,
-            metadata,
-            recorded_at,
-            payload,
-        }),
-        Err(source) => Err(cqrs_core::Error::Decode {
-            stream_type,
-            stream_id,
-            stream_version,
-            event_type,
-            schema_version,
-            source: Box::new(source),
-        }),
-    }
 }
 
 impl<V: PgView> Worker<V> {
