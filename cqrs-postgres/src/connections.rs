@@ -5,9 +5,10 @@
 //! (a `Sync` and its `ReadyForQuery`), even with `test_before_acquire(false)`: for a
 //! command made of one short statement, that doubles the messages the server handles.
 //! These connections are opened with the pool's connect options and handed back without
-//! a check; one that has been idle for a while is checked before its next use. One that failed in any way but a statement error the server reported, or whose
-//! statement was abandoned mid-way (its future dropped), is closed instead of reused: its
-//! protocol state is unknown.
+//! a check; one that has been idle for a while is checked before its next use. One that
+//! failed in any way but a statement error the server reported, or whose statement was
+//! abandoned mid-way (its future dropped), is closed instead of reused: its protocol state
+//! is unknown.
 
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
@@ -46,7 +47,8 @@ impl CommandConnections {
         Self {
             max,
             idle: Mutex::new(Vec::new()),
-            permits: Semaphore::new(max),
+            // More permits than the semaphore holds would be as good as no limit anyway.
+            permits: Semaphore::new(max.min(Semaphore::MAX_PERMITS)),
         }
     }
 
@@ -148,6 +150,18 @@ impl Drop for Lease<'_> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((conn, Instant::now()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_limit_is_accepted() {
+        for max in [0, 1, 16, usize::MAX] {
+            assert_eq!(CommandConnections::new(max).max(), max);
         }
     }
 }

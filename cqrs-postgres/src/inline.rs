@@ -138,11 +138,11 @@ impl PgEventStore {
     ///
     /// The append becomes a transaction of a few statements instead of one: `BEGIN`, the
     /// append, for an append of several events one to learn where they sit in the log,
-    /// the handler's own, and `COMMIT`. The handler gets the transaction and each appended event its
-    /// [`filter`](Projection::filter) keeps; it runs on a clone of `projection`, so
-    /// concurrent appends do not wait on each other. If it fails, the append fails with
-    /// [`cqrs_core::Error::Projection`] and nothing is written: an inline projection can
-    /// refuse writes, so keep its handler simple.
+    /// the handler's own, and `COMMIT`. The handler gets the transaction and each appended
+    /// event its [`filter`](Projection::filter) keeps; it runs on a clone of
+    /// `projection`, so concurrent appends do not wait on each other. If it fails, the
+    /// append fails with [`cqrs_core::Error::Projection`] and nothing is written: an
+    /// inline projection can refuse writes, so keep its handler simple.
     ///
     /// Inline projections are registered in the projections table (on the first append):
     /// [`PgProjectionRunner::status`](crate::PgProjectionRunner::status) reports them as

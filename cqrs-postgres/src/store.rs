@@ -240,10 +240,10 @@ impl PgEventStore {
     /// server handles, so by default the store runs them on connections it keeps itself:
     /// opened on first need with the pool's connect options, reused without a check (one
     /// idle for more than ten seconds is checked first), and closed when the store is
-    /// dropped. One that fails in a way that leaves its state
-    /// unknown (a lost connection, a session the server ended, a statement abandoned
-    /// mid-way) is closed, not reused; the next command opens another. Everything else
-    /// (reading the log, snapshots, migrations, projections) uses the pool.
+    /// dropped. One that fails in a way that leaves its state unknown (a lost connection,
+    /// a session the server ended, a statement abandoned mid-way) is closed, not reused;
+    /// the next command opens another. Everything else (reading the log, snapshots,
+    /// migrations, projections) uses the pool.
     ///
     /// So a store can hold up to the pool's size again in connections: count them when
     /// sizing the server's `max_connections`, or pass a smaller `max` (commands beyond it

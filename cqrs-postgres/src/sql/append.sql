@@ -6,9 +6,9 @@
 -- otherwise NULL.
 --
 -- Returns one row: the outcome (duplicate = false) with the events' recorded_at, or the
--- original outcome of the command id (duplicate = true). Returns no row when the stream is not at the expected
--- version. A concurrent append at the same version (or with the same command id) makes
--- the statement fail with a unique violation instead.
+-- original outcome of the command id (duplicate = true). Returns no row when the stream
+-- is not at the expected version. A concurrent append at the same version (or with the
+-- same command id) makes the statement fail with a unique violation instead.
 --
 -- This is the first (and only) write of its transaction, so the transaction id the
 -- events carry is assigned after the stream's previous events were seen committed.
