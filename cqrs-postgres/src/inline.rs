@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use cqrs_core::{AppendRequest, EventFilter, NewEvent, Position, Projection, RecordedEvent};
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryAs;
-use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Postgres};
+use sqlx::{
+    AssertSqlSafe, Connection as _, Executor as _, PgConnection, Postgres, SqlSafeStr as _,
+};
 use tracing::trace;
 
 use crate::PgEventStore;
@@ -83,11 +85,140 @@ where
     }
 }
 
+/// An inline projection written as one SQL statement, which the store runs as part of
+/// the append statement itself: the view changes in the same statement as the log, at no
+/// extra round trip. Add it with [`PgEventStore::with_inline_sql`].
+///
+/// The statement reads the events of the append from `appended`, one row per event, with
+/// the columns of the log: `event_id` (uuid), `stream_type`, `stream_id`, `event_type`
+/// (text), `stream_version`, `transaction_id`, `sequence` (bigint; the position is
+/// `transaction_id.sequence`), `schema_version` (integer), `payload`, `metadata` (jsonb)
+/// and `recorded_at` (timestamptz). Payloads are as the append writes them: at their
+/// type's current schema version.
+///
+/// It is a data-modifying statement (`INSERT`, `UPDATE` or `DELETE`, as PostgreSQL allows
+/// them in `WITH`) of its own, with these rules:
+///
+/// - **It draws its rows from `appended`.** An append that writes nothing (a conflict, a
+///   repeated command id) leaves `appended` empty, and the statement still runs: what it
+///   does must come from those rows.
+/// - **One statement touches a row of the view once.** An append of several events for
+///   the same row must be folded first (`GROUP BY`), or the server refuses it with
+///   "command cannot affect row a second time".
+/// - **It sees the view as it was before the statement,** like every part of one
+///   statement; concurrent appends are serialised on the view's rows by the server as
+///   for any `UPDATE` or `INSERT … ON CONFLICT`.
+/// - **No bind parameters and no `WITH` of its own holding a data-modifying statement.**
+///   Qualify the view's table with its schema.
+///
+/// If the statement fails, the append fails with
+/// [`PgProjectionError::InlineSql`] and writes nothing: an inline projection can refuse
+/// writes, so keep it simple. The store checks each statement with the server before its
+/// first append (a syntax error, an unknown table or column surfaces then, naming the
+/// projection, and nothing is written).
+///
+/// ```
+/// use cqrs_postgres::PgInlineSql;
+///
+/// let balances = PgInlineSql::new(
+///     "balances",
+///     "INSERT INTO bank.balances AS b (account, balance)
+///      SELECT stream_id, sum((payload->>'amount')::bigint)
+///      FROM appended WHERE event_type = 'Deposited'
+///      GROUP BY stream_id
+///      ON CONFLICT (account) DO UPDATE SET balance = b.balance + excluded.balance",
+/// )?;
+/// assert_eq!(balances.name(), "balances");
+///
+/// let bad = PgInlineSql::new("counter", "UPDATE counters SET n = n + $1");
+/// assert!(bad.is_err());
+/// # Ok::<(), cqrs_postgres::PgProjectionError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgInlineSql {
+    name: &'static str,
+    version: u32,
+    sql: Arc<str>,
+}
+
+impl PgInlineSql {
+    /// The projection `name` (version 1), keeping its view with `sql`.
+    ///
+    /// # Errors
+    ///
+    /// [`PgProjectionError::InvalidInlineSql`] when `sql` is empty, never mentions
+    /// `appended`, or refers to a bind parameter (`$1`, …).
+    pub fn new(name: &'static str, sql: impl Into<String>) -> Result<Self, PgProjectionError> {
+        let sql = sql.into();
+        let sql = sql.trim().trim_end_matches(';').trim_end();
+        let invalid = |reason| PgProjectionError::InvalidInlineSql {
+            projection: name,
+            reason,
+        };
+        if sql.is_empty() {
+            return Err(invalid("the statement is empty"));
+        }
+        if !sql.to_ascii_lowercase().contains("appended") {
+            return Err(invalid(
+                "the statement does not read `appended`, the events of the append",
+            ));
+        }
+        let bytes = sql.as_bytes();
+        if bytes
+            .windows(2)
+            .any(|pair| pair[0] == b'$' && pair[1].is_ascii_digit())
+        {
+            return Err(invalid(
+                "the statement refers to a bind parameter; it takes none: read the events \
+                 from `appended`",
+            ));
+        }
+        Ok(Self {
+            name,
+            version: 1,
+            sql: sql.into(),
+        })
+    }
+
+    /// The same projection with another version (reported in status, as
+    /// [`Projection::VERSION`] is).
+    #[must_use]
+    pub fn with_version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The projection's name.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The projection's version.
+    #[must_use]
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The statement, as it is spliced into the append statement.
+    #[must_use]
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+}
+
+/// The columns `appended` gains for inline SQL projections (it always returns
+/// `stream_version`, `transaction_id` and `sequence`).
+const APPENDED_COLUMNS: &str = ", event_id, stream_type, stream_id, event_type, \
+     schema_version, payload, metadata, recorded_at";
+
 /// The inline projections of a store (none by default).
 #[derive(Clone, Default)]
 pub(crate) struct Inline {
     handlers: Vec<Arc<dyn InlineHandler>>,
-    /// Whether their rows in the projections table were written (once per store value).
+    statements: Vec<PgInlineSql>,
+    /// Whether their rows in the projections table were written and their statements
+    /// checked (once per store value).
     registered: Arc<AtomicBool>,
 }
 
@@ -95,41 +226,110 @@ impl fmt::Debug for Inline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
             .entries(self.handlers.iter().map(|h| (h.name(), h.version())))
+            .entries(self.statements.iter().map(|s| (s.name, s.version)))
             .finish()
     }
 }
 
 impl Inline {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.handlers.is_empty()
+    /// Whether an append needs a transaction of several statements: some projection is a
+    /// handler in Rust. (Inline SQL runs inside the append statement.)
+    pub(crate) fn has_handlers(&self) -> bool {
+        !self.handlers.is_empty()
     }
 
-    /// Writes the projections' rows, marked inline, so that status reports them and a
-    /// wait on them returns at once.
-    async fn register(&self, store: &PgEventStore) -> cqrs_core::Result<()> {
-        if self.registered.load(Ordering::Acquire) {
+    /// The append statement with the inline SQL projections spliced in, if there are any.
+    pub(crate) fn append_sql(&self, schema: &SchemaName) -> Option<Arc<str>> {
+        if self.statements.is_empty() {
+            return None;
+        }
+        Some(crate::schema::append_sql(
+            schema,
+            APPENDED_COLUMNS,
+            &self.statement_ctes(),
+        ))
+    }
+
+    fn statement_ctes(&self) -> String {
+        self.statements
+            .iter()
+            .enumerate()
+            .map(|(i, statement)| {
+                format!(
+                    ",\n-- inline SQL projection {}\ninline_{i} AS (\n{}\n)",
+                    statement.name, statement.sql
+                )
+            })
+            .collect()
+    }
+
+    /// The names of the inline SQL projections, for an error none of them can be told
+    /// apart in.
+    pub(crate) fn statement_names(&self) -> Option<String> {
+        (!self.statements.is_empty()).then(|| {
+            self.statements
+                .iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join("`, `")
+        })
+    }
+
+    /// Before the store's first append with inline projections: checks each SQL
+    /// statement with the server, then writes the projections' rows, marked inline, so
+    /// that status reports them and a wait on them returns at once.
+    pub(crate) async fn register(&self, store: &PgEventStore) -> cqrs_core::Result<()> {
+        if (self.handlers.is_empty() && self.statements.is_empty())
+            || self.registered.load(Ordering::Acquire)
+        {
             return Ok(());
         }
-        let queries = ProjectionQueries::new(&SchemaName::parse(store.schema())?);
+        let schema = SchemaName::parse(store.schema())?;
+        let queries = ProjectionQueries::new(&schema);
         let mut conn = store
             .pool()
             .acquire()
             .await
             .map_err(|e| PgProjectionError::database("acquire", e))?;
-        for handler in &self.handlers {
-            checkpoints::register(
-                &mut conn,
-                &queries,
-                handler.name(),
-                handler.version(),
-                handler.filter(),
-                true,
-            )
-            .await?;
+        for statement in &self.statements {
+            check(&mut conn, &schema, statement).await?;
+        }
+        let all = EventFilter::all();
+        let names = self
+            .handlers
+            .iter()
+            .map(|h| (h.name(), h.version(), h.filter()))
+            .chain(self.statements.iter().map(|s| (s.name, s.version, &all)));
+        for (name, version, filter) in names {
+            checkpoints::register(&mut conn, &queries, name, version, filter, true).await?;
         }
         self.registered.store(true, Ordering::Release);
         Ok(())
     }
+}
+
+/// Has the server parse and analyse `statement` as it will run: after `appended`, here
+/// drawn from the log with no rows.
+async fn check(
+    conn: &mut PgConnection,
+    schema: &SchemaName,
+    statement: &PgInlineSql,
+) -> Result<(), PgProjectionError> {
+    let sql = format!(
+        "WITH appended AS (\n\
+         SELECT stream_version, transaction_id, sequence{APPENDED_COLUMNS}\n\
+         FROM {}.events WHERE false\n\
+         ),\ninline_0 AS (\n{}\n)\nSELECT 1",
+        schema.quoted(),
+        statement.sql
+    );
+    conn.describe(AssertSqlSafe(sql).into_sql_str())
+        .await
+        .map(drop)
+        .map_err(|source| PgProjectionError::InlineSql {
+            projection: statement.name.to_owned(),
+            source,
+        })
 }
 
 impl PgEventStore {
@@ -217,6 +417,47 @@ impl PgEventStore {
         inline.registered = Arc::new(AtomicBool::new(false));
         self.with_inline_projections(inline)
     }
+
+    /// The same store, also keeping `projection`'s view with its SQL statement, run as
+    /// part of every append statement: the view changes in the same statement as the log,
+    /// so it never lags, and it costs no round trip (an append stays one statement unless
+    /// a handler in Rust is added with [`with_inline`](Self::with_inline)). See
+    /// [`PgInlineSql`] for what the statement reads and the rules it follows.
+    ///
+    /// Inline SQL projections are registered and reported like those of `with_inline`;
+    /// events appended before the projection was added are not applied.
+    ///
+    /// ```no_run
+    /// use cqrs_postgres::{PgEventStore, PgInlineSql};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = PgEventStore::connect("postgres://postgres@localhost/app").await?;
+    /// sqlx::query(
+    ///     "CREATE TABLE IF NOT EXISTS public.balances \
+    ///      (account text PRIMARY KEY, balance bigint NOT NULL)",
+    /// )
+    /// .execute(store.pool())
+    /// .await?;
+    /// let store = store.with_inline_sql(PgInlineSql::new(
+    ///     "balances",
+    ///     "INSERT INTO public.balances AS b (account, balance)
+    ///      SELECT stream_id, sum((payload->>'amount')::bigint)
+    ///      FROM appended WHERE event_type = 'Deposited'
+    ///      GROUP BY stream_id
+    ///      ON CONFLICT (account) DO UPDATE SET balance = b.balance + excluded.balance",
+    /// )?);
+    /// # drop(store);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_inline_sql(self, projection: PgInlineSql) -> Self {
+        let mut inline = self.inline_projections().clone();
+        inline.statements.push(projection);
+        inline.registered = Arc::new(AtomicBool::new(false));
+        self.with_inline_projections(inline)
+    }
 }
 
 /// Runs the store's append statement and the inline projections in one transaction.
@@ -231,7 +472,6 @@ pub(crate) async fn append(
     query: QueryAs<'_, Postgres, OutcomeRow, PgArguments>,
 ) -> cqrs_core::Result<Result<Option<OutcomeRow>, sqlx::Error>> {
     let inline = store.inline_projections();
-    inline.register(store).await?;
     let conn = match lease.conn() {
         Ok(conn) => conn,
         Err(error) => return Ok(Err(error)),
@@ -337,4 +577,66 @@ fn recorded(
         recorded_at,
         payload: event.payload.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(sql: &str) -> Option<&'static str> {
+        match PgInlineSql::new("view", sql) {
+            Err(PgProjectionError::InvalidInlineSql { projection, reason }) => {
+                assert_eq!(projection, "view");
+                Some(reason)
+            }
+            Err(other) => panic!("unexpected error {other:?}"),
+            Ok(_) => None,
+        }
+    }
+
+    #[test]
+    fn statements_that_cannot_be_inline_projections_are_refused() {
+        for sql in ["", "  ;\n", "DELETE FROM v", "UPDATE v SET n = n + 1"] {
+            assert!(refused(sql).is_some(), "{sql:?} was accepted");
+        }
+        for sql in [
+            "INSERT INTO v SELECT stream_id, $1 FROM appended",
+            "UPDATE v SET n = n + 1 FROM appended WHERE v.id = $2",
+        ] {
+            assert!(
+                refused(sql).is_some_and(|reason| reason.contains("bind parameter")),
+                "{sql:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn accepted_statements_lose_trailing_semicolons_and_keep_dollar_quotes() {
+        let sql = "INSERT INTO v SELECT stream_id, $$x$$ FROM appended ;\n";
+        let statement = PgInlineSql::new("view", sql).expect("accepted");
+        assert_eq!(
+            statement.sql(),
+            "INSERT INTO v SELECT stream_id, $$x$$ FROM appended"
+        );
+        assert_eq!(statement.with_version(3).version(), 3);
+    }
+
+    #[test]
+    fn each_statement_is_spliced_into_the_append_as_a_cte_of_its_own() {
+        let schema = SchemaName::parse("shop").expect("valid");
+        let mut inline = Inline::default();
+        assert!(inline.append_sql(&schema).is_none());
+        for name in ["first", "second"] {
+            inline.statements.push(
+                PgInlineSql::new(name, format!("INSERT INTO {name} SELECT 1 FROM appended"))
+                    .expect("accepted"),
+            );
+        }
+        let sql = inline.append_sql(&schema).expect("spliced");
+        assert!(sql.contains("inline_0 AS (\nINSERT INTO first SELECT 1 FROM appended\n)"));
+        assert!(sql.contains("inline_1 AS (\nINSERT INTO second SELECT 1 FROM appended\n)"));
+        assert!(sql.contains(&format!("sequence{APPENDED_COLUMNS}")));
+        assert!(!sql.contains("{inline"));
+        assert_eq!(inline.statement_names().as_deref(), Some("first`, `second"));
+    }
 }

@@ -19,6 +19,7 @@ mod worker;
 
 pub use document::{Document, PgDocumentView};
 pub use error::{Error, Result, Statement};
+pub use inline::PgInlineSql;
 pub use notify::PgNotify;
 pub use projection_error::PgProjectionError;
 pub use runner::{PgProjectionRunner, PgProjectionRunnerBuilder};

@@ -62,6 +62,35 @@ pub enum PgProjectionError {
         reason: &'static str,
     },
 
+    /// The statement given to [`PgInlineSql::new`](crate::PgInlineSql::new) cannot be an
+    /// inline SQL projection.
+    ///
+    /// Fix the statement.
+    #[error("inline SQL projection `{projection}`: {reason}")]
+    InvalidInlineSql {
+        /// The projection's name.
+        projection: &'static str,
+        /// Which rule the statement broke.
+        reason: &'static str,
+    },
+
+    /// The statement of an inline SQL projection failed: the server refused it when the
+    /// store checked it (before its first append), or it failed as part of an append,
+    /// which then wrote nothing.
+    ///
+    /// The server's error says why (a syntax error, a missing table, a constraint of the
+    /// view). The append statement runs the store's inline SQL projections together, so
+    /// a failure during an append names all of them.
+    #[error("inline SQL projection `{projection}` failed")]
+    InlineSql {
+        /// The projection's name (during an append, the names of all of the store's
+        /// inline SQL projections, separated by `` `, ` ``).
+        projection: String,
+        /// The server's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
     /// A document could not be turned into JSON or back.
     ///
     /// The stored document and the code disagree: make the type accept the stored shape,

@@ -62,7 +62,7 @@ impl Queries {
         let quoted = schema.quoted();
         let render = |sql: &str| Arc::<str>::from(sql.replace("{schema}", &quoted));
         Self {
-            append: render(include_str!("sql/append.sql")),
+            append: append_sql(schema, "", ""),
             load: render(include_str!("sql/load.sql")),
             load_for_command: render(include_str!("sql/load_for_command.sql")),
             find_command: render(include_str!("sql/find_command.sql")),
@@ -73,6 +73,16 @@ impl Queries {
             save_snapshot: render(include_str!("sql/save_snapshot.sql")),
         }
     }
+}
+
+/// The append statement in `schema`, with `columns` added to what `appended` returns and
+/// `statements` (CTEs, each starting with a comma) after its own.
+pub(crate) fn append_sql(schema: &SchemaName, columns: &str, statements: &str) -> Arc<str> {
+    include_str!("sql/append.sql")
+        .replace("{schema}", &schema.quoted())
+        .replace("{inline_columns}", columns)
+        .replace("{inline_statements}", statements)
+        .into()
 }
 
 /// Why `name` cannot be spliced into SQL as an identifier, if it cannot: it must match

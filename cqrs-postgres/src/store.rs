@@ -10,7 +10,7 @@ use cqrs_core::{
     AppendOutcome, AppendRequest, EventFilter, EventStore, LoadedStream, Position, RecordedEvent,
     ReplayEvent, Snapshot,
 };
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgDatabaseError, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgPool};
 use tracing::{Instrument, trace};
@@ -25,7 +25,7 @@ use crate::rows::{
     to_u64,
 };
 use crate::schema::{Queries, SchemaName};
-use crate::{Error, MIGRATOR, Result};
+use crate::{Error, MIGRATOR, PgProjectionError, Result};
 
 /// The schema a store uses unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "cqrs";
@@ -296,11 +296,15 @@ impl PgEventStore {
         inline: Inline,
         commands: Arc<CommandConnections>,
     ) -> Self {
+        let mut queries = Queries::new(&schema);
+        if let Some(append) = inline.append_sql(&schema) {
+            queries.append = append;
+        }
         Self {
             inner: Arc::new(Inner {
                 pool,
                 channel: schema.channel(),
-                queries: Queries::new(&schema),
+                queries,
                 schema,
                 notify,
                 notifier: Notifier::new(),
@@ -442,11 +446,12 @@ impl PgEventStore {
                 .bind(&metadata)
                 .bind(request.command_id)
                 .bind((self.inner.notify == PgNotify::InTransaction).then_some(self.channel()));
-        // With inline projections the append and their handlers share one transaction;
-        // without, the append stays one statement.
+        // With inline handlers the append and the handlers share one transaction; without,
+        // the append stays one statement (inline SQL projections are part of it).
+        self.inner.inline.register(self).await?;
         let row = match self.command_connection().await {
             Err(error) => Err(error),
-            Ok(lease) if self.inner.inline.is_empty() => {
+            Ok(lease) if !self.inner.inline.has_handlers() => {
                 let mut lease = lease;
                 let row = match lease.conn() {
                     Ok(conn) => query.fetch_optional(conn).await,
@@ -482,6 +487,13 @@ impl PgEventStore {
         event_ids: &[Uuid],
         error: sqlx::Error,
     ) -> cqrs_core::Result<AppendOutcome> {
+        if let Some(projection) = self.inline_sql_failure(&error) {
+            return Err(PgProjectionError::InlineSql {
+                projection,
+                source: error,
+            }
+            .into());
+        }
         let constraint = match &error {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 db.constraint().map(str::to_owned)
@@ -507,6 +519,26 @@ impl PgEventStore {
             },
             _ => Error::database(Statement::Append, error).into(),
         })
+    }
+
+    /// The names of the store's inline SQL projections, when `error` came from their part
+    /// of the append statement: an error in the data, or a constraint or rule broken
+    /// outside the log's own tables (which only their statements write).
+    fn inline_sql_failure(&self, error: &sqlx::Error) -> Option<String> {
+        let names = self.inner.inline.statement_names()?;
+        let sqlx::Error::Database(db) = error else {
+            return None;
+        };
+        let db = db.try_downcast_ref::<PgDatabaseError>()?;
+        let on_the_log =
+            db.schema() == Some(self.schema()) && matches!(db.table(), Some("events" | "commands"));
+        // Cardinality, data, integrity, invalid cursor, function, syntax or access, check
+        // option and PL/pgSQL errors: what a statement's own logic and data raise.
+        let raised_by_a_statement = matches!(
+            db.code().get(..2),
+            Some("21" | "22" | "23" | "27" | "2F" | "38" | "39" | "42" | "44" | "P0")
+        );
+        (raised_by_a_statement && !on_the_log).then_some(names)
     }
 
     async fn find_event_id(&self, event_ids: &[Uuid]) -> cqrs_core::Result<Option<Uuid>> {

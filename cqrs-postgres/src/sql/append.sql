@@ -12,6 +12,10 @@
 --
 -- This is the first (and only) write of its transaction, so the transaction id the
 -- events carry is assigned after the stream's previous events were seen committed.
+--
+-- The two placeholders for inline SQL projections (see inline.rs) are left empty unless
+-- the store has some: then `appended` returns every column of the rows it wrote, and each
+-- projection's statement follows `notified` as a CTE of its own that reads them.
 WITH existing AS (
     SELECT first_version, stream_version, transaction_id, sequence
     FROM {schema}.commands
@@ -36,7 +40,7 @@ appended AS (
          WITH ORDINALITY AS e (event_id, event_type, schema_version, payload, metadata, n)
     WHERE (SELECT ok FROM ready)
     ORDER BY e.n
-    RETURNING stream_version, transaction_id, sequence
+    RETURNING stream_version, transaction_id, sequence{inline_columns}
 ),
 last AS (
     SELECT stream_version, transaction_id, sequence
@@ -57,7 +61,7 @@ notified AS (
     SELECT pg_notify($10::text, transaction_id::text || '.' || sequence::text) AS sent
     FROM last
     WHERE $10::text IS NOT NULL
-)
+){inline_statements}
 SELECT false AS duplicate, $3::bigint + 1 AS first_version, l.stream_version,
        l.transaction_id, l.sequence, now() AS recorded_at
 FROM last AS l
