@@ -39,7 +39,7 @@ use cqrs_core::{
     Aggregate, AppendRequest, Cqrs, EventEnvelope, EventStore, Metadata, NewEvent, Position,
     Projection,
 };
-use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgView};
+use cqrs_postgres::{PgEventStore, PgInlineSql, PgProjectionRunner, PgView};
 use example_bank_account::{AccountCommand, AccountEvent, BankAccount};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, PgPool};
@@ -675,23 +675,45 @@ async fn w1(
 }
 
 /// w4: w1 with an inline balance projection, next to w1 on the same store without it,
-/// each without and with the pipeline's aggregate cache.
+/// each without and with the pipeline's aggregate cache. The projection comes twice, each
+/// with a table of its own: a handler in Rust (its own statement in the append's
+/// transaction) and an inline SQL projection (part of the append statement).
 async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()> {
     let store = PgEventStore::new(pool.clone()).with_schema(schema)?;
     store.migrate().await?;
-    let table = format!("\"{schema}\".bench_inline_balances");
-    sqlx::query(AssertSqlSafe(format!(
-        "CREATE TABLE {table} (account text PRIMARY KEY, balance bigint NOT NULL, movements bigint NOT NULL)"
-    )))
-    .execute(pool)
-    .await?;
+    let by_handler = format!("\"{schema}\".bench_inline_balances");
+    let by_sql = format!("\"{schema}\".bench_inline_sql_balances");
+    for table in [&by_handler, &by_sql] {
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE {table} (account text PRIMARY KEY, balance bigint NOT NULL, movements bigint NOT NULL)"
+        )))
+        .execute(pool)
+        .await?;
+    }
     let upsert: Arc<str> = format!(
-        "INSERT INTO {table} AS b (account, balance, movements) VALUES ($1, $2, 1) \
+        "INSERT INTO {by_handler} AS b (account, balance, movements) VALUES ($1, $2, 1) \
          ON CONFLICT (account) DO UPDATE \
          SET balance = b.balance + excluded.balance, movements = b.movements + 1"
     )
     .into();
-    let inline_store = store.clone().with_inline(InlineBalances { upsert });
+    let handler_store = store.clone().with_inline(InlineBalances { upsert });
+    let sql_store = store.clone().with_inline_sql(PgInlineSql::new(
+        "bench_inline_sql_balances",
+        format!(
+            "INSERT INTO {by_sql} AS b (account, balance, movements) \
+             SELECT stream_id, \
+                    sum(CASE event_type \
+                        WHEN 'Deposited' THEN (payload->>'amount')::bigint \
+                        WHEN 'Withdrawn' THEN -(payload->>'amount')::bigint \
+                        ELSE 0 END), \
+                    count(*) \
+             FROM appended WHERE stream_type = '{}' \
+             GROUP BY stream_id \
+             ON CONFLICT (account) DO UPDATE \
+             SET balance = b.balance + excluded.balance, movements = b.movements + excluded.movements",
+            BankAccount::TYPE
+        ),
+    )?);
     for cache in [false, true] {
         let pipeline = |store: &PgEventStore| {
             let cqrs = Cqrs::<BankAccount, PgEventStore>::new(store.clone());
@@ -699,20 +721,24 @@ async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()
         };
         let suffix = if cache { "-cached" } else { "" };
         let plain = w1(&pipeline(&store), &format!("plain{suffix}"), deposits).await?;
-        let with_inline = w1(
-            &pipeline(&inline_store),
-            &format!("inline{suffix}"),
+        let handler = w1(
+            &pipeline(&handler_store),
+            &format!("handler{suffix}"),
             deposits,
         )
         .await?;
-        for (label, load) in [("w1  ", &plain), ("w4  ", &with_inline)] {
+        let sql = w1(&pipeline(&sql_store), &format!("sql{suffix}"), deposits).await?;
+        for (label, projection, load) in [
+            ("w1  ", "no projection", &plain),
+            (
+                "w4  ",
+                "inline balance projection, a handler in Rust",
+                &handler,
+            ),
+            ("w4  ", "inline balance projection, inline SQL", &sql),
+        ] {
             println!(
-                "{label} 16 tasks x (Open + {deposits} deposits), own accounts, {}, {}: {:>8.0} commands/s  p50 {:.2} ms  p99 {:.2} ms",
-                if label.starts_with("w4") {
-                    "inline balance projection"
-                } else {
-                    "no projection"
-                },
+                "{label} 16 tasks x (Open + {deposits} deposits), own accounts, {projection}, {}: {:>8.0} commands/s  p50 {:.2} ms  p99 {:.2} ms",
                 if cache { "with the cache" } else { "no cache" },
                 per_second(load.commands as u64, load.elapsed),
                 millis(load.p50),
@@ -720,16 +746,18 @@ async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()
             );
         }
     }
-    let (balance, movements): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT sum(balance)::bigint, sum(movements)::bigint FROM {table}"
-    )))
-    .fetch_one(pool)
-    .await?;
-    anyhow::ensure!(
-        u64::try_from(balance)? == 2 * 16 * deposits
-            && u64::try_from(movements)? == 2 * 16 * (deposits + 1),
-        "the inline view does not match the commands"
-    );
+    for table in [&by_handler, &by_sql] {
+        let (balance, movements): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT sum(balance)::bigint, sum(movements)::bigint FROM {table}"
+        )))
+        .fetch_one(pool)
+        .await?;
+        anyhow::ensure!(
+            u64::try_from(balance)? == 2 * 16 * deposits
+                && u64::try_from(movements)? == 2 * 16 * (deposits + 1),
+            "the inline view {table} does not match the commands"
+        );
+    }
     Ok(())
 }
 
