@@ -238,6 +238,15 @@ impl Inline {
         !self.handlers.is_empty()
     }
 
+    /// The same projections, not yet registered (for a store in another schema).
+    pub(crate) fn unregistered(&self) -> Self {
+        Self {
+            handlers: self.handlers.clone(),
+            statements: self.statements.clone(),
+            registered: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
     /// The append statement with the inline SQL projections spliced in, if there are any.
     pub(crate) fn append_sql(&self, schema: &SchemaName) -> Option<Arc<str>> {
         if self.statements.is_empty() {
@@ -409,12 +418,11 @@ impl PgEventStore {
     where
         P: Projection<Context = PgConnection> + Clone + Sync,
     {
-        let mut inline = self.inline_projections().clone();
+        let mut inline = self.inline_projections().unregistered();
         inline.handlers.push(Arc::new(Handler {
             projection,
             filter: P::filter(),
         }));
-        inline.registered = Arc::new(AtomicBool::new(false));
         self.with_inline_projections(inline)
     }
 
@@ -453,9 +461,8 @@ impl PgEventStore {
     /// ```
     #[must_use]
     pub fn with_inline_sql(self, projection: PgInlineSql) -> Self {
-        let mut inline = self.inline_projections().clone();
+        let mut inline = self.inline_projections().unregistered();
         inline.statements.push(projection);
-        inline.registered = Arc::new(AtomicBool::new(false));
         self.with_inline_projections(inline)
     }
 }

@@ -198,7 +198,8 @@ impl PgEventStore {
             self.inner.pool.clone(),
             schema,
             self.inner.notify,
-            self.inner.inline.clone(),
+            // Registered in the projections table of each schema.
+            self.inner.inline.unregistered(),
             Arc::clone(&self.inner.commands),
         ))
     }

@@ -309,3 +309,29 @@ async fn sql_and_rust_inline_projections_share_the_append() {
     assert_eq!(balance(&t, &by_sql, "b").await, Some((16, 4)));
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_moved_to_another_schema_registers_its_inline_projections_there() {
+    let first = TestStore::new("proj_sql_first").await;
+    let second = TestStore::new("proj_sql_second").await;
+    let table = table::<1>(first.store.schema());
+    create_table(&first, &table, "").await;
+    let store = first.store.clone().with_inline_sql(balances_sql(&table));
+    add(&store, "a", 0, 1).await;
+
+    let moved = store
+        .with_schema(second.store.schema())
+        .expect("valid schema");
+    add(&moved, "b", 0, 2).await;
+    let runner = PgProjectionRunner::builder(second.store.clone())
+        .start()
+        .await
+        .expect("start");
+    let status = runner.status_of("balances_sql").await.expect("status");
+    assert_eq!(status.len(), 1, "{status:?}");
+    assert_eq!(status[0].state, ProjectionState::Inline);
+    runner.shutdown().await;
+    assert_eq!(rows(first.pool(), &table).await.len(), 2);
+    second.cleanup().await;
+    first.cleanup().await;
+}
