@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cqrs_core::Position;
-use sqlx::PgPool;
+use sqlx::{ConnectOptions as _, PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, warn};
@@ -33,7 +33,8 @@ use tracing::{Instrument, debug, warn};
 pub enum PgNotify {
     /// Once an append has committed, a background task of the store sends one `NOTIFY`
     /// with the newest position, at most one per millisecond: appends that commit while
-    /// it waits share the next one. The default.
+    /// it waits share the next one. It sends on a connection it keeps (opened with the
+    /// pool's options, replaced if it is closed). The default.
     ///
     /// Appends stay fully concurrent. A process that dies between an append's commit and
     /// the notification loses that wake-up; readers find the events at their next poll.
@@ -109,23 +110,56 @@ const NOTIFY_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Sends the newest position each time it changes, at most once per [`NOTIFY_INTERVAL`];
 /// ends when the store is dropped.
+///
+/// It sends on a connection of its own, opened with the pool's options: a connection of
+/// the pool would cost a second round trip each time, the pool's check when it is handed
+/// back.
 async fn notify_loop(pool: PgPool, channel: String, mut latest: watch::Receiver<Position>) {
     let mut sent_at: Option<Instant> = None;
+    let mut conn: Option<PgConnection> = None;
     while latest.changed().await.is_ok() {
         if let Some(sent_at) = sent_at {
             tokio::time::sleep_until(sent_at + NOTIFY_INTERVAL).await;
         }
         sent_at = Some(Instant::now());
         let position = *latest.borrow_and_update();
-        crate::store::log_statement(crate::Statement::Notify);
-        let sent = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&channel)
-            .bind(position.to_string())
-            .execute(&pool)
-            .await;
+        let payload = position.to_string();
+        // A connection kept from before may have been closed meanwhile (by the server, a
+        // proxy, an idle timeout): then once more on a new one.
+        let mut sent = Err(sqlx::Error::PoolClosed);
+        for _ in 0..2 {
+            let reused = conn.is_some();
+            sent = notify(&pool, &mut conn, &channel, &payload).await;
+            if sent.is_ok() || !reused {
+                break;
+            }
+        }
         if let Err(error) = sent {
             warn!(%error, %position, "NOTIFY failed; readers will find the events when they poll");
         }
     }
     debug!("store dropped; notifier stops");
+}
+
+/// One `NOTIFY` on `conn`, opened first if need be; a failure drops the connection.
+async fn notify(
+    pool: &PgPool,
+    conn: &mut Option<PgConnection>,
+    channel: &str,
+    payload: &str,
+) -> Result<(), sqlx::Error> {
+    let open = match conn {
+        Some(open) => open,
+        None => conn.insert(pool.connect_options().connect().await?),
+    };
+    crate::store::log_statement(crate::Statement::Notify);
+    let sent = sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(&mut *open)
+        .await;
+    if sent.is_err() {
+        *conn = None;
+    }
+    sent.map(drop)
 }

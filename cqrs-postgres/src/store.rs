@@ -246,9 +246,10 @@ impl PgEventStore {
     /// the next command opens another. Everything else (reading the log, snapshots,
     /// migrations, projections) uses the pool.
     ///
-    /// So a store can hold up to the pool's size again in connections: count them when
-    /// sizing the server's `max_connections`, or pass a smaller `max` (commands beyond it
-    /// wait for a connection).
+    /// So a store can hold up to the pool's size again in connections (plus one for its
+    /// notifications, with [`PgNotify::AfterCommit`]): count them when sizing the server's
+    /// `max_connections`, or pass a smaller `max` (commands beyond it wait for a
+    /// connection).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -121,6 +121,41 @@ async fn appends_notify_their_position_in_their_transaction() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notifier_connection_the_server_ended_is_replaced() {
+    let t = TestStore::new("notify_kill").await;
+    let mut listener = PgListener::connect(&common::database_url())
+        .await
+        .expect("listener");
+    listener.listen(t.store.channel()).await.expect("listen");
+    for round in 0..3_u64 {
+        let outcome = t
+            .store
+            .append(AppendRequest::new("s", "1", round, vec![event()]))
+            .await
+            .expect("append");
+        let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("notified in time")
+            .expect("notification");
+        let position: Position = notification.payload().parse().expect("a position token");
+        assert_eq!(position, outcome.position, "round {round}");
+        // End the notifier's session (the pool's connections carry the same name).
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND query LIKE 'SELECT pg_notify%' \
+             AND pid <> pg_backend_pid()",
+        )
+        .bind(t.store.schema())
+        .fetch_all(t.pool())
+        .await
+        .expect("terminate the notifier's session");
+        assert_eq!(ended, vec![true], "round {round}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_can_be_turned_off() {
     let mut t = TestStore::new("quiet").await;
     t.store = t.store.clone().with_notify(PgNotify::Off);
