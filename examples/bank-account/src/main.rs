@@ -1,6 +1,7 @@
 //! A tour of cqrs on a bank account: open accounts, move money, see a command refused,
 //! watch concurrent writers conflict and the pipeline retry, send the same command twice
-//! and have it applied once, then read a projection that waited for our own writes.
+//! and have it applied once, then read a projection that waited for our own writes (and,
+//! on PostgreSQL, a view kept inside the append statement itself).
 //!
 //! Run it with:
 //!
@@ -21,7 +22,7 @@ use cqrs_core::memory::{MemoryEventStore, Projector};
 use cqrs_core::{
     Aggregate, AppendRequest, CommandError, CommandMetadata, Cqrs, EventStore, Metadata, NewEvent,
 };
-use cqrs_postgres::PgEventStore;
+use cqrs_postgres::{PgEventStore, PgInlineSql};
 use example_bank_account::{AccountCommand, AccountEvent, Balances, BankAccount};
 use tracing_subscriber::EnvFilter;
 
@@ -43,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
                 .migrate()
                 .await
                 .context("cannot create the event store schema")?;
-            let store = Arc::new(store);
+            let store = Arc::new(with_inline_balances(store).await?);
             let balances = Projector::polling(
                 Arc::clone(&store),
                 Balances::default(),
@@ -51,7 +52,9 @@ async fn main() -> anyhow::Result<()> {
             );
             // Fresh account ids, so that the tour can run again on the same database.
             let run = uuid::Uuid::new_v4().simple().to_string();
-            tour(store, balances, "PostgreSQL", &run[..6]).await
+            let run = &run[..6];
+            tour(Arc::clone(&store), balances, "PostgreSQL", run).await?;
+            show_inline_balances(&store, run).await
         }
         Err(_) => {
             // Every call to this store takes a millisecond, as a call across a network
@@ -234,6 +237,56 @@ async fn tour<S: EventStore>(
             }
         })
         .await;
+    Ok(())
+}
+
+/// The store, also keeping `cqrs.tour_balances` up to date inside every append statement:
+/// an inline SQL projection, which never lags behind the log.
+async fn with_inline_balances(store: PgEventStore) -> anyhow::Result<PgEventStore> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS cqrs.tour_balances \
+         (account text PRIMARY KEY, balance bigint NOT NULL, movements bigint NOT NULL)",
+    )
+    .execute(store.pool())
+    .await
+    .context("cannot create the inline view's table")?;
+    let balances = PgInlineSql::new(
+        "tour_balances",
+        format!(
+            "INSERT INTO cqrs.tour_balances AS b (account, balance, movements) \
+             SELECT stream_id, \
+                    sum(CASE event_type \
+                        WHEN 'Deposited' THEN (payload->>'amount')::bigint \
+                        WHEN 'Withdrawn' THEN -(payload->>'amount')::bigint \
+                        ELSE 0 END), \
+                    count(*) FILTER (WHERE event_type <> 'Opened') \
+             FROM appended WHERE stream_type = '{}' \
+             GROUP BY stream_id \
+             ON CONFLICT (account) DO UPDATE \
+             SET balance = b.balance + excluded.balance, movements = b.movements + excluded.movements",
+            BankAccount::TYPE
+        ),
+    )?;
+    Ok(store.with_inline_sql(balances))
+}
+
+/// The inline view of this run's accounts: read straight away, no wait needed.
+async fn show_inline_balances(store: &PgEventStore, run: &str) -> anyhow::Result<()> {
+    println!("\n7. The same balances, kept by PostgreSQL inside each append statement (no wait)");
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT account, balance, movements FROM cqrs.tour_balances \
+         WHERE account LIKE '%-' || $1 ORDER BY account",
+    )
+    .bind(run)
+    .fetch_all(store.pool())
+    .await
+    .context("cannot read the inline view")?;
+    for (account, balance, movements) in rows {
+        println!(
+            "   {account:<17} {:>17} {movements:>10}",
+            money(u64::try_from(balance).unwrap_or(0))
+        );
+    }
     Ok(())
 }
 
