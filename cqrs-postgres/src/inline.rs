@@ -528,16 +528,15 @@ async fn appended(
             recorded_at,
         )?]);
     }
-    let sql = include_str!("sql/inline_positions.sql")
-        .replace("{schema}", &format!("\"{}\"", store.schema()));
-    let placed: Vec<(i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(AssertSqlSafe(sql))
-        .bind(request.stream_type.as_ref())
-        .bind(request.stream_id.as_str())
-        .bind(row.first_version)
-        .bind(row.stream_version)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| PgProjectionError::database("inline_positions", e))?;
+    let placed: Vec<(i64, i64, i64, DateTime<Utc>)> =
+        sqlx::query_as(AssertSqlSafe(Arc::clone(store.inline_positions_sql())))
+            .bind(request.stream_type.as_ref())
+            .bind(request.stream_id.as_str())
+            .bind(row.first_version)
+            .bind(row.stream_version)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| PgProjectionError::database("inline_positions", e))?;
     if placed.len() != request.events.len() {
         return Err(PgProjectionError::database(
             "inline_positions",

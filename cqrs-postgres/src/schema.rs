@@ -55,6 +55,7 @@ pub(crate) struct Queries {
     pub(crate) head: Arc<str>,
     pub(crate) load_snapshot: Arc<str>,
     pub(crate) save_snapshot: Arc<str>,
+    pub(crate) inline_positions: Arc<str>,
 }
 
 impl Queries {
@@ -71,6 +72,7 @@ impl Queries {
             head: render(include_str!("sql/head.sql")),
             load_snapshot: render(include_str!("sql/load_snapshot.sql")),
             save_snapshot: render(include_str!("sql/save_snapshot.sql")),
+            inline_positions: render(include_str!("sql/inline_positions.sql")),
         }
     }
 }

@@ -232,6 +232,12 @@ impl PgEventStore {
         &self.inner.inline
     }
 
+    /// Where the events of an append of several events sit in the log (for inline
+    /// handlers).
+    pub(crate) fn inline_positions_sql(&self) -> &Arc<str> {
+        &self.inner.queries.inline_positions
+    }
+
     /// The same store keeping up to `max` connections of its own for the statements on
     /// a command's path (default: as many as the pool may open); 0 runs them on the pool.
     ///
