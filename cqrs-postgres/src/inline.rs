@@ -110,6 +110,9 @@ where
 ///   for any `UPDATE` or `INSERT … ON CONFLICT`.
 /// - **No bind parameters and no `WITH` of its own holding a data-modifying statement.**
 ///   Qualify the view's table with its schema.
+/// - **It is code.** The statement is spliced into the append statement as written, like
+///   a query passed to `sqlx::AssertSqlSafe`: write it in the program, never build it
+///   from input.
 ///
 /// If the statement fails, the append fails with
 /// [`PgProjectionError::InlineSql`] and writes nothing: an inline projection can refuse
