@@ -335,3 +335,29 @@ async fn a_store_moved_to_another_schema_registers_its_inline_projections_there(
     second.cleanup().await;
     first.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_that_notifies_in_its_statement_keeps_the_view_too() {
+    let t = TestStore::new("proj_sql_notify").await;
+    let schema = t.store.schema().to_owned();
+    let table = table::<1>(&schema);
+    create_table(&t, &table, "").await;
+    let store = t
+        .store
+        .clone()
+        .with_notify(cqrs_postgres::PgNotify::InTransaction)
+        .with_inline_sql(balances_sql(&table));
+    let mut listener = sqlx::postgres::PgListener::connect(&common::database_url())
+        .await
+        .expect("listener");
+    listener.listen(store.channel()).await.expect("listen");
+
+    let position = add_many(&store, "n", 0, 3, 3, 4).await;
+    let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("notified in time")
+        .expect("notification");
+    assert_eq!(notification.payload(), position.to_string());
+    assert_eq!(balance(&t, &table, "n").await, Some((12, 3)));
+    t.cleanup().await;
+}
