@@ -266,12 +266,7 @@ impl Inline {
         self.statements
             .iter()
             .enumerate()
-            .map(|(i, statement)| {
-                format!(
-                    ",\n-- inline SQL projection {}\ninline_{i} AS (\n{}\n)",
-                    statement.name, statement.sql
-                )
-            })
+            .map(|(i, statement)| format!(",\ninline_{i} AS (\n{}\n)", statement.sql))
             .collect()
     }
 
