@@ -23,9 +23,20 @@ use tracing::debug;
 /// Up to `max` connections, opened on demand and kept open while the store lives.
 pub(crate) struct CommandConnections {
     max: usize,
-    /// Connections ready for use, with when each was last handed back.
-    idle: Mutex<Vec<(PgConnection, Instant)>>,
+    /// Connections ready for use.
+    idle: Mutex<Vec<Idle>>,
     permits: Semaphore,
+}
+
+/// A connection ready for use.
+struct Idle {
+    conn: PgConnection,
+    /// When it was last handed back.
+    since: Instant,
+    /// Whether it must be checked before its next use whatever its idle time: another
+    /// connection was lost meanwhile, and whatever ended that one (a server restart, an
+    /// operator ending sessions) may have ended this one too.
+    suspect: bool,
 }
 
 /// A connection idle for longer than this is checked (a round trip) before use: the
@@ -80,8 +91,8 @@ impl CommandConnections {
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
         let conn = match idle {
-            Some((conn, since)) if since.elapsed() < CHECK_AFTER_IDLE => conn,
-            Some((mut conn, _)) => match conn.ping().await {
+            Some(idle) if !idle.suspect && idle.since.elapsed() < CHECK_AFTER_IDLE => idle.conn,
+            Some(Idle { mut conn, .. }) => match conn.ping().await {
                 Ok(()) => conn,
                 Err(error) => {
                     debug!(%error, "an idle command connection was closed; opening another");
@@ -96,6 +107,35 @@ impl CommandConnections {
             reusable: false,
             _permit: Some(permit),
         })
+    }
+
+    /// Has every idle connection checked before its next use: one of them was just found
+    /// lost (see [`Idle::suspect`]).
+    pub(crate) fn check_idle_before_use(&self) {
+        for idle in self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter_mut()
+        {
+            idle.suspect = true;
+        }
+    }
+}
+
+/// Whether `error` means the connection itself failed (lost, ended by the server, out of
+/// step with it) rather than a statement: whatever was in flight on it may or may not
+/// have run to its end.
+pub(crate) fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => error
+            .try_downcast_ref::<PgDatabaseError>()
+            .is_some_and(|error| matches!(error.severity(), PgSeverity::Fatal | PgSeverity::Panic)),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
     }
 }
 
@@ -149,7 +189,11 @@ impl Drop for Lease<'_> {
                 .idle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push((conn, Instant::now()));
+                .push(Idle {
+                    conn,
+                    since: Instant::now(),
+                    suspect: false,
+                });
         }
     }
 }

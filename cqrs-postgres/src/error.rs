@@ -43,7 +43,10 @@ pub enum Error {
     /// A statement failed: connection lost, server shutting down, permissions, a schema
     /// that was never migrated, ….
     ///
-    /// Usually transient. An append that fails this way wrote all its events or none.
+    /// Usually transient. An append that fails this way wrote all its events or none; one
+    /// whose connection failed was already sent a second time, so when this error comes
+    /// from a lost connection, whether it was written is unknown (look for its event ids,
+    /// or retry it with a command id).
     #[error("statement `{statement}` failed")]
     Database {
         /// Which of the store's statements failed.
@@ -80,6 +83,8 @@ pub enum Statement {
     FindCommand,
     /// Finding which event id of an append is already stored.
     FindEventId,
+    /// Finding the events of an append sent again after its connection failed.
+    FindAppended,
     /// Reading the global log.
     ReadAll,
     /// Reading the head of the global log.
@@ -103,6 +108,7 @@ impl Statement {
             Self::LoadForCommand => "load_for_command",
             Self::FindCommand => "find_command",
             Self::FindEventId => "find_event_id",
+            Self::FindAppended => "find_appended",
             Self::ReadAll => "read_all",
             Self::Head => "head",
             Self::LoadSnapshot => "load_snapshot",

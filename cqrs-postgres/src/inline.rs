@@ -17,7 +17,7 @@ use tracing::trace;
 
 use crate::PgEventStore;
 use crate::checkpoints::{self, ProjectionQueries};
-use crate::connections::Lease;
+use crate::connections::{Lease, connection_lost};
 use crate::projection_error::PgProjectionError;
 use crate::rows::{OutcomeRow, position, to_u64};
 use crate::schema::SchemaName;
@@ -468,8 +468,9 @@ impl PgEventStore {
 /// Runs the store's append statement and the inline projections in one transaction.
 ///
 /// The inner result is the append statement's, for the store to interpret (a conflict,
-/// a unique violation); the outer error is an inline projection's failure or a failed
-/// commit, after which nothing is written.
+/// a unique violation, a lost connection, also when it was lost during the commit); the
+/// outer error is an inline projection's failure or a commit the server refused, after
+/// which nothing is written.
 pub(crate) async fn append(
     store: &PgEventStore,
     mut lease: Lease<'_>,
@@ -504,8 +505,12 @@ pub(crate) async fn append(
     }
     let committed = tx.commit().await;
     lease.release(&committed);
-    committed.map_err(|e| PgProjectionError::database("commit", e))?;
-    Ok(Ok(Some(row)))
+    match committed {
+        Ok(()) => Ok(Ok(Some(row))),
+        // Whether the commit went through is unknown: the store's to find out.
+        Err(error) if connection_lost(&error) => Ok(Err(error)),
+        Err(error) => Err(PgProjectionError::database("commit", error).into()),
+    }
 }
 
 /// The events the append wrote, as the log holds them.

@@ -13,16 +13,16 @@ use cqrs_core::{
 use sqlx::postgres::{PgDatabaseError, PgPoolOptions};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgPool};
-use tracing::{Instrument, trace};
+use tracing::{Instrument, trace, warn};
 use uuid::Uuid;
 
-use crate::connections::{CommandConnections, Lease};
+use crate::connections::{CommandConnections, Lease, connection_lost};
 use crate::error::Statement;
 use crate::inline::Inline;
 use crate::notify::{Notifier, PgNotify};
 use crate::rows::{
-    EventRow, LogRow, OutcomeRow, PositionRow, ReplayRow, SnapshotRow, to_i64_saturating, to_u32,
-    to_u64,
+    EventRow, LogRow, OutcomeRow, PositionRow, ReplayRow, SnapshotRow, position, to_i64_saturating,
+    to_u32, to_u64,
 };
 use crate::schema::{Queries, SchemaName};
 use crate::{Error, MIGRATOR, PgProjectionError, Result};
@@ -249,7 +249,10 @@ impl PgEventStore {
     /// idle for more than ten seconds is checked first), and closed when the store is
     /// dropped. One that fails in a way that leaves its state unknown (a lost connection,
     /// a session the server ended, a statement abandoned mid-way) is closed, not reused;
-    /// the next command opens another. Everything else (reading the log, snapshots,
+    /// the statement it failed is sent once more on another connection (an append with
+    /// the same event ids and expected version, so that at most one of the two commits,
+    /// and one that did is found by its events), and the other idle connections are
+    /// checked before their next use. Everything else (reading the log, snapshots,
     /// migrations, projections) uses the pool.
     ///
     /// So a store can hold up to the pool's size again in connections (plus one for its
@@ -441,50 +444,107 @@ impl PgEventStore {
             payloads.push(Json(&event.payload));
             metadata.push(Json(&event.metadata));
         }
-        log_statement(Statement::Append);
-        let query =
-            sqlx::query_as::<_, OutcomeRow>(AssertSqlSafe(Arc::clone(&self.inner.queries.append)))
-                .bind(request.stream_type.as_ref())
-                .bind(request.stream_id.as_str())
-                .bind(expected)
-                .bind(&event_ids)
-                .bind(&event_types)
-                .bind(&schema_versions)
-                .bind(&payloads)
-                .bind(&metadata)
-                .bind(request.command_id)
-                .bind((self.inner.notify == PgNotify::InTransaction).then_some(self.channel()));
         // With inline handlers the append and the handlers share one transaction; without,
         // the append stays one statement (inline SQL projections are part of it).
         self.inner.inline.register(self).await?;
-        let row = match self.command_connection().await {
-            Err(error) => Err(error),
-            Ok(lease) if !self.inner.inline.has_handlers() => {
-                let mut lease = lease;
-                let row = match lease.conn() {
-                    Ok(conn) => query.fetch_optional(conn).await,
-                    Err(error) => Err(error),
-                };
-                lease.release(&row);
-                row
-            }
-            Ok(lease) => crate::inline::append(self, lease, request, query).await?,
-        };
-        match row {
-            Ok(Some(row)) => {
-                let outcome = row.into_outcome()?;
-                if !outcome.duplicate && self.inner.notify == PgNotify::AfterCommit {
-                    self.inner.notifier.announce(
-                        &self.inner.pool,
-                        &self.inner.channel,
-                        outcome.position,
-                    );
+        let mut sent_again = false;
+        let result = loop {
+            log_statement(Statement::Append);
+            let query = sqlx::query_as::<_, OutcomeRow>(AssertSqlSafe(Arc::clone(
+                &self.inner.queries.append,
+            )))
+            .bind(request.stream_type.as_ref())
+            .bind(request.stream_id.as_str())
+            .bind(expected)
+            .bind(&event_ids)
+            .bind(&event_types)
+            .bind(&schema_versions)
+            .bind(&payloads)
+            .bind(&metadata)
+            .bind(request.command_id)
+            .bind((self.inner.notify == PgNotify::InTransaction).then_some(self.channel()));
+            let row = match self.command_connection().await {
+                Err(error) => Err(error),
+                Ok(lease) if !self.inner.inline.has_handlers() => {
+                    let mut lease = lease;
+                    let row = match lease.conn() {
+                        Ok(conn) => query.fetch_optional(conn).await,
+                        Err(error) => Err(error),
+                    };
+                    lease.release(&row);
+                    row
                 }
-                Ok(outcome)
+                Ok(lease) => crate::inline::append(self, lease, request, query).await?,
+            };
+            match row {
+                // The connection failed with the append in flight: whether it committed
+                // is unknown. Sent again, with the same event ids and expected version, at
+                // most one of the two can commit; if the first did, the second runs into
+                // it on the log's keys, and it is found by its events.
+                Err(error) if !sent_again && connection_lost(&error) => {
+                    warn!(%error, "the append's connection failed; sending the append again");
+                    self.inner.commands.check_idle_before_use();
+                    sent_again = true;
+                }
+                Ok(Some(row)) => break row.into_outcome().map_err(Into::into),
+                Ok(None) => break Err(conflict(request)),
+                Err(error) => break self.append_failed(request, &event_ids, error).await,
             }
-            Ok(None) => Err(conflict(request)),
-            Err(error) => self.append_failed(request, &event_ids, error).await,
+        };
+        let outcome = match result {
+            Err(error)
+                if sent_again
+                    && (error.is_conflict()
+                        || matches!(error, cqrs_core::Error::DuplicateEventId { .. })) =>
+            {
+                self.find_appended(request, &event_ids)
+                    .await?
+                    .ok_or(error)?
+            }
+            // The command id's original may be this append's own first attempt.
+            Ok(outcome) if sent_again && outcome.duplicate => self
+                .find_appended(request, &event_ids)
+                .await?
+                .filter(|ours| ours.position == outcome.position)
+                .unwrap_or(outcome),
+            other => other?,
+        };
+        if !outcome.duplicate && self.inner.notify == PgNotify::AfterCommit {
+            self.inner
+                .notifier
+                .announce(&self.inner.pool, &self.inner.channel, outcome.position);
         }
+        Ok(outcome)
+    }
+
+    /// The outcome of `request`, if all of its events are in the log where it put them:
+    /// after an append sent again found the first attempt had committed.
+    async fn find_appended(
+        &self,
+        request: &AppendRequest,
+        event_ids: &[Uuid],
+    ) -> cqrs_core::Result<Option<AppendOutcome>> {
+        log_statement(Statement::FindAppended);
+        let found: Option<(i64, i64, i64, i64, i64)> =
+            sqlx::query_as(AssertSqlSafe(Arc::clone(&self.inner.queries.find_appended)))
+                .bind(request.stream_type.as_ref())
+                .bind(request.stream_id.as_str())
+                .bind(event_ids)
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(|e| Error::database(Statement::FindAppended, e))?;
+        let Some((first_version, stream_version, transaction_id, sequence, count)) = found else {
+            return Ok(None);
+        };
+        let outcome = AppendOutcome {
+            first_version: to_u64("first_version", first_version)?,
+            stream_version: to_u64("stream_version", stream_version)?,
+            position: position(transaction_id, sequence)?,
+            duplicate: false,
+        };
+        let all_there = usize::try_from(count).is_ok_and(|count| count == event_ids.len())
+            && request.expected_version.checked_add(1) == Some(outcome.first_version);
+        Ok(all_there.then_some(outcome))
     }
 
     /// Turns a failed append into the typed error its constraint stands for, or into the
@@ -623,23 +683,34 @@ impl EventStore for PgEventStore {
     ) -> cqrs_core::Result<LoadedStream> {
         // A state version past i32::MAX cannot be stored, so no snapshot matches it.
         let wanted = i32::try_from(state_version).unwrap_or(-1);
-        log_statement(Statement::LoadForCommand);
-        let rows = sqlx::query_as::<_, ReplayRow>(AssertSqlSafe(Arc::clone(
-            &self.inner.queries.load_for_command,
-        )))
-        .bind(stream_type)
-        .bind(stream_id)
-        .bind(wanted);
-        let mut lease = self
-            .command_connection()
-            .await
-            .map_err(|e| Error::database(Statement::LoadForCommand, e))?;
-        let rows = match lease.conn() {
-            Ok(conn) => rows.fetch_all(conn).await,
-            Err(error) => Err(error),
+        let mut sent_again = false;
+        let rows = loop {
+            log_statement(Statement::LoadForCommand);
+            let query = sqlx::query_as::<_, ReplayRow>(AssertSqlSafe(Arc::clone(
+                &self.inner.queries.load_for_command,
+            )))
+            .bind(stream_type)
+            .bind(stream_id)
+            .bind(wanted);
+            let mut lease = self
+                .command_connection()
+                .await
+                .map_err(|e| Error::database(Statement::LoadForCommand, e))?;
+            let rows = match lease.conn() {
+                Ok(conn) => query.fetch_all(conn).await,
+                Err(error) => Err(error),
+            };
+            lease.release(&rows);
+            match rows {
+                // A read: sent again on another connection.
+                Err(error) if !sent_again && connection_lost(&error) => {
+                    warn!(%error, "a command's load lost its connection; loading again");
+                    self.inner.commands.check_idle_before_use();
+                    sent_again = true;
+                }
+                other => break other.map_err(|e| Error::database(Statement::LoadForCommand, e))?,
+            }
         };
-        lease.release(&rows);
-        let rows = rows.map_err(|e| Error::database(Statement::LoadForCommand, e))?;
         let mut loaded = LoadedStream::default();
         loaded.events.reserve(rows.len());
         for row in rows {

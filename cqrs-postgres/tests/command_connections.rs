@@ -97,45 +97,60 @@ async fn commands_reuse_the_stores_connections_up_to_its_limit() {
     t.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_ended_by_the_server_is_replaced() {
-    let schema = common::unique_schema("cmdkill");
-    let (t, store) = store(&schema, 1).await;
-    store
-        .append(AppendRequest::new("k", "k-1", 0, one(0)))
-        .await
-        .expect("first append");
-
-    // End the store's (idle) command connection from another session.
-    let killed: i64 = sqlx::query_scalar(
+/// Ends every session of the store's own connections (the pool's too, but for the one
+/// running this); returns how many.
+async fn end_sessions(t: &TestStore, application_name: &str) -> i64 {
+    sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE application_name = $1 AND pid <> pg_backend_pid()) AS k",
     )
-    .bind(&schema)
+    .bind(application_name)
     .fetch_one(t.pool())
     .await
-    .expect("terminate");
-    assert_eq!(killed, 1);
+    .expect("terminate")
+}
 
-    // The next command on it may fail (the session is gone; whether its statement ran
-    // is not known to the client, so it is not retried) but never writes twice; the one
-    // after runs on a new connection.
-    let mut appended = 1;
-    for attempt in 0..2 {
-        match store
-            .append(AppendRequest::new("k", "k-1", appended, one(appended)))
-            .await
-        {
-            Ok(outcome) => {
-                appended = outcome.stream_version;
-            }
-            Err(error) => assert_eq!(attempt, 0, "{error:?}"),
-        }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_server_ended_are_replaced_without_failing_a_command() {
+    let schema = common::unique_schema("cmdkill");
+    let (t, store) = store(&schema, 4).await;
+    // Four connections open and idle: four appends at once.
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let store = store.clone();
+        writers.spawn(async move {
+            store
+                .append(AppendRequest::new("k", format!("k-{w}"), 0, one(0)))
+                .await
+                .expect("first append")
+        });
     }
-    assert!(appended >= 2, "no append went through after the kill");
-    assert_eq!(
-        store.load("k", "k-1", 0).await.expect("load").len(),
-        usize::try_from(appended).expect("small")
-    );
+    while let Some(joined) = writers.join_next().await {
+        joined.expect("writer");
+    }
+    let opened = command_backends(&t, &schema).await;
+    assert!(opened >= 2, "{opened} connections");
+
+    // End all of them, as a server restart or an operator would.
+    assert_eq!(end_sessions(&t, &schema).await, opened);
+
+    // Each command finds its connection gone: its statement is sent again, on a checked
+    // or a new connection, and goes through once. Loads and appends alike.
+    for version in 1..=4 {
+        let loaded = store
+            .load_for_command("k", "k-0", 1)
+            .await
+            .expect("load after the kill");
+        assert_eq!(
+            loaded.events.len(),
+            usize::try_from(version).expect("small")
+        );
+        let outcome = store
+            .append(AppendRequest::new("k", "k-0", version, one(version)))
+            .await
+            .expect("append after the kill");
+        assert_eq!(outcome.stream_version, version + 1);
+    }
+    assert_eq!(store.load("k", "k-0", 0).await.expect("load").len(), 5);
     t.cleanup().await;
 }

@@ -1,17 +1,17 @@
-//! A connection killed while an append runs: the append fails, nothing of it is written,
-//! and the next command works.
+//! A connection killed while an append runs: nothing of the killed statement is written,
+//! the store sends the append again on another connection, and it is written once.
 
 mod common;
 
 use std::time::Duration;
 
 use common::{TestStore, eventually};
-use cqrs_core::{AppendRequest, Error, EventStore, NewEvent};
+use cqrs_core::{AppendRequest, EventStore, NewEvent};
 use serde_json::json;
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_append_writes_nothing_and_the_store_recovers() {
+async fn a_killed_append_is_sent_again_and_written_once() {
     let schema = common::unique_schema("kill");
     // One connection, so the backend to kill is the appender's.
     let pool = common::pool(1, &schema).await;
@@ -61,30 +61,54 @@ async fn killed_append_writes_nothing_and_the_store_recovers() {
     .await;
     assert!(killed.is_some(), "the append never blocked");
 
-    match append.await.expect("append task") {
-        Err(Error::Backend(_)) => {}
-        other => panic!("expected a backend error, got {other:?}"),
-    }
+    // The killed statement wrote nothing: the log is empty while the append, sent again,
+    // waits on the held command id as the first one did.
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(
+            t.sql("SELECT count(*) FROM {schema}.events"),
+        ))
+        .fetch_one(&admin)
+        .await
+        .expect("count")
+    };
+    assert_eq!(rows().await, 0, "a killed append left rows behind");
+    let waiting = eventually(Duration::from_secs(20), || {
+        let admin = admin.clone();
+        let schema = schema.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND state = 'active' AND wait_event_type = 'Lock'",
+            )
+            .bind(&schema)
+            .fetch_one(&admin)
+            .await
+            .expect("look for the second attempt");
+            (waiting == 1).then_some(())
+        }
+    })
+    .await;
+    assert!(waiting.is_some(), "the append was not sent again");
+    assert!(!append.is_finished());
     blocker.rollback().await.expect("release the command id");
 
-    // Nothing of the killed append is stored.
-    let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(
-        t.sql("SELECT count(*) FROM {schema}.events"),
-    ))
-    .fetch_one(&admin)
-    .await
-    .expect("count");
-    assert_eq!(rows, 0, "a killed append left rows behind");
-    assert!(
-        t.store
-            .find_command(command_id)
-            .await
-            .expect("find")
-            .is_none()
-    );
+    let outcome = append
+        .await
+        .expect("append task")
+        .expect("the append sent again goes through");
+    assert_eq!((outcome.first_version, outcome.stream_version), (1, 500));
+    assert!(!outcome.duplicate);
+    assert_eq!(rows().await, 500, "written once");
+    let recorded = t
+        .store
+        .find_command(command_id)
+        .await
+        .expect("find")
+        .expect("the command id is recorded");
+    assert_eq!(recorded.position, outcome.position);
 
-    // The next command works, on the same pool.
-    let outcome = t
+    // The same command again is a duplicate, on the same pool.
+    let again = t
         .store
         .append(
             AppendRequest::new(
@@ -96,10 +120,13 @@ async fn killed_append_writes_nothing_and_the_store_recovers() {
             .with_command_id(command_id),
         )
         .await
-        .expect("the next append works");
-    assert_eq!(outcome.stream_version, 1);
-    assert!(!outcome.duplicate);
-    assert_eq!(t.store.load("kill", "k-1", 0).await.expect("load").len(), 1);
+        .expect("the repeated command");
+    assert!(again.duplicate);
+    assert_eq!(again.position, outcome.position);
+    assert_eq!(
+        t.store.load("kill", "k-1", 0).await.expect("load").len(),
+        500
+    );
     admin.close().await;
     t.cleanup().await;
 }
