@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::TestStore;
 use cqrs_core::{AppendRequest, Error, EventStore, NewEvent, Position};
 use cqrs_postgres::{PgProjectionRunner, ProjectionState};
-use projection_support::{Balances, Faults, add, fold, rows, table};
+use projection_support::{
+    Balances, Faults, add, fold, rows, table, writers_see_each_append_at_once,
+};
 use serde_json::json;
 
 async fn create_table(t: &TestStore, table: &str) {
@@ -29,31 +31,8 @@ async fn the_view_is_current_when_the_append_returns() {
     create_table(&t, &table::<1>(&schema)).await;
     let store = t.store.clone().with_inline(Balances::<1>::new(&schema));
 
-    let mut writers = tokio::task::JoinSet::new();
-    for w in 0..16 {
-        let store = store.clone();
-        let pool = t.pool().clone();
-        let table = table::<1>(&schema);
-        writers.spawn(async move {
-            let account = format!("i-{w}");
-            for version in 0..20_u64 {
-                add(&store, &account, version, 2).await;
-                // No wait: the append's commit carried the view's change.
-                let seen: (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT balance, events FROM {table} WHERE account = $1"
-                )))
-                .bind(&account)
-                .fetch_one(&pool)
-                .await
-                .expect("the row is there");
-                let n = i64::try_from(version + 1).unwrap_or(i64::MAX);
-                assert_eq!(seen, (2 * n, n));
-            }
-        });
-    }
-    while let Some(joined) = writers.join_next().await {
-        joined.expect("writer");
-    }
+    // No wait after an append: its statement carried the view's change.
+    writers_see_each_append_at_once(&store, &table::<1>(&schema), "i").await;
     // Several events in one append, and events it does not want.
     let events = (0..5)
         .map(|_| NewEvent::new("Added", 2, json!({ "amount": 3 })))

@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::TestStore;
 use cqrs_core::{AppendRequest, Error, EventStore, NewEvent};
 use cqrs_postgres::{PgInlineSql, PgProjectionError, PgProjectionRunner, ProjectionState};
-use projection_support::{Balances, Rows, add, add_many, fold, rows, table};
+use projection_support::{
+    Balances, Rows, add, add_many, fold, rows, table, writers_see_each_append_at_once,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -77,31 +79,8 @@ async fn the_view_is_current_when_the_append_returns() {
     create_table(&t, &table, "").await;
     let store = t.store.clone().with_inline_sql(balances_sql(&table));
 
-    let mut writers = tokio::task::JoinSet::new();
-    for w in 0..16 {
-        let store = store.clone();
-        let pool = t.pool().clone();
-        let table = table.clone();
-        writers.spawn(async move {
-            let account = format!("s-{w}");
-            for version in 0..20_u64 {
-                add(&store, &account, version, 2).await;
-                // No wait: the append statement carried the view's change.
-                let seen: (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                    "SELECT balance, events FROM {table} WHERE account = $1"
-                )))
-                .bind(&account)
-                .fetch_one(&pool)
-                .await
-                .expect("the row is there");
-                let n = i64::try_from(version + 1).unwrap_or(i64::MAX);
-                assert_eq!(seen, (2 * n, n));
-            }
-        });
-    }
-    while let Some(joined) = writers.join_next().await {
-        joined.expect("writer");
-    }
+    // No wait after an append: its statement carried the view's change.
+    writers_see_each_append_at_once(&store, &table, "s").await;
     // Appends of several events of one stream (folded by the statement's GROUP BY), and
     // an event the statement leaves out.
     add_many(&store, "many", 0, 12, 5, 3).await;

@@ -14,6 +14,16 @@ fn event() -> NewEvent {
     NewEvent::new("Numbered", 1, json!({}))
 }
 
+/// The position announced by the next notification `listener` receives, on `channel`.
+async fn next_announced(listener: &mut PgListener, channel: &str) -> Position {
+    let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("notified in time")
+        .expect("notification");
+    assert_eq!(notification.channel(), channel);
+    notification.payload().parse().expect("a position token")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_is_explicit_repeatable_and_tracked_in_its_own_table() {
     let schema = common::unique_schema("mig");
@@ -133,12 +143,11 @@ async fn a_notifier_connection_the_server_ended_is_replaced() {
             .append(AppendRequest::new("s", "1", round, vec![event()]))
             .await
             .expect("append");
-        let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
-            .await
-            .expect("notified in time")
-            .expect("notification");
-        let position: Position = notification.payload().parse().expect("a position token");
-        assert_eq!(position, outcome.position, "round {round}");
+        assert_eq!(
+            next_announced(&mut listener, t.store.channel()).await,
+            outcome.position,
+            "round {round}"
+        );
         // End the notifier's session (the pool's connections carry the same name).
         let ended: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -186,13 +195,10 @@ async fn notifies_appends(mode: PgNotify) {
         .append(AppendRequest::new("s", "1", 0, vec![event(), event()]))
         .await
         .expect("append");
-    let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
-        .await
-        .expect("notified in time")
-        .expect("notification");
-    assert_eq!(notification.channel(), t.store.channel());
-    let position: Position = notification.payload().parse().expect("a position token");
-    assert_eq!(position, outcome.position);
+    assert_eq!(
+        next_announced(&mut listener, t.store.channel()).await,
+        outcome.position
+    );
 
     // A conflicting append notifies nothing.
     let conflict = t

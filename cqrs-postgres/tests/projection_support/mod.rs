@@ -214,6 +214,35 @@ pub async fn add(store: &PgEventStore, stream: &str, expected: u64, amount: u64)
         .position
 }
 
+/// Sixteen writers, each appending twenty events of 2 to an account of its own (named
+/// `<prefix>-<n>`) and reading `table` right after each append: a view kept inside the
+/// append (inline) must already show it.
+pub async fn writers_see_each_append_at_once(store: &PgEventStore, table: &str, prefix: &str) {
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..16 {
+        let store = store.clone();
+        let table = table.to_owned();
+        let account = format!("{prefix}-{w}");
+        writers.spawn(async move {
+            for version in 0..20_u64 {
+                add(&store, &account, version, 2).await;
+                let seen: (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
+                    "SELECT balance, events FROM {table} WHERE account = $1"
+                )))
+                .bind(&account)
+                .fetch_one(store.pool())
+                .await
+                .expect("the row is there");
+                let n = i64::try_from(version + 1).unwrap_or(i64::MAX);
+                assert_eq!(seen, (2 * n, n), "{account} after {} appends", version + 1);
+            }
+        });
+    }
+    while let Some(joined) = writers.join_next().await {
+        joined.expect("writer");
+    }
+}
+
 /// Appends `count` events of `amount` to `stream`, starting at version `from`, in
 /// appends of up to `chunk` events; returns the last position.
 pub async fn add_many(
