@@ -26,9 +26,10 @@
 //!   through the command pipeline) with the projection running on a pool of its own;
 //!   p50/p99 from the append's commit to the commit of the batch that applied it (seen as
 //!   the checkpoint's notification);
-//! - w1 without any projection, then w4: w1 with an inline balance projection, updated
-//!   inside each append's transaction: commands/s, without and then with the pipeline's
-//!   aggregate cache.
+//! - w1 without any projection, then w4: w1 with an inline balance projection, kept by a
+//!   handler in Rust inside each append's transaction, and kept by inline SQL inside the
+//!   append statement itself: commands/s, without and then with the pipeline's aggregate
+//!   cache.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
