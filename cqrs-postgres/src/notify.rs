@@ -34,7 +34,10 @@ pub enum PgNotify {
     /// Once an append has committed, a background task of the store sends one `NOTIFY`
     /// with the newest position, at most one per millisecond: appends that commit while
     /// it waits share the next one. It sends on a connection it keeps (opened with the
-    /// pool's options, replaced if it is closed). The default.
+    /// pool's options, replaced if it is closed), or on the pool for a store that keeps
+    /// no connections of its own
+    /// ([`with_command_connections(0)`](crate::PgEventStore::with_command_connections)).
+    /// The default.
     ///
     /// Appends stay fully concurrent. A process that dies between an append's commit and
     /// the notification loses that wake-up; readers find the events at their next poll.
@@ -59,15 +62,18 @@ pub(crate) struct Notifier {
     latest: watch::Sender<Position>,
     waiting: Mutex<Option<watch::Receiver<Position>>>,
     started: AtomicBool,
+    /// Whether it sends on a connection of its own (otherwise on the pool).
+    own_connection: bool,
 }
 
 impl Notifier {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(own_connection: bool) -> Self {
         let (latest, waiting) = watch::channel(Position::START);
         Self {
             latest,
             waiting: Mutex::new(Some(waiting)),
             started: AtomicBool::new(false),
+            own_connection,
         }
     }
 
@@ -99,7 +105,12 @@ impl Notifier {
         };
         self.started.store(true, Ordering::Release);
         let span = tracing::debug_span!("cqrs_postgres.notifier", channel);
-        runtime.spawn(notify_loop(pool.clone(), channel.to_owned(), receiver).instrument(span));
+        let sender = Sender {
+            pool: pool.clone(),
+            own_connection: self.own_connection,
+            conn: None,
+        };
+        runtime.spawn(notify_loop(sender, channel.to_owned(), receiver).instrument(span));
     }
 }
 
@@ -110,56 +121,72 @@ const NOTIFY_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Sends the newest position each time it changes, at most once per [`NOTIFY_INTERVAL`];
 /// ends when the store is dropped.
-///
-/// It sends on a connection of its own, opened with the pool's options: a connection of
-/// the pool would cost a second round trip each time, the pool's check when it is handed
-/// back.
-async fn notify_loop(pool: PgPool, channel: String, mut latest: watch::Receiver<Position>) {
+async fn notify_loop(mut sender: Sender, channel: String, mut latest: watch::Receiver<Position>) {
     let mut sent_at: Option<Instant> = None;
-    let mut conn: Option<PgConnection> = None;
     while latest.changed().await.is_ok() {
         if let Some(sent_at) = sent_at {
             tokio::time::sleep_until(sent_at + NOTIFY_INTERVAL).await;
         }
         sent_at = Some(Instant::now());
         let position = *latest.borrow_and_update();
-        let payload = position.to_string();
-        // A connection kept from before may have been closed meanwhile (by the server, a
-        // proxy, an idle timeout): then once more on a new one.
-        let mut sent = Err(sqlx::Error::PoolClosed);
-        for _ in 0..2 {
-            let reused = conn.is_some();
-            sent = notify(&pool, &mut conn, &channel, &payload).await;
-            if sent.is_ok() || !reused {
-                break;
-            }
-        }
-        if let Err(error) = sent {
+        if let Err(error) = sender.notify(&channel, &position.to_string()).await {
             warn!(%error, %position, "NOTIFY failed; readers will find the events when they poll");
         }
     }
     debug!("store dropped; notifier stops");
 }
 
-/// One `NOTIFY` on `conn`, opened first if need be; a failure drops the connection.
-async fn notify(
-    pool: &PgPool,
-    conn: &mut Option<PgConnection>,
-    channel: &str,
-    payload: &str,
-) -> Result<(), sqlx::Error> {
-    let open = match conn {
-        Some(open) => open,
-        None => conn.insert(pool.connect_options().connect().await?),
-    };
-    crate::store::log_statement(crate::Statement::Notify);
-    let sent = sqlx::query("SELECT pg_notify($1, $2)")
+/// Where the notifier's `NOTIFY`s go: a connection of its own, opened with the pool's
+/// options (a connection of the pool would cost a second round trip each time, the
+/// pool's check when it is handed back), or the pool itself for a store that keeps no
+/// connections of its own.
+struct Sender {
+    pool: PgPool,
+    own_connection: bool,
+    conn: Option<PgConnection>,
+}
+
+impl Sender {
+    async fn notify(&mut self, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
+        if !self.own_connection {
+            crate::store::log_statement(crate::Statement::Notify);
+            return notify_query(channel, payload)
+                .execute(&self.pool)
+                .await
+                .map(drop);
+        }
+        // A connection kept from before may have been closed meanwhile (by the server, a
+        // proxy, an idle timeout): then once more on a new one.
+        let reused = self.conn.is_some();
+        match self.notify_on_own(channel, payload).await {
+            Err(_) if reused => self.notify_on_own(channel, payload).await,
+            sent => sent,
+        }
+    }
+
+    /// One `NOTIFY` on the notifier's connection, opened first if need be; a failure
+    /// drops the connection.
+    async fn notify_on_own(&mut self, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self
+                .conn
+                .insert(self.pool.connect_options().connect().await?),
+        };
+        crate::store::log_statement(crate::Statement::Notify);
+        let sent = notify_query(channel, payload).execute(&mut *conn).await;
+        if sent.is_err() {
+            self.conn = None;
+        }
+        sent.map(drop)
+    }
+}
+
+fn notify_query<'q>(
+    channel: &'q str,
+    payload: &'q str,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query("SELECT pg_notify($1, $2)")
         .bind(channel)
         .bind(payload)
-        .execute(&mut *open)
-        .await;
-    if sent.is_err() {
-        *conn = None;
-    }
-    sent.map(drop)
 }

@@ -239,7 +239,8 @@ impl PgEventStore {
     }
 
     /// The same store keeping up to `max` connections of its own for the statements on
-    /// a command's path (default: as many as the pool may open); 0 runs them on the pool.
+    /// a command's path (default: as many as the pool may open); 0 runs them, and the
+    /// notifications after commits, on the pool.
     ///
     /// A command's load and its append (with its inline projections, if any) are one
     /// short statement each. sqlx's pool checks every connection that comes back to it
@@ -318,7 +319,8 @@ impl PgEventStore {
                 queries,
                 schema,
                 notify,
-                notifier: Notifier::new(),
+                // With no connections of its own for commands, none for notifications.
+                notifier: Notifier::new(commands.max() > 0),
                 inline,
                 commands,
             }),

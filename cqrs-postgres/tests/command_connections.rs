@@ -154,3 +154,36 @@ async fn connections_the_server_ended_are_replaced_without_failing_a_command() {
     assert_eq!(store.load("k", "k-0", 0).await.expect("load").len(), 5);
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_the_pool_alone_opens_no_connection_of_its_own() {
+    let schema = common::unique_schema("cmdpool");
+    let (t, _) = store(&schema, 0).await;
+    // Notifications on (after commit), everything on the pool of one connection.
+    let store = t.store.clone().with_command_connections(0);
+    let mut listener = sqlx::postgres::PgListener::connect(&common::database_url())
+        .await
+        .expect("listener");
+    listener.listen(store.channel()).await.expect("listen");
+    let settled = eventually(Duration::from_secs(10), || {
+        let (t, schema) = (&t, &schema);
+        async move { (command_backends(t, schema).await == 0).then_some(()) }
+    })
+    .await;
+    assert!(settled.is_some(), "connections before any command");
+
+    for version in 0..3 {
+        store.load_for_command("p", "p-1", 1).await.expect("load");
+        let outcome = store
+            .append(AppendRequest::new("p", "p-1", version, one(version)))
+            .await
+            .expect("append");
+        let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("notified in time")
+            .expect("notification");
+        assert_eq!(notification.payload(), outcome.position.to_string());
+    }
+    assert_eq!(command_backends(&t, &schema).await, 0);
+    t.cleanup().await;
+}
