@@ -278,3 +278,46 @@ async fn a_repeated_command_id_after_a_lost_reply_returns_the_original() {
     assert_eq!(again.position, outcome.position);
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_sql_view_counts_an_append_whose_reply_is_lost_once() {
+    let t = TestStore::new("lostsql").await;
+    let proxy = Proxy::start(server()).await;
+    sqlx::query(sqlx::AssertSqlSafe(t.sql(
+        "CREATE TABLE {schema}.counted (stream_id text PRIMARY KEY, events bigint NOT NULL)",
+    )))
+    .execute(t.pool())
+    .await
+    .expect("create the view");
+    let counted = cqrs_postgres::PgInlineSql::new(
+        "counted",
+        t.sql(
+            "INSERT INTO {schema}.counted AS c (stream_id, events) \
+             SELECT stream_id, count(*) FROM appended GROUP BY stream_id \
+             ON CONFLICT (stream_id) DO UPDATE SET events = c.events + excluded.events",
+        ),
+    )
+    .expect("a valid statement");
+    let store = through(&t, &proxy).await.with_inline_sql(counted);
+
+    store
+        .append(AppendRequest::new("lost", "l-1", 0, vec![one(1)]))
+        .await
+        .expect("first append");
+    proxy.cut_next_reply();
+    let outcome = store
+        .append(AppendRequest::new("lost", "l-1", 1, vec![one(2), one(3)]))
+        .await
+        .expect("the append is found written");
+    assert!(proxy.reply_was_cut());
+    assert_eq!(outcome.stream_version, 3);
+    let events: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(
+        t.sql("SELECT events FROM {schema}.counted WHERE stream_id = 'l-1'"),
+    ))
+    .fetch_one(t.pool())
+    .await
+    .expect("read the view");
+    assert_eq!(events, 3, "the view counted each event once");
+    assert_eq!(stored_ids(&t, "l-1").await.len(), 3);
+    t.cleanup().await;
+}
