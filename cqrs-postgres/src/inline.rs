@@ -20,7 +20,7 @@ use crate::checkpoints::{self, ProjectionQueries};
 use crate::connections::{Lease, connection_lost};
 use crate::projection_error::PgProjectionError;
 use crate::rows::{OutcomeRow, position, to_u64};
-use crate::schema::SchemaName;
+use crate::schema::{Append, SchemaName};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -250,12 +250,14 @@ impl Inline {
         }
     }
 
-    /// The append statement with the inline SQL projections spliced in, if there are any.
-    pub(crate) fn append_sql(&self, schema: &SchemaName) -> Option<Arc<str>> {
+    /// The append statement `which` with the inline SQL projections spliced in, if there
+    /// are any.
+    pub(crate) fn append_sql(&self, which: Append, schema: &SchemaName) -> Option<Arc<str>> {
         if self.statements.is_empty() {
             return None;
         }
         Some(crate::schema::append_sql(
+            which,
             schema,
             APPENDED_COLUMNS,
             &self.statement_ctes(),
@@ -634,18 +636,20 @@ mod tests {
     fn each_statement_is_spliced_into_the_append_as_a_cte_of_its_own() {
         let schema = SchemaName::parse("shop").expect("valid");
         let mut inline = Inline::default();
-        assert!(inline.append_sql(&schema).is_none());
+        assert!(inline.append_sql(Append::Full, &schema).is_none());
         for name in ["first", "second"] {
             inline.statements.push(
                 PgInlineSql::new(name, format!("INSERT INTO {name} SELECT 1 FROM appended"))
                     .expect("accepted"),
             );
         }
-        let sql = inline.append_sql(&schema).expect("spliced");
-        assert!(sql.contains("inline_0 AS (\nINSERT INTO first SELECT 1 FROM appended\n)"));
-        assert!(sql.contains("inline_1 AS (\nINSERT INTO second SELECT 1 FROM appended\n)"));
-        assert!(sql.contains(&format!("sequence{APPENDED_COLUMNS}")));
-        assert!(!sql.contains("{inline"));
+        for which in [Append::Full, Append::Plain] {
+            let sql = inline.append_sql(which, &schema).expect("spliced");
+            assert!(sql.contains("inline_0 AS (\nINSERT INTO first SELECT 1 FROM appended\n)"));
+            assert!(sql.contains("inline_1 AS (\nINSERT INTO second SELECT 1 FROM appended\n)"));
+            assert!(sql.contains(&format!("sequence{APPENDED_COLUMNS}")));
+            assert!(!sql.contains("{inline"));
+        }
         assert_eq!(inline.statement_names().as_deref(), Some("first`, `second"));
     }
 }

@@ -47,6 +47,7 @@ impl SchemaName {
 #[derive(Debug)]
 pub(crate) struct Queries {
     pub(crate) append: Arc<str>,
+    pub(crate) append_plain: Arc<str>,
     pub(crate) load: Arc<str>,
     pub(crate) load_for_command: Arc<str>,
     pub(crate) find_command: Arc<str>,
@@ -64,7 +65,8 @@ impl Queries {
         let quoted = schema.quoted();
         let render = |sql: &str| Arc::<str>::from(sql.replace("{schema}", &quoted));
         Self {
-            append: append_sql(schema, "", ""),
+            append: append_sql(Append::Full, schema, "", ""),
+            append_plain: append_sql(Append::Plain, schema, "", ""),
             load: render(include_str!("sql/load.sql")),
             load_for_command: render(include_str!("sql/load_for_command.sql")),
             find_command: render(include_str!("sql/find_command.sql")),
@@ -79,10 +81,28 @@ impl Queries {
     }
 }
 
-/// The append statement in `schema`, with `columns` added to what `appended` returns and
+/// The two append statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Append {
+    /// `append.sql`: with a command id, or notifying in the statement.
+    Full,
+    /// `append_plain.sql`: neither.
+    Plain,
+}
+
+/// An append statement in `schema`, with `columns` added to what `appended` returns and
 /// `statements` (CTEs, each starting with a comma) after its own.
-pub(crate) fn append_sql(schema: &SchemaName, columns: &str, statements: &str) -> Arc<str> {
-    include_str!("sql/append.sql")
+pub(crate) fn append_sql(
+    which: Append,
+    schema: &SchemaName,
+    columns: &str,
+    statements: &str,
+) -> Arc<str> {
+    let template = match which {
+        Append::Full => include_str!("sql/append.sql"),
+        Append::Plain => include_str!("sql/append_plain.sql"),
+    };
+    template
         .replace("{schema}", &schema.quoted())
         .replace("{inline_columns}", columns)
         .replace("{inline_statements}", statements)
@@ -151,6 +171,7 @@ mod tests {
         let queries = Queries::new(&schema);
         for sql in [
             &queries.append,
+            &queries.append_plain,
             &queries.load,
             &queries.read_all,
             &queries.head,

@@ -24,7 +24,7 @@ use crate::rows::{
     EventRow, LogRow, OutcomeRow, PositionRow, ReplayRow, SnapshotRow, position, to_i64_saturating,
     to_u32, to_u64,
 };
-use crate::schema::{Queries, SchemaName};
+use crate::schema::{Append, Queries, SchemaName};
 use crate::{Error, MIGRATOR, PgProjectionError, Result};
 
 /// The schema a store uses unless told otherwise.
@@ -309,8 +309,11 @@ impl PgEventStore {
         commands: Arc<CommandConnections>,
     ) -> Self {
         let mut queries = Queries::new(&schema);
-        if let Some(append) = inline.append_sql(&schema) {
+        if let Some(append) = inline.append_sql(Append::Full, &schema) {
             queries.append = append;
+        }
+        if let Some(append) = inline.append_sql(Append::Plain, &schema) {
+            queries.append_plain = append;
         }
         Self {
             inner: Arc::new(Inner {
@@ -452,19 +455,28 @@ impl PgEventStore {
         let mut sent_again = false;
         let result = loop {
             log_statement(Statement::Append);
-            let query = sqlx::query_as::<_, OutcomeRow>(AssertSqlSafe(Arc::clone(
-                &self.inner.queries.append,
-            )))
-            .bind(request.stream_type.as_ref())
-            .bind(request.stream_id.as_str())
-            .bind(expected)
-            .bind(&event_ids)
-            .bind(&event_types)
-            .bind(&schema_versions)
-            .bind(&payloads)
-            .bind(&metadata)
-            .bind(request.command_id)
-            .bind((self.inner.notify == PgNotify::InTransaction).then_some(self.channel()));
+            // Without a command id or a NOTIFY in the statement, the plainer statement.
+            let notify_in_statement = self.inner.notify == PgNotify::InTransaction;
+            let plain = request.command_id.is_none() && !notify_in_statement;
+            let sql = if plain {
+                &self.inner.queries.append_plain
+            } else {
+                &self.inner.queries.append
+            };
+            let mut query = sqlx::query_as::<_, OutcomeRow>(AssertSqlSafe(Arc::clone(sql)))
+                .bind(request.stream_type.as_ref())
+                .bind(request.stream_id.as_str())
+                .bind(expected)
+                .bind(&event_ids)
+                .bind(&event_types)
+                .bind(&schema_versions)
+                .bind(&payloads)
+                .bind(&metadata);
+            if !plain {
+                query = query
+                    .bind(request.command_id)
+                    .bind(notify_in_statement.then_some(self.channel()));
+            }
             let row = match self.command_connection().await {
                 Err(error) => Err(error),
                 Ok(lease) if !self.inner.inline.has_handlers() => {
