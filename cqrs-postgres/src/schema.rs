@@ -103,6 +103,7 @@ pub(crate) fn append_sql(
         Append::Plain => include_str!("sql/append_plain.sql"),
     };
     template
+        .replace("{insert}", include_str!("sql/append_insert.sql"))
         .replace("{schema}", &schema.quoted())
         .replace("{inline_columns}", columns)
         .replace("{inline_statements}", statements)

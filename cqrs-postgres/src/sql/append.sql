@@ -13,8 +13,9 @@
 -- This is the first (and only) write of its transaction, so the transaction id the
 -- events carry is assigned after the stream's previous events were seen committed.
 --
--- The two placeholders for inline SQL projections (see inline.rs) are left empty unless
--- the store has some: then `appended` returns every column of the rows it wrote, and each
+-- The insert of the events (`appended`) is append_insert.sql, spliced in. The two
+-- placeholders for inline SQL projections (see inline.rs) are left empty unless the
+-- store has some: then `appended` returns every column of the rows it wrote, and each
 -- projection's statement follows `notified` as a CTE of its own that reads them.
 WITH existing AS (
     SELECT first_version, stream_version, transaction_id, sequence
@@ -31,16 +32,7 @@ ready AS (
            )) AS ok
 ),
 appended AS (
-    INSERT INTO {schema}.events
-        (stream_type, stream_id, stream_version, event_id, event_type, schema_version,
-         payload, metadata)
-    SELECT $1::text, $2::text, $3::bigint + e.n, e.event_id, e.event_type, e.schema_version,
-           e.payload, e.metadata
-    FROM unnest($4::uuid[], $5::text[], $6::integer[], $7::jsonb[], $8::jsonb[])
-         WITH ORDINALITY AS e (event_id, event_type, schema_version, payload, metadata, n)
-    WHERE (SELECT ok FROM ready)
-    ORDER BY e.n
-    RETURNING stream_version, transaction_id, sequence{inline_columns}
+{insert}
 ),
 last AS (
     SELECT stream_version, transaction_id, sequence

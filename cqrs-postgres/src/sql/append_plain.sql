@@ -13,7 +13,8 @@
 -- This is the first (and only) write of its transaction, so the transaction id the
 -- events carry is assigned after the stream's previous events were seen committed.
 --
--- The two placeholders for inline SQL projections are those of append.sql.
+-- The insert of the events and the two placeholders for inline SQL projections are
+-- those of append.sql.
 WITH ready AS (
     SELECT $3::bigint = 0 OR EXISTS (
                SELECT 1 FROM {schema}.events
@@ -23,16 +24,7 @@ WITH ready AS (
            ) AS ok
 ),
 appended AS (
-    INSERT INTO {schema}.events
-        (stream_type, stream_id, stream_version, event_id, event_type, schema_version,
-         payload, metadata)
-    SELECT $1::text, $2::text, $3::bigint + e.n, e.event_id, e.event_type, e.schema_version,
-           e.payload, e.metadata
-    FROM unnest($4::uuid[], $5::text[], $6::integer[], $7::jsonb[], $8::jsonb[])
-         WITH ORDINALITY AS e (event_id, event_type, schema_version, payload, metadata, n)
-    WHERE (SELECT ok FROM ready)
-    ORDER BY e.n
-    RETURNING stream_version, transaction_id, sequence{inline_columns}
+{insert}
 ){inline_statements}
 SELECT false AS duplicate, $3::bigint + 1 AS first_version, stream_version,
        transaction_id, sequence, now() AS recorded_at

@@ -136,8 +136,11 @@ pub async fn catch_unwind<F: std::future::Future>(
 }
 
 /// The store's append statement, to run inside a transaction the test controls (with its
-/// placeholders for inline SQL projections still in: see [`raw_append`]).
+/// placeholders still in: see [`raw_append`]).
 pub const APPEND_SQL: &str = include_str!("../../src/sql/append.sql");
+
+/// The insert the append statement splices in.
+pub const APPEND_INSERT_SQL: &str = include_str!("../../src/sql/append_insert.sql");
 
 /// Runs the store's own append statement for one event on `conn` (typically inside a
 /// transaction held open by the test). Returns the position, or `None` on a conflict.
@@ -149,7 +152,7 @@ pub async fn raw_append(
     event_id: uuid::Uuid,
 ) -> Result<Option<(i64, i64)>, sqlx::Error> {
     let row: Option<(bool, i64, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(
-        t.sql(APPEND_SQL)
+        t.sql(&APPEND_SQL.replace("{insert}", APPEND_INSERT_SQL))
             .replace("{inline_columns}", "")
             .replace("{inline_statements}", ""),
     ))
