@@ -24,6 +24,16 @@ async fn command_backends(t: &TestStore, application_name: &str) -> i64 {
     .expect("count backends")
 }
 
+/// Waits until the server lists none of the store's own connections (a connection closed
+/// a moment ago, the migration's, may take a moment to leave the list).
+async fn until_no_command_backends(t: &TestStore, application_name: &str) {
+    let settled = eventually(Duration::from_secs(10), || async move {
+        (command_backends(t, application_name).await == 0).then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "connections before any command");
+}
+
 /// A store on a pool of one connection, without notifications (which would use it).
 async fn store(schema: &str, command_connections: usize) -> (TestStore, PgEventStore) {
     let pool = common::pool(1, schema).await;
@@ -45,13 +55,7 @@ fn one(n: u64) -> Vec<NewEvent> {
 async fn commands_reuse_the_stores_connections_up_to_its_limit() {
     let schema = common::unique_schema("cmdconn");
     let (t, store) = store(&schema, 3).await;
-    // (The migration's connection, closed by now, may take a moment to leave the list.)
-    let settled = eventually(Duration::from_secs(10), || {
-        let (t, schema) = (&t, &schema);
-        async move { (command_backends(t, schema).await == 0).then_some(()) }
-    })
-    .await;
-    assert!(settled.is_some(), "connections before any command");
+    until_no_command_backends(&t, &schema).await;
 
     // One after the other: one connection serves them all.
     for version in 0..50 {
@@ -165,12 +169,7 @@ async fn a_store_on_the_pool_alone_opens_no_connection_of_its_own() {
         .await
         .expect("listener");
     listener.listen(store.channel()).await.expect("listen");
-    let settled = eventually(Duration::from_secs(10), || {
-        let (t, schema) = (&t, &schema);
-        async move { (command_backends(t, schema).await == 0).then_some(()) }
-    })
-    .await;
-    assert!(settled.is_some(), "connections before any command");
+    until_no_command_backends(&t, &schema).await;
 
     for version in 0..3 {
         store.load_for_command("p", "p-1", 1).await.expect("load");
