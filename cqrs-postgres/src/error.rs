@@ -75,6 +75,8 @@ pub enum Statement {
     Migrate,
     /// Appending events.
     Append,
+    /// Appending the events of several appends that waited at the same time.
+    AppendBatch,
     /// Loading a stream.
     Load,
     /// Loading a snapshot and the events after it.
@@ -104,6 +106,7 @@ impl Statement {
         match self {
             Self::Migrate => "migrate",
             Self::Append => "append",
+            Self::AppendBatch => "append_batch",
             Self::Load => "load",
             Self::LoadForCommand => "load_for_command",
             Self::FindCommand => "find_command",

@@ -48,6 +48,7 @@ impl SchemaName {
 pub(crate) struct Queries {
     pub(crate) append: Arc<str>,
     pub(crate) append_plain: Arc<str>,
+    pub(crate) append_batch: Arc<str>,
     pub(crate) load: Arc<str>,
     pub(crate) load_for_command: Arc<str>,
     pub(crate) find_command: Arc<str>,
@@ -67,6 +68,7 @@ impl Queries {
         Self {
             append: append_sql(Append::Full, schema, "", ""),
             append_plain: append_sql(Append::Plain, schema, "", ""),
+            append_batch: append_sql(Append::Batch, schema, "", ""),
             load: render(include_str!("sql/load.sql")),
             load_for_command: render(include_str!("sql/load_for_command.sql")),
             find_command: render(include_str!("sql/find_command.sql")),
@@ -81,13 +83,15 @@ impl Queries {
     }
 }
 
-/// The two append statements.
+/// The append statements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Append {
     /// `append.sql`: with a command id, or notifying in the statement.
     Full,
     /// `append_plain.sql`: neither.
     Plain,
+    /// `append_batch.sql`: several appends of the plain kind, each to a stream of its own.
+    Batch,
 }
 
 /// An append statement in `schema`, with `columns` added to what `appended` returns and
@@ -101,6 +105,12 @@ pub(crate) fn append_sql(
     let template = match which {
         Append::Full => include_str!("sql/append.sql"),
         Append::Plain => include_str!("sql/append_plain.sql"),
+        Append::Batch => include_str!("sql/append_batch.sql"),
+    };
+    // A batch's result names each append's stream: columns the inline ones include.
+    let columns = match (which, columns) {
+        (Append::Batch, "") => ", stream_type, stream_id",
+        _ => columns,
     };
     template
         .replace("{insert}", include_str!("sql/append_insert.sql"))
@@ -173,6 +183,7 @@ mod tests {
         for sql in [
             &queries.append,
             &queries.append_plain,
+            &queries.append_batch,
             &queries.load,
             &queries.read_all,
             &queries.head,

@@ -16,6 +16,7 @@ use sqlx::{AssertSqlSafe, PgPool};
 use tracing::{Instrument, trace, warn};
 use uuid::Uuid;
 
+use crate::batch::{Batcher, Reply};
 use crate::connections::{CommandConnections, Lease, connection_lost};
 use crate::error::Statement;
 use crate::inline::Inline;
@@ -110,7 +111,22 @@ struct Inner {
     notifier: Notifier,
     inline: Inline,
     commands: Arc<CommandConnections>,
+    batcher: Batcher,
 }
+
+/// What a store is built from.
+struct Settings {
+    pool: PgPool,
+    schema: SchemaName,
+    notify: PgNotify,
+    inline: Inline,
+    commands: Arc<CommandConnections>,
+    batches: usize,
+}
+
+/// How many statements carrying appends sent together may be in flight by default (see
+/// [`PgEventStore::with_append_batches`]).
+const DEFAULT_BATCHES: usize = 2;
 
 impl PgEventStore {
     /// A store on `pool`, in the schema `cqrs`.
@@ -147,13 +163,14 @@ impl PgEventStore {
         let commands = Arc::new(CommandConnections::new(
             usize::try_from(pool.options().get_max_connections()).unwrap_or(usize::MAX),
         ));
-        Self::build(
+        Self::build(Settings {
             pool,
             schema,
-            PgNotify::default(),
-            Inline::default(),
+            notify: PgNotify::default(),
+            inline: Inline::default(),
             commands,
-        )
+            batches: DEFAULT_BATCHES,
+        })
     }
 
     /// Connects a pool of up to 10 connections to `url` and makes a store on it (schema
@@ -194,38 +211,30 @@ impl PgEventStore {
     /// [`Error::InvalidSchema`] for a name outside the accepted alphabet.
     pub fn with_schema(self, schema: &str) -> Result<Self> {
         let schema = SchemaName::parse(schema)?;
-        Ok(Self::build(
-            self.inner.pool.clone(),
+        Ok(Self::build(Settings {
             schema,
-            self.inner.notify,
             // Registered in the projections table of each schema.
-            self.inner.inline.unregistered(),
-            Arc::clone(&self.inner.commands),
-        ))
+            inline: self.inner.inline.unregistered(),
+            ..self.settings()
+        }))
     }
 
     /// The same store announcing appends as `notify` says (default
     /// [`PgNotify::AfterCommit`]).
     #[must_use]
     pub fn with_notify(self, notify: PgNotify) -> Self {
-        Self::build(
-            self.inner.pool.clone(),
-            self.inner.schema.clone(),
+        Self::build(Settings {
             notify,
-            self.inner.inline.clone(),
-            Arc::clone(&self.inner.commands),
-        )
+            ..self.settings()
+        })
     }
 
     /// The same store running `inline` inside the transaction of every append.
     pub(crate) fn with_inline_projections(self, inline: Inline) -> Self {
-        Self::build(
-            self.inner.pool.clone(),
-            self.inner.schema.clone(),
-            self.inner.notify,
+        Self::build(Settings {
             inline,
-            Arc::clone(&self.inner.commands),
-        )
+            ..self.settings()
+        })
     }
 
     pub(crate) fn inline_projections(&self) -> &Inline {
@@ -279,13 +288,10 @@ impl PgEventStore {
     /// ```
     #[must_use]
     pub fn with_command_connections(self, max: usize) -> Self {
-        Self::build(
-            self.inner.pool.clone(),
-            self.inner.schema.clone(),
-            self.inner.notify,
-            self.inner.inline.clone(),
-            Arc::new(CommandConnections::new(max)),
-        )
+        Self::build(Settings {
+            commands: Arc::new(CommandConnections::new(max)),
+            ..self.settings()
+        })
     }
 
     /// How many connections of its own the store may keep for commands (0: they run on
@@ -295,25 +301,90 @@ impl PgEventStore {
         self.inner.commands.max()
     }
 
+    /// The same store sending appends that wait at the same time together, with up to
+    /// `in_flight` such statements at once (default 2); 0 sends every append on its own.
+    ///
+    /// Most of what one append costs the server is the statement itself (its round
+    /// trip, its transaction, its commit), not the events it writes. So while a statement
+    /// is in flight, the appends that come in wait, and the next free slot sends them all
+    /// as one statement: under concurrency, many commands share one commit. There is no
+    /// timer: an append that finds a slot free is sent at once, and one that waits, waits
+    /// for a statement already running.
+    ///
+    /// Each append keeps its own outcome: it is checked against its own expected version,
+    /// and one that conflicts is refused while the others are written. A statement that
+    /// fails (another process won a race, an event id is taken, an inline SQL projection
+    /// refused the events) is sent again one append at a time, so that each gets the error
+    /// that is its own. Only appends without a command id, by a store without inline
+    /// handlers and without [`PgNotify::InTransaction`], are sent together, never two for
+    /// one stream in a statement. The events of appends sent together share a
+    /// transaction id in their positions; inline SQL projections see all of them in
+    /// `appended`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cqrs_postgres::PgEventStore;
+    ///
+    /// let pool = sqlx::PgPool::connect_lazy("postgres://postgres@localhost/app")?;
+    /// let store = PgEventStore::new(pool);
+    /// assert_eq!(store.append_batches(), 2);
+    /// let one_by_one = store.with_append_batches(0);
+    /// assert_eq!(one_by_one.append_batches(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_append_batches(self, in_flight: usize) -> Self {
+        Self::build(Settings {
+            batches: in_flight,
+            ..self.settings()
+        })
+    }
+
+    /// How many statements carrying appends sent together may be in flight (0: every
+    /// append is sent on its own); see [`with_append_batches`](Self::with_append_batches).
+    #[must_use]
+    pub fn append_batches(&self) -> usize {
+        self.inner.batcher.in_flight()
+    }
+
     /// A connection for a command's statement (see
     /// [`with_command_connections`](Self::with_command_connections)).
     pub(crate) async fn command_connection(&self) -> Result<Lease<'_>, sqlx::Error> {
         self.inner.commands.lease(&self.inner.pool).await
     }
 
-    fn build(
-        pool: PgPool,
-        schema: SchemaName,
-        notify: PgNotify,
-        inline: Inline,
-        commands: Arc<CommandConnections>,
-    ) -> Self {
-        let mut queries = Queries::new(&schema);
-        if let Some(append) = inline.append_sql(Append::Full, &schema) {
-            queries.append = append;
+    /// What the store was built from, to build a variant of it.
+    fn settings(&self) -> Settings {
+        Settings {
+            pool: self.inner.pool.clone(),
+            schema: self.inner.schema.clone(),
+            notify: self.inner.notify,
+            inline: self.inner.inline.clone(),
+            commands: Arc::clone(&self.inner.commands),
+            batches: self.inner.batcher.in_flight(),
         }
-        if let Some(append) = inline.append_sql(Append::Plain, &schema) {
-            queries.append_plain = append;
+    }
+
+    fn build(settings: Settings) -> Self {
+        let Settings {
+            pool,
+            schema,
+            notify,
+            inline,
+            commands,
+            batches,
+        } = settings;
+        let mut queries = Queries::new(&schema);
+        for (which, sql) in [
+            (Append::Full, &mut queries.append),
+            (Append::Plain, &mut queries.append_plain),
+            (Append::Batch, &mut queries.append_batch),
+        ] {
+            if let Some(append) = inline.append_sql(which, &schema) {
+                *sql = append;
+            }
         }
         Self {
             inner: Arc::new(Inner {
@@ -326,6 +397,7 @@ impl PgEventStore {
                 notifier: Notifier::new(commands.max() > 0),
                 inline,
                 commands,
+                batcher: Batcher::new(batches),
             }),
         }
     }
@@ -430,29 +502,66 @@ impl PgEventStore {
             })
     }
 
-    async fn append_once(&self, request: &AppendRequest) -> cqrs_core::Result<AppendOutcome> {
-        let expected = i64::try_from(request.expected_version)
-            .map_err(|_| invalid(request, "the expected version does not fit a bigint"))?;
+    async fn append_once(&self, request: AppendRequest) -> cqrs_core::Result<AppendOutcome> {
+        let append = Arc::new(Prepared::new(request)?);
+        // With inline handlers the append and the handlers share one transaction; without,
+        // the append stays one statement (inline SQL projections are part of it).
+        self.inner.inline.register(self).await?;
+        let outcome = if self.batched(&append.request) {
+            match self.inner.batcher.append(self, &append).await {
+                Reply::Done(outcome) => outcome?,
+                Reply::Alone { unknown } => self.append_alone(&append, unknown).await?,
+            }
+        } else {
+            self.append_alone(&append, false).await?
+        };
+        if !outcome.duplicate && self.inner.notify == PgNotify::AfterCommit {
+            self.inner
+                .notifier
+                .announce(&self.inner.pool, &self.inner.channel, outcome.position);
+        }
+        Ok(outcome)
+    }
+
+    /// Whether `request` waits to be sent with others (see `batch.rs`): an append of the
+    /// plain kind, by a store that batches.
+    fn batched(&self, request: &AppendRequest) -> bool {
+        self.inner.batcher.in_flight() > 0
+            && request.command_id.is_none()
+            && self.inner.notify != PgNotify::InTransaction
+            && !self.inner.inline.has_handlers()
+    }
+
+    /// The statement for a batch of appends (`append_batch.sql`).
+    pub(crate) fn append_batch_sql(&self) -> &Arc<str> {
+        &self.inner.queries.append_batch
+    }
+
+    /// Has the idle command connections checked before their next use (one was lost).
+    pub(crate) fn check_idle_before_use(&self) {
+        self.inner.commands.check_idle_before_use();
+    }
+
+    /// Sends `append` on its own statement (or transaction, with inline handlers).
+    /// `sent_again`: it may already have been written by a statement whose connection
+    /// failed, so the log's keys refusing it may mean it is there.
+    pub(crate) async fn append_alone(
+        &self,
+        append: &Prepared,
+        mut sent_again: bool,
+    ) -> cqrs_core::Result<AppendOutcome> {
+        let request = &append.request;
         let count = request.events.len();
         let mut event_ids = Vec::with_capacity(count);
         let mut event_types = Vec::with_capacity(count);
-        let mut schema_versions = Vec::with_capacity(count);
         let mut payloads = Vec::with_capacity(count);
         let mut metadata = Vec::with_capacity(count);
         for event in &request.events {
             event_ids.push(event.event_id);
             event_types.push(event.event_type.as_ref());
-            schema_versions.push(
-                i32::try_from(event.schema_version)
-                    .map_err(|_| invalid(request, "a schema version does not fit an integer"))?,
-            );
             payloads.push(Json(&event.payload));
             metadata.push(Json(&event.metadata));
         }
-        // With inline handlers the append and the handlers share one transaction; without,
-        // the append stays one statement (inline SQL projections are part of it).
-        self.inner.inline.register(self).await?;
-        let mut sent_again = false;
         let result = loop {
             log_statement(Statement::Append);
             // Without a command id or a NOTIFY in the statement, the plainer statement.
@@ -466,10 +575,10 @@ impl PgEventStore {
             let mut query = sqlx::query_as::<_, OutcomeRow>(AssertSqlSafe(Arc::clone(sql)))
                 .bind(request.stream_type.as_ref())
                 .bind(request.stream_id.as_str())
-                .bind(expected)
+                .bind(append.expected)
                 .bind(&event_ids)
                 .bind(&event_types)
-                .bind(&schema_versions)
+                .bind(&append.schema_versions)
                 .bind(&payloads)
                 .bind(&metadata);
             if !plain {
@@ -505,30 +614,22 @@ impl PgEventStore {
                 Err(error) => break self.append_failed(request, &event_ids, error).await,
             }
         };
-        let outcome = match result {
+        match result {
             Err(error)
                 if sent_again
                     && (error.is_conflict()
                         || matches!(error, cqrs_core::Error::DuplicateEventId { .. })) =>
             {
-                self.find_appended(request, &event_ids)
-                    .await?
-                    .ok_or(error)?
+                self.find_appended(request, &event_ids).await?.ok_or(error)
             }
             // The command id's original may be this append's own first attempt.
-            Ok(outcome) if sent_again && outcome.duplicate => self
+            Ok(outcome) if sent_again && outcome.duplicate => Ok(self
                 .find_appended(request, &event_ids)
                 .await?
                 .filter(|ours| ours.position == outcome.position)
-                .unwrap_or(outcome),
-            other => other?,
-        };
-        if !outcome.duplicate && self.inner.notify == PgNotify::AfterCommit {
-            self.inner
-                .notifier
-                .announce(&self.inner.pool, &self.inner.channel, outcome.position);
+                .unwrap_or(outcome)),
+            other => other,
         }
-        Ok(outcome)
     }
 
     /// The outcome of `request`, if all of its events are in the log where it put them:
@@ -633,6 +734,35 @@ impl PgEventStore {
     }
 }
 
+/// An append checked and converted for the server: what its statement binds besides the
+/// request's own fields.
+pub(crate) struct Prepared {
+    pub(crate) request: AppendRequest,
+    /// The expected version as a bigint.
+    pub(crate) expected: i64,
+    /// The events' schema versions as integers.
+    pub(crate) schema_versions: Vec<i32>,
+}
+
+impl Prepared {
+    /// `request` with its numbers converted; an error for one the columns cannot hold.
+    pub(crate) fn new(request: AppendRequest) -> cqrs_core::Result<Self> {
+        let expected = i64::try_from(request.expected_version)
+            .map_err(|_| invalid(&request, "the expected version does not fit a bigint"))?;
+        let schema_versions = request
+            .events
+            .iter()
+            .map(|event| i32::try_from(event.schema_version))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| invalid(&request, "a schema version does not fit an integer"))?;
+        Ok(Self {
+            request,
+            expected,
+            schema_versions,
+        })
+    }
+}
+
 fn invalid(request: &AppendRequest, reason: &'static str) -> cqrs_core::Error {
     cqrs_core::Error::InvalidAppend {
         stream_type: request.stream_type.clone().into_owned(),
@@ -641,7 +771,7 @@ fn invalid(request: &AppendRequest, reason: &'static str) -> cqrs_core::Error {
     }
 }
 
-fn conflict(request: &AppendRequest) -> cqrs_core::Error {
+pub(crate) fn conflict(request: &AppendRequest) -> cqrs_core::Error {
     cqrs_core::Error::Conflict {
         stream_type: request.stream_type.clone().into_owned(),
         stream_id: request.stream_id.clone(),
@@ -778,7 +908,7 @@ impl EventStore for PgEventStore {
     )]
     async fn append(&self, request: AppendRequest) -> cqrs_core::Result<AppendOutcome> {
         request.validate()?;
-        self.append_once(&request).await
+        self.append_once(request).await
     }
 
     #[tracing::instrument(

@@ -86,14 +86,19 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connect to DATABASE_URL")?;
     let schema = format!("bench_{}", std::process::id());
-    let store = PgEventStore::new(pool.clone()).with_schema(&schema)?;
+    let mut store = PgEventStore::new(pool.clone()).with_schema(&schema)?;
+    if let Ok(batches) = std::env::var("APPEND_BATCHES") {
+        let batches = batches.parse().context("APPEND_BATCHES")?;
+        store = store.with_append_batches(batches);
+    }
     store.migrate().await?;
     let version: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&pool)
         .await?;
     println!(
-        "PostgreSQL {version}, schema {schema}, {} cores",
-        std::thread::available_parallelism().map_or(0, usize::from)
+        "PostgreSQL {version}, schema {schema}, {} cores, appends batched {} at a time",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        store.append_batches()
     );
 
     let outcome = run(&store, &pool, &options).await;

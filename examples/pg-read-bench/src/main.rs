@@ -266,6 +266,16 @@ async fn pool(max: u32) -> anyhow::Result<PgPool> {
         .context("connect to DATABASE_URL")
 }
 
+/// The store the workloads write with: appends batched as `APPEND_BATCHES` says (the
+/// store's default when unset).
+fn store(pool: &PgPool, schema: &str) -> anyhow::Result<PgEventStore> {
+    let store = PgEventStore::new(pool.clone()).with_schema(schema)?;
+    Ok(match std::env::var("APPEND_BATCHES") {
+        Ok(batches) => store.with_append_batches(batches.parse().context("APPEND_BATCHES")?),
+        Err(_) => store,
+    })
+}
+
 async fn drop_schema(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
     sqlx::query(AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
@@ -305,7 +315,7 @@ async fn run(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
     let events = env_u64("EVENTS", 1_000_000);
     let accounts = env_u64("ACCOUNTS", 1000);
     let batch = env_u64("BATCH", 5000);
-    let store = PgEventStore::new(pool.clone()).with_schema(schema)?;
+    let store = store(pool, schema)?;
     store.migrate().await?;
 
     let raw_events = raw_insert(pool, schema, 200_000, batch, true).await?;
@@ -569,7 +579,7 @@ async fn rebuild(
 /// The child process of [`rebuild`]: runs the projection until it passes `target`.
 async fn rebuild_child(schema: &str, target: Position) -> anyhow::Result<()> {
     let pool = pool(4).await?;
-    let store = PgEventStore::new(pool.clone()).with_schema(schema)?;
+    let store = store(&pool, schema)?;
     let batch = usize::try_from(env_u64("BATCH", 5000))?;
     let started = Instant::now();
     let runner = PgProjectionRunner::builder(store)
@@ -680,7 +690,7 @@ async fn w1(
 /// with a table of its own: a handler in Rust (its own statement in the append's
 /// transaction) and an inline SQL projection (part of the append statement).
 async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()> {
-    let store = PgEventStore::new(pool.clone()).with_schema(schema)?;
+    let store = store(pool, schema)?;
     store.migrate().await?;
     let by_handler = format!("\"{schema}\".bench_inline_balances");
     let by_sql = format!("\"{schema}\".bench_inline_sql_balances");
@@ -765,7 +775,7 @@ async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()
 /// w1 with the balance projection running: lag from each append's commit to the commit
 /// of the batch that applied it.
 async fn live_lag(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()> {
-    let store = PgEventStore::new(pool.clone()).with_schema(schema)?;
+    let store = store(pool, schema)?;
     store.migrate().await?;
     // The projection runs on a small pool of its own, as it would in a worker process:
     // it does not queue behind the writers for connections.

@@ -1,0 +1,361 @@
+//! Appends that wait at the same time, sent together as one statement.
+//!
+//! Each statement's fixed cost on the server (its round trip, its transaction, its
+//! commit) is several times the cost of writing one event, so under concurrency the store
+//! sends the appends that are waiting together, as one statement (`append_batch.sql`),
+//! with at most a few such statements in flight. There is no timer: an append that
+//! finds a statement slot free goes at once, taking along whatever else is waiting, so a
+//! lone append costs what it did alone.
+//!
+//! Whoever takes a free slot leads: it takes the waiting appends (its own among them, if
+//! still waiting), sends them, and hands each its reply. Only appends of the plain kind
+//! wait here (no command id, no `NOTIFY` in the statement, no inline handlers), never two
+//! for one stream in a statement. A statement that fails hands every one of its appends
+//! back to be sent alone (`Reply::Alone`), which tells them apart: which conflicted,
+//! which event id is taken, which inline SQL failed. If its connection failed, or its
+//! leader was dropped, with the statement in flight, the appends are sent alone as
+//! appends sent again: they may have been written.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use cqrs_core::AppendOutcome;
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, FromRow};
+use tokio::sync::{Semaphore, oneshot};
+use tracing::warn;
+use uuid::Uuid;
+
+use crate::connections::connection_lost;
+use crate::error::Statement;
+use crate::rows::{position, to_u64};
+use crate::store::{PgEventStore, Prepared, log_statement};
+
+/// At most this many appends share a statement.
+const MAX_APPENDS: usize = 64;
+/// At most this many events share a statement (an append with more goes alone).
+const MAX_EVENTS: usize = 1024;
+
+/// The appends waiting to be sent, and the slots for statements in flight.
+pub(crate) struct Batcher {
+    in_flight: usize,
+    slots: Semaphore,
+    waiting: Mutex<Waiting>,
+}
+
+#[derive(Default)]
+struct Waiting {
+    next_ticket: u64,
+    queue: VecDeque<Entry>,
+}
+
+struct Entry {
+    ticket: u64,
+    append: Arc<Prepared>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// What became of an append that waited.
+pub(crate) enum Reply {
+    /// Its outcome: written, or refused on its expected version.
+    Done(cqrs_core::Result<AppendOutcome>),
+    /// To be sent alone; `unknown`: it was in flight on a connection that failed, so it
+    /// may have been written.
+    Alone { unknown: bool },
+}
+
+/// A row of `append_batch.sql`.
+#[derive(FromRow)]
+struct BatchRow {
+    stream_type: String,
+    stream_id: String,
+    stream_version: i64,
+    transaction_id: i64,
+    sequence: i64,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Batcher {
+    /// Up to `in_flight` statements at once (0: every append is sent alone).
+    pub(crate) fn new(in_flight: usize) -> Self {
+        Self {
+            in_flight,
+            slots: Semaphore::new(in_flight.min(Semaphore::MAX_PERMITS)),
+            waiting: Mutex::new(Waiting::default()),
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends `append` with whatever else waits, and returns what became of it.
+    pub(crate) async fn append(&self, store: &PgEventStore, append: &Arc<Prepared>) -> Reply {
+        let (reply, mut replied) = oneshot::channel();
+        let ticket = {
+            let mut waiting = self.waiting();
+            let ticket = waiting.next_ticket;
+            waiting.next_ticket = ticket.wrapping_add(1);
+            waiting.queue.push_back(Entry {
+                ticket,
+                append: Arc::clone(append),
+                reply,
+            });
+            ticket
+        };
+        // Lead while this append still waits; once another statement carries it, wait
+        // for its reply. (A leader that dropped its statement dropped the reply too.)
+        loop {
+            tokio::select! {
+                biased;
+                reply = &mut replied => return reply.unwrap_or(Reply::Alone { unknown: true }),
+                slot = self.slots.acquire() => {
+                    let Ok(_slot) = slot else {
+                        return Reply::Alone { unknown: false };
+                    };
+                    let (batch, still_waiting) = self.take(ticket);
+                    send(store, batch).await;
+                    if !still_waiting {
+                        break;
+                    }
+                }
+            }
+        }
+        replied.await.unwrap_or(Reply::Alone { unknown: true })
+    }
+
+    /// The next statement's appends, oldest first, and whether `ticket` still waits
+    /// after them. Appends whose caller is gone are dropped; an append for a stream
+    /// already in the statement stays for the next one.
+    fn take(&self, ticket: u64) -> (Vec<Entry>, bool) {
+        let mut waiting = self.waiting();
+        let mut batch: Vec<Entry> = Vec::new();
+        let mut events = 0;
+        let mut kept = VecDeque::new();
+        while let Some(entry) = waiting.queue.pop_front() {
+            if entry.reply.is_closed() {
+                continue;
+            }
+            let count = entry.append.request.events.len();
+            let full =
+                batch.len() == MAX_APPENDS || (!batch.is_empty() && events + count > MAX_EVENTS);
+            let same_stream = batch.iter().any(|taken| {
+                taken.append.request.stream_id == entry.append.request.stream_id
+                    && taken.append.request.stream_type == entry.append.request.stream_type
+            });
+            if full || same_stream {
+                kept.push_back(entry);
+                if full {
+                    break;
+                }
+                continue;
+            }
+            events += count;
+            batch.push(entry);
+        }
+        kept.append(&mut waiting.queue);
+        waiting.queue = kept;
+        let still_waiting = waiting.queue.iter().any(|entry| entry.ticket == ticket);
+        (batch, still_waiting)
+    }
+}
+
+/// Sends `batch` and replies to each of its appends.
+async fn send(store: &PgEventStore, batch: Vec<Entry>) {
+    match batch.as_slice() {
+        [] => {}
+        [one] => {
+            // Alone, the plainer statement, with the store's handling of every outcome.
+            let outcome = store.append_alone(&one.append, false).await;
+            if let Some(entry) = batch.into_iter().next() {
+                // The caller may be gone; then no one needs the reply.
+                let _ = entry.reply.send(Reply::Done(outcome));
+            }
+        }
+        _ => send_together(store, batch).await,
+    }
+}
+
+async fn send_together(store: &PgEventStore, batch: Vec<Entry>) {
+    let events: usize = batch.iter().map(|e| e.append.request.events.len()).sum();
+    let mut stream_types = Vec::with_capacity(batch.len());
+    let mut stream_ids = Vec::with_capacity(batch.len());
+    let mut expected = Vec::with_capacity(batch.len());
+    let mut appends = Vec::with_capacity(events);
+    let mut places = Vec::with_capacity(events);
+    let mut event_ids: Vec<Uuid> = Vec::with_capacity(events);
+    let mut event_types = Vec::with_capacity(events);
+    let mut schema_versions = Vec::with_capacity(events);
+    let mut payloads = Vec::with_capacity(events);
+    let mut metadata = Vec::with_capacity(events);
+    for (index, entry) in (1_i32..).zip(&batch) {
+        let append = &entry.append;
+        stream_types.push(append.request.stream_type.as_ref());
+        stream_ids.push(append.request.stream_id.as_str());
+        expected.push(append.expected);
+        for ((place, event), schema_version) in (1_i32..)
+            .zip(&append.request.events)
+            .zip(&append.schema_versions)
+        {
+            appends.push(index);
+            places.push(place);
+            event_ids.push(event.event_id);
+            event_types.push(event.event_type.as_ref());
+            schema_versions.push(*schema_version);
+            payloads.push(Json(&event.payload));
+            metadata.push(Json(&event.metadata));
+        }
+    }
+    log_statement(Statement::AppendBatch);
+    let query = sqlx::query_as::<_, BatchRow>(AssertSqlSafe(Arc::clone(store.append_batch_sql())))
+        .bind(&stream_types)
+        .bind(&stream_ids)
+        .bind(&expected)
+        .bind(&appends)
+        .bind(&places)
+        .bind(&event_ids)
+        .bind(&event_types)
+        .bind(&schema_versions)
+        .bind(&payloads)
+        .bind(&metadata);
+    let rows = match store.command_connection().await {
+        Ok(mut lease) => {
+            let rows = match lease.conn() {
+                Ok(conn) => query.fetch_all(conn).await,
+                Err(error) => Err(error),
+            };
+            lease.release(&rows);
+            rows
+        }
+        Err(error) => Err(error),
+    };
+    let mut rows = match rows {
+        Ok(rows) => rows,
+        Err(error) => {
+            let unknown = connection_lost(&error);
+            if unknown {
+                warn!(%error, "a batch of appends lost its connection; sending each again");
+                store.check_idle_before_use();
+            }
+            for entry in batch {
+                let _ = entry.reply.send(Reply::Alone { unknown });
+            }
+            return;
+        }
+    };
+    for entry in batch {
+        let request = &entry.append.request;
+        let found = rows.iter().position(|row| {
+            row.stream_id == request.stream_id && row.stream_type == request.stream_type
+        });
+        let outcome = match found {
+            Some(found) => outcome(&entry.append, rows.swap_remove(found)),
+            None => Err(crate::store::conflict(request)),
+        };
+        let _ = entry.reply.send(Reply::Done(outcome));
+    }
+}
+
+fn outcome(append: &Prepared, row: BatchRow) -> cqrs_core::Result<AppendOutcome> {
+    Ok(AppendOutcome {
+        first_version: append.request.expected_version.saturating_add(1),
+        stream_version: to_u64("stream_version", row.stream_version)?,
+        position: position(row.transaction_id, row.sequence)?,
+        duplicate: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cqrs_core::{AppendRequest, NewEvent};
+
+    fn waiting(batcher: &Batcher, stream: &str, events: usize) -> oneshot::Receiver<Reply> {
+        let request = AppendRequest::new(
+            "account",
+            stream,
+            0,
+            (0..events)
+                .map(|_| NewEvent::new("Deposited", 1, serde_json::json!({})))
+                .collect(),
+        );
+        let (reply, replied) = oneshot::channel();
+        let mut waiting = batcher.waiting();
+        let ticket = waiting.next_ticket;
+        waiting.next_ticket += 1;
+        waiting.queue.push_back(Entry {
+            ticket,
+            append: Arc::new(Prepared::new(request).expect("a valid append")),
+            reply,
+        });
+        replied
+    }
+
+    fn streams(batch: &[Entry]) -> Vec<&str> {
+        batch
+            .iter()
+            .map(|entry| entry.append.request.stream_id.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_statement_takes_each_stream_once_in_order() {
+        let batcher = Batcher::new(2);
+        let _a = waiting(&batcher, "a", 1);
+        let _b = waiting(&batcher, "b", 1);
+        let _a2 = waiting(&batcher, "a", 1);
+        let _c = waiting(&batcher, "c", 1);
+        let (batch, still) = batcher.take(2);
+        assert_eq!(streams(&batch), ["a", "b", "c"]);
+        assert!(
+            still,
+            "the second append to `a` waits for the next statement"
+        );
+        let (batch, still) = batcher.take(2);
+        assert_eq!(streams(&batch), ["a"]);
+        assert!(!still);
+    }
+
+    #[test]
+    fn appends_whose_caller_is_gone_are_dropped() {
+        let batcher = Batcher::new(1);
+        drop(waiting(&batcher, "a", 1));
+        let _b = waiting(&batcher, "b", 1);
+        let (batch, _) = batcher.take(1);
+        assert_eq!(streams(&batch), ["b"]);
+        assert!(batcher.waiting().queue.is_empty());
+    }
+
+    #[test]
+    fn a_statement_stops_at_its_size() {
+        let batcher = Batcher::new(1);
+        let _big = waiting(&batcher, "big", MAX_EVENTS + 1);
+        let _small = waiting(&batcher, "small", 1);
+        let (batch, still) = batcher.take(1);
+        assert_eq!(
+            streams(&batch),
+            ["big"],
+            "an append over the limit goes alone"
+        );
+        assert!(still);
+        let mut replies = Vec::new();
+        for i in 0..MAX_APPENDS + 1 {
+            replies.push(waiting(&batcher, &format!("s{i}"), 1));
+        }
+        let (batch, _) = batcher.take(1);
+        assert_eq!(batch.len(), MAX_APPENDS);
+        let (batch, _) = batcher.take(1);
+        assert_eq!(batch.len(), 2, "the two left over");
+    }
+}
