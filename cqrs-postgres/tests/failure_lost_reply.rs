@@ -321,3 +321,55 @@ async fn an_inline_sql_view_counts_an_append_whose_reply_is_lost_once() {
     assert_eq!(stored_ids(&t, "l-1").await.len(), 3);
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_sent_together_whose_reply_is_lost_are_each_reported_written_once() {
+    let t = TestStore::new("lostbatch").await;
+    let proxy = Proxy::start(server()).await;
+    // One statement at a time: while one append waits on the server, the next ones queue
+    // and go out together.
+    let store = through(&t, &proxy).await.with_append_batches(1);
+    let append = |stream_id: &'static str, expected: u64, events: Vec<NewEvent>| {
+        let store = store.clone();
+        let request = AppendRequest::new("torture", stream_id, expected, events);
+        tokio::spawn(async move { store.append(request).await })
+    };
+    let first = common::hold_stream(&t, "first").await;
+    let held = append("first", 0, vec![one(1)]);
+    common::until_waiting_on_a_lock(t.pool(), t.store.schema()).await;
+    // The statement these three share will wait on the server too, for `second`.
+    let second = common::hold_stream(&t, "second").await;
+    let sent = [
+        (append("second", 0, vec![one(2)]), "second", 1),
+        (append("a", 0, vec![one(3)]), "a", 1),
+        (append("b", 0, vec![one(4), one(5)]), "b", 2),
+    ];
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    first.rollback().await.expect("rollback");
+    held.await.expect("join").expect("the held append");
+    common::until_waiting_on_a_lock(t.pool(), t.store.schema()).await;
+    // The shared statement commits once `second` is free; its reply never arrives.
+    proxy.cut_next_reply();
+    second.rollback().await.expect("rollback");
+
+    let mut commits = Vec::new();
+    for (task, stream, events) in sent {
+        let outcome = task.await.expect("join").expect("found written");
+        assert_eq!(outcome.stream_version, events, "{stream}");
+        assert!(!outcome.duplicate);
+        assert_eq!(
+            stored_ids(&t, stream).await.len() as u64,
+            events,
+            "{stream} once"
+        );
+        let log = t.store.load("torture", stream, 0).await.expect("load");
+        assert_eq!(log.last().map(|e| e.position), Some(outcome.position));
+        commits.push(outcome.position.commit());
+    }
+    assert!(proxy.reply_was_cut());
+    assert!(
+        commits.iter().all(|commit| *commit == commits[0]),
+        "the three were written by the one statement: {commits:?}"
+    );
+    t.cleanup().await;
+}

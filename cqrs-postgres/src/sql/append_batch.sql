@@ -9,10 +9,11 @@
 -- types, schema versions, payloads, metadata), in append order.
 --
 -- Returns one row per append written: its stream, last version and position, with the
--- events' recorded_at. An append with no row was refused on its expected version. A
--- concurrent append at the same version, or an event id already taken, makes the whole
--- statement fail with a unique violation instead (and the appends are then sent one by
--- one to learn which).
+-- events' recorded_at. An append with no row was refused on its expected version: its
+-- stream's newest committed version is another. An append racing one still in flight
+-- for the same stream, or an event id already taken, makes the whole statement fail
+-- with a unique violation instead (and the appends are then sent one by one to learn
+-- which).
 --
 -- As in the other append statements, this is the first (and only) write of its
 -- transaction. The placeholders for inline SQL projections are those of append.sql;
@@ -24,20 +25,21 @@ WITH streams AS (
     FROM unnest($1::text[], $2::text[], $3::bigint[])
          WITH ORDINALITY AS s (stream_type, stream_id, expected, i)
 ),
--- Each stream's check is its own index lookup (LATERAL ... LIMIT 1): written as an OR
--- with EXISTS, the planner may hash the whole log instead.
+-- Each stream's check is its newest version, one index lookup (LATERAL ... LIMIT 1): a
+-- stream already past its expected version gets nothing written, rather than failing
+-- the statement on the log's key.
 ready AS (
     SELECT s.stream_type, s.stream_id, s.expected, s.i
     FROM streams AS s
     LEFT JOIN LATERAL (
-        SELECT true AS found
+        SELECT e.stream_version
         FROM {schema}.events AS e
         WHERE e.stream_type = s.stream_type
           AND e.stream_id = s.stream_id
-          AND e.stream_version = s.expected
+        ORDER BY e.stream_version DESC
         LIMIT 1
-    ) AS head ON true
-    WHERE s.expected = 0 OR head.found
+    ) AS newest ON true
+    WHERE coalesce(newest.stream_version, 0) = s.expected
 ),
 appended AS (
     INSERT INTO {schema}.events

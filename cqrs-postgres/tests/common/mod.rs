@@ -192,3 +192,38 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// Writes version 1 of the stream `torture/<stream_id>` in a transaction left open: an
+/// append of that version waits on the server until the transaction ends (a rollback
+/// lets it through).
+pub async fn hold_stream(
+    t: &TestStore,
+    stream_id: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holder = t.pool().begin().await.expect("begin");
+    raw_append(&mut holder, t, stream_id, 0, uuid::Uuid::new_v4())
+        .await
+        .expect("the test's own write")
+        .expect("the stream is new");
+    holder
+}
+
+/// Waits until a session named `application_name` waits on a lock (for at most 10 s).
+pub async fn until_waiting_on_a_lock(pool: &PgPool, application_name: &str) {
+    let waiting = eventually(Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(application_name)
+        .fetch_one(pool)
+        .await
+        .ok()?;
+        (n > 0).then_some(())
+    })
+    .await;
+    assert!(
+        waiting.is_some(),
+        "no session of {application_name} waited on a lock"
+    );
+}
