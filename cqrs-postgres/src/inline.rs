@@ -90,7 +90,7 @@ where
 /// extra round trip. Add it with [`PgEventStore::with_inline_sql`].
 ///
 /// The statement reads the events of the append from `appended`, one row per event, with
-/// the columns of the log: `event_id` (uuid), `stream_type`, `stream_id`, `event_type`
+/// the columns of the log (name them: their order is not part of the contract): `event_id` (uuid), `stream_type`, `stream_id`, `event_type`
 /// (text), `stream_version`, `transaction_id`, `sequence` (bigint; the position is
 /// `transaction_id.sequence`), `schema_version` (integer), `payload`, `metadata` (jsonb)
 /// and `recorded_at` (timestamptz). Payloads are as the append writes them: at their
@@ -102,9 +102,15 @@ where
 /// - **It draws its rows from `appended`.** An append that writes nothing (a conflict, a
 ///   repeated command id) leaves `appended` empty, and the statement still runs: what it
 ///   does must come from those rows.
-/// - **One statement touches a row of the view once.** An append of several events for
-///   the same row must be folded first (`GROUP BY`), or the server refuses it with
-///   "command cannot affect row a second time".
+/// - **`appended` may hold several appends, of different streams.** Appends that wait
+///   at the same time are sent as one statement (see
+///   [`PgEventStore::with_append_batches`]), which runs the projection once for all of
+///   their events: never assume one stream, and take each row's stream from its own
+///   columns.
+/// - **One statement touches a row of the view once.** Several events for the same row
+///   must be folded first (`GROUP BY`), or the server refuses the statement with
+///   "command cannot affect row a second time" (for appends sent together, they are then
+///   sent again one by one, more slowly).
 /// - **It sees the view as it was before the statement,** like every part of one
 ///   statement; concurrent appends are serialised on the view's rows by the server as
 ///   for any `UPDATE` or `INSERT … ON CONFLICT`.

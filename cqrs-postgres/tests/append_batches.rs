@@ -301,7 +301,7 @@ async fn an_append_whose_caller_gave_up_while_it_waited_is_not_sent() {
 async fn concurrent_writers_on_their_own_streams_are_batched_and_exact() {
     let t = TestStore::new("batch_writers").await;
     let store = t.store.clone();
-    assert_eq!(store.append_batches(), 2, "the default");
+    assert_eq!(store.append_batches(), 1, "the default");
     let mut writers = tokio::task::JoinSet::new();
     for writer in 0..32 {
         let store = store.clone();

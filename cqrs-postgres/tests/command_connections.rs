@@ -118,7 +118,9 @@ async fn end_sessions(t: &TestStore, application_name: &str) -> i64 {
 async fn connections_the_server_ended_are_replaced_without_failing_a_command() {
     let schema = common::unique_schema("cmdkill");
     let (t, store) = store(&schema, 4).await;
-    // Four connections open and idle: four appends at once.
+    // Four connections open and idle: four appends at once, each on a statement of its
+    // own.
+    let store = store.with_append_batches(0);
     let mut writers = tokio::task::JoinSet::new();
     for w in 0..4 {
         let store = store.clone();
