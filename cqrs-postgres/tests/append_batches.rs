@@ -21,6 +21,11 @@ use tokio::task::JoinHandle;
 
 type Outcome = cqrs_core::Result<AppendOutcome>;
 
+/// An append to the account `id`.
+fn account(id: &str, expected: u64, events: Vec<NewEvent>) -> AppendRequest {
+    AppendRequest::new("account", id, expected, events)
+}
+
 fn deposit(amount: i64) -> NewEvent {
     NewEvent::new("Deposited", 1, json!({ "amount": amount }))
 }
@@ -65,7 +70,7 @@ async fn let_them_queue() {
 
 async fn opened(store: &PgEventStore, stream: &str) {
     store
-        .append(AppendRequest::new("account", stream, 0, vec![deposit(0)]))
+        .append(account(stream, 0, vec![deposit(0)]))
         .await
         .expect("open the stream");
 }
@@ -115,10 +120,9 @@ async fn appends_waiting_together_share_one_statement_each_with_its_own_outcome(
     for stream in ["a", "b", "c", "d", "e"] {
         opened(&store, stream).await;
     }
-    let at_two = AppendRequest::new("account", "b", 1, vec![deposit(0)]);
+    let at_two = account("b", 1, vec![deposit(0)]);
     store.append(at_two).await.expect("b at version 2");
     let (blocker, held) = hold(&t, &store).await;
-    let account = |id: &str, expected, events| AppendRequest::new("account", id, expected, events);
     let a = spawn_append(&store, account("a", 1, vec![deposit(5)]));
     // Stale, as after a lost race: `b` is at version 2.
     let stale = spawn_append(&store, account("b", 1, vec![deposit(7)]));
@@ -159,28 +163,17 @@ async fn a_statement_that_fails_is_sent_again_one_append_at_a_time() {
     let store = one_at_a_time(&t);
     let taken = deposit(1);
     store
-        .append(AppendRequest::new(
-            "account",
-            "first",
-            0,
-            vec![taken.clone()],
-        ))
+        .append(account("first", 0, vec![taken.clone()]))
         .await
         .expect("first");
     let (blocker, held) = hold(&t, &store).await;
-    let a = spawn_append(
-        &store,
-        AppendRequest::new("account", "a", 0, vec![deposit(5)]),
-    );
+    let a = spawn_append(&store, account("a", 0, vec![deposit(5)]));
     // Its event id is taken: the whole statement fails on the log's key.
     let reused = spawn_append(
         &store,
-        AppendRequest::new("account", "reused", 0, vec![deposit(2), taken.clone()]),
+        account("reused", 0, vec![deposit(2), taken.clone()]),
     );
-    let c = spawn_append(
-        &store,
-        AppendRequest::new("account", "c", 0, vec![deposit(3)]),
-    );
+    let c = spawn_append(&store, account("c", 0, vec![deposit(3)]));
     let_them_queue().await;
     release(blocker, held).await;
 
@@ -224,23 +217,16 @@ async fn an_inline_sql_failure_refuses_only_the_append_it_came_from() {
     .expect("valid inline SQL");
     let store = one_at_a_time(&t).with_inline_sql(balances);
     let (blocker, held) = hold(&t, &store).await;
-    let a = spawn_append(
-        &store,
-        AppendRequest::new("account", "a", 0, vec![deposit(5)]),
-    );
+    let a = spawn_append(&store, account("a", 0, vec![deposit(5)]));
     let bad = spawn_append(
         &store,
-        AppendRequest::new(
-            "account",
+        account(
             "bad",
             0,
             vec![NewEvent::new("Deposited", 1, json!({ "amount": "lots" }))],
         ),
     );
-    let c = spawn_append(
-        &store,
-        AppendRequest::new("account", "c", 0, vec![deposit(3), deposit(4)]),
-    );
+    let c = spawn_append(&store, account("c", 0, vec![deposit(3), deposit(4)]));
     let_them_queue().await;
     release(blocker, held).await;
 
@@ -278,14 +264,8 @@ async fn an_append_whose_caller_gave_up_while_it_waited_is_not_sent() {
     let t = TestStore::new("batch_gave_up").await;
     let store = one_at_a_time(&t);
     let (blocker, held) = hold(&t, &store).await;
-    let abandoned = spawn_append(
-        &store,
-        AppendRequest::new("account", "abandoned", 0, vec![deposit(5)]),
-    );
-    let kept = spawn_append(
-        &store,
-        AppendRequest::new("account", "kept", 0, vec![deposit(3)]),
-    );
+    let abandoned = spawn_append(&store, account("abandoned", 0, vec![deposit(5)]));
+    let kept = spawn_append(&store, account("kept", 0, vec![deposit(3)]));
     let_them_queue().await;
     abandoned.abort();
     assert!(abandoned.await.is_err_and(|e| e.is_cancelled()));
@@ -310,12 +290,7 @@ async fn concurrent_writers_on_their_own_streams_are_batched_and_exact() {
             let mut outcomes = Vec::new();
             for version in 0..25 {
                 let outcome = store
-                    .append(AppendRequest::new(
-                        "account",
-                        stream.clone(),
-                        version,
-                        vec![deposit(1)],
-                    ))
+                    .append(account(&stream, version, vec![deposit(1)]))
                     .await
                     .expect("each writer owns its stream");
                 outcomes.push(outcome);
@@ -353,15 +328,9 @@ async fn appends_whose_statement_was_dropped_by_its_sender_are_sent_again() {
     // that order. It writes `s` and `b`, then waits on the server for `second`, and its
     // caller gives up meanwhile.
     let second = common::hold_stream(&t, "second").await;
-    let sender = spawn_append(
-        &store,
-        AppendRequest::new("account", "s", 0, vec![deposit(1)]),
-    );
+    let sender = spawn_append(&store, account("s", 0, vec![deposit(1)]));
     let_them_queue().await;
-    let b = spawn_append(
-        &store,
-        AppendRequest::new("account", "b", 0, vec![deposit(2), deposit(3)]),
-    );
+    let b = spawn_append(&store, account("b", 0, vec![deposit(2), deposit(3)]));
     let_them_queue().await;
     let waits = spawn_append(
         &store,
