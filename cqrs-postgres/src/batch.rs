@@ -8,9 +8,9 @@
 //! lone append costs what it did alone.
 //!
 //! Whoever takes a free slot leads: it takes the waiting appends (its own among them, if
-//! still waiting), sends them, and hands each its reply. Only appends of the plain kind
-//! wait here (no command id, no `NOTIFY` in the statement, no inline handlers), never two
-//! for one stream in a statement. A statement that fails hands every one of its appends
+//! still waiting), sends them, and hands each its reply. Appends wait here unless
+//! their store notifies in the statement or has inline handlers; never two for one
+//! stream, or with one command id, share a statement. A statement that fails hands every one of its appends
 //! back to be sent alone (`Reply::Alone`), which tells them apart: which conflicted,
 //! which event id is taken, which inline SQL failed. If its connection failed, or its
 //! leader was dropped, with the statement in flight, the appends are sent alone as
@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use cqrs_core::AppendOutcome;
+use cqrs_core::{AppendOutcome, AppendRequest};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, FromRow};
 use tokio::sync::{Semaphore, oneshot};
@@ -69,6 +69,8 @@ pub(crate) enum Reply {
 struct BatchRow {
     stream_type: String,
     stream_id: String,
+    duplicate: bool,
+    first_version: i64,
     stream_version: i64,
     transaction_id: i64,
     sequence: i64,
@@ -150,11 +152,10 @@ impl Batcher {
             let count = entry.append.request.events.len();
             let full =
                 batch.len() == MAX_APPENDS || (!batch.is_empty() && events + count > MAX_EVENTS);
-            let same_stream = batch.iter().any(|taken| {
-                taken.append.request.stream_id == entry.append.request.stream_id
-                    && taken.append.request.stream_type == entry.append.request.stream_type
-            });
-            if full || same_stream {
+            let clashes = batch
+                .iter()
+                .any(|taken| clash(&taken.append.request, &entry.append.request));
+            if full || clashes {
                 kept.push_back(entry);
                 if full {
                     break;
@@ -192,6 +193,7 @@ async fn send_together(store: &PgEventStore, batch: Vec<Entry>) {
     let mut stream_types = Vec::with_capacity(batch.len());
     let mut stream_ids = Vec::with_capacity(batch.len());
     let mut expected = Vec::with_capacity(batch.len());
+    let mut command_ids = Vec::with_capacity(batch.len());
     let mut appends = Vec::with_capacity(events);
     let mut places = Vec::with_capacity(events);
     let mut event_ids: Vec<Uuid> = Vec::with_capacity(events);
@@ -204,6 +206,7 @@ async fn send_together(store: &PgEventStore, batch: Vec<Entry>) {
         stream_types.push(append.request.stream_type.as_ref());
         stream_ids.push(append.request.stream_id.as_str());
         expected.push(append.expected);
+        command_ids.push(append.request.command_id);
         for ((place, event), schema_version) in (1_i32..)
             .zip(&append.request.events)
             .zip(&append.schema_versions)
@@ -218,10 +221,13 @@ async fn send_together(store: &PgEventStore, batch: Vec<Entry>) {
         }
     }
     log_statement(Statement::AppendBatch);
-    let query = sqlx::query_as::<_, BatchRow>(AssertSqlSafe(Arc::clone(store.append_batch_sql())))
+    let plain = command_ids.iter().all(Option::is_none);
+    let sql = store.append_batch_sql(plain);
+    let query = sqlx::query_as::<_, BatchRow>(AssertSqlSafe(Arc::clone(sql)))
         .bind(&stream_types)
         .bind(&stream_ids)
         .bind(&expected)
+        .bind(&command_ids)
         .bind(&appends)
         .bind(&places)
         .bind(&event_ids)
@@ -254,32 +260,41 @@ async fn send_together(store: &PgEventStore, batch: Vec<Entry>) {
             return;
         }
     };
+    // One row per append written or found by its command id, named by its stream (no
+    // stream is in a statement twice).
     for entry in batch {
         let request = &entry.append.request;
         let found = rows.iter().position(|row| {
             row.stream_id == request.stream_id && row.stream_type == request.stream_type
         });
         let outcome = match found {
-            Some(found) => outcome(&entry.append, rows.swap_remove(found)),
+            Some(found) => outcome(rows.swap_remove(found)),
             None => Err(crate::store::conflict(request)),
         };
         let _ = entry.reply.send(Reply::Done(outcome));
     }
 }
 
-fn outcome(append: &Prepared, row: BatchRow) -> cqrs_core::Result<AppendOutcome> {
+/// Whether `a` and `b` must not share a statement: they are for one stream (the second
+/// must see the first's outcome), or carry one command id.
+fn clash(a: &AppendRequest, b: &AppendRequest) -> bool {
+    (a.stream_id == b.stream_id && a.stream_type == b.stream_type)
+        || (a.command_id.is_some() && a.command_id == b.command_id)
+}
+
+fn outcome(row: BatchRow) -> cqrs_core::Result<AppendOutcome> {
     Ok(AppendOutcome {
-        first_version: append.request.expected_version.saturating_add(1),
+        first_version: to_u64("first_version", row.first_version)?,
         stream_version: to_u64("stream_version", row.stream_version)?,
         position: position(row.transaction_id, row.sequence)?,
-        duplicate: false,
+        duplicate: row.duplicate,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cqrs_core::{AppendRequest, NewEvent};
+    use cqrs_core::NewEvent;
 
     fn waiting(batcher: &Batcher, stream: &str, events: usize) -> oneshot::Receiver<Reply> {
         let request = AppendRequest::new(

@@ -49,6 +49,7 @@ pub(crate) struct Queries {
     pub(crate) append: Arc<str>,
     pub(crate) append_plain: Arc<str>,
     pub(crate) append_batch: Arc<str>,
+    pub(crate) append_batch_plain: Arc<str>,
     pub(crate) load: Arc<str>,
     pub(crate) load_for_command: Arc<str>,
     pub(crate) find_command: Arc<str>,
@@ -69,6 +70,7 @@ impl Queries {
             append: append_sql(Append::Full, schema, "", ""),
             append_plain: append_sql(Append::Plain, schema, "", ""),
             append_batch: append_sql(Append::Batch, schema, "", ""),
+            append_batch_plain: append_sql(Append::BatchPlain, schema, "", ""),
             load: render(include_str!("sql/load.sql")),
             load_for_command: render(include_str!("sql/load_for_command.sql")),
             find_command: render(include_str!("sql/find_command.sql")),
@@ -90,8 +92,10 @@ pub(crate) enum Append {
     Full,
     /// `append_plain.sql`: neither.
     Plain,
-    /// `append_batch.sql`: several appends of the plain kind, each to a stream of its own.
+    /// `append_batch.sql`: several appends, each to a stream of its own.
     Batch,
+    /// `append_batch_plain.sql`: the same, none with a command id.
+    BatchPlain,
 }
 
 /// An append statement in `schema`, with `columns` added to what `appended` returns and
@@ -106,14 +110,19 @@ pub(crate) fn append_sql(
         Append::Full => include_str!("sql/append.sql"),
         Append::Plain => include_str!("sql/append_plain.sql"),
         Append::Batch => include_str!("sql/append_batch.sql"),
+        Append::BatchPlain => include_str!("sql/append_batch_plain.sql"),
     };
     // A batch's result names each append's stream: columns the inline ones include.
     let columns = match (which, columns) {
-        (Append::Batch, "") => ", stream_type, stream_id",
+        (Append::Batch | Append::BatchPlain, "") => ", stream_type, stream_id",
         _ => columns,
     };
     template
         .replace("{insert}", include_str!("sql/append_insert.sql"))
+        .replace(
+            "{batch_insert}",
+            include_str!("sql/append_batch_insert.sql"),
+        )
         .replace("{schema}", &schema.quoted())
         .replace("{inline_columns}", columns)
         .replace("{inline_statements}", statements)
@@ -184,6 +193,7 @@ mod tests {
             &queries.append,
             &queries.append_plain,
             &queries.append_batch,
+            &queries.append_batch_plain,
             &queries.load,
             &queries.read_all,
             &queries.head,

@@ -325,9 +325,11 @@ impl PgEventStore {
     /// [`with_command_connections`](Self::with_command_connections)). An append whose
     /// caller gives up while it waits is not sent.
     ///
-    /// Only appends without a command id, by a store without inline handlers and without
-    /// [`PgNotify::InTransaction`], are sent together, never two for one stream in a
-    /// statement; the others are sent on their own, as before. The events of appends sent
+    /// A command id is checked as for an append sent alone: an append whose command id is
+    /// recorded gets the original outcome, and the others record theirs. Appends are sent
+    /// together by a store without inline handlers and without
+    /// [`PgNotify::InTransaction`], never two for one stream or with one command id in a
+    /// statement; a store with either sends each append on its own, as before. The events of appends sent
     /// together share a transaction id in their positions, in the order the appends were
     /// made. Inline SQL projections see all of them in `appended`: a statement that
     /// changes one row per key must group by it (as it must for an append of several
@@ -393,6 +395,7 @@ impl PgEventStore {
             (Append::Full, &mut queries.append),
             (Append::Plain, &mut queries.append_plain),
             (Append::Batch, &mut queries.append_batch),
+            (Append::BatchPlain, &mut queries.append_batch_plain),
         ] {
             if let Some(append) = inline.append_sql(which, &schema) {
                 *sql = append;
@@ -519,7 +522,7 @@ impl PgEventStore {
         // With inline handlers the append and the handlers share one transaction; without,
         // the append stays one statement (inline SQL projections are part of it).
         self.inner.inline.register(self).await?;
-        let outcome = if self.batched(&append.request) {
+        let outcome = if self.batched() {
             match self.inner.batcher.append(self, &append).await {
                 Reply::Done(outcome) => outcome?,
                 Reply::Alone { unknown } => self.append_alone(&append, unknown).await?,
@@ -535,18 +538,22 @@ impl PgEventStore {
         Ok(outcome)
     }
 
-    /// Whether `request` waits to be sent with others (see `batch.rs`): an append of the
-    /// plain kind, by a store that batches.
-    fn batched(&self, request: &AppendRequest) -> bool {
+    /// Whether `request` waits to be sent with others (see `batch.rs`): any append, by a
+    /// store that batches, has no inline handlers and does not notify in the statement.
+    fn batched(&self) -> bool {
         self.inner.batcher.in_flight() > 0
-            && request.command_id.is_none()
             && self.inner.notify != PgNotify::InTransaction
             && !self.inner.inline.has_handlers()
     }
 
-    /// The statement for a batch of appends (`append_batch.sql`).
-    pub(crate) fn append_batch_sql(&self) -> &Arc<str> {
-        &self.inner.queries.append_batch
+    /// The statement for a batch of appends: `append_batch.sql`, or
+    /// `append_batch_plain.sql` when `plain` (no append carries a command id).
+    pub(crate) fn append_batch_sql(&self, plain: bool) -> &Arc<str> {
+        if plain {
+            &self.inner.queries.append_batch_plain
+        } else {
+            &self.inner.queries.append_batch
+        }
     }
 
     /// Has the idle command connections checked before their next use (one was lost).

@@ -68,6 +68,14 @@ async fn let_them_queue() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
+/// Starts `request` and gives it the time to take its place in the queue, so that the
+/// appends a test starts wait in the order it starts them.
+async fn queue(store: &PgEventStore, request: AppendRequest) -> JoinHandle<Outcome> {
+    let append = spawn_append(store, request);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    append
+}
+
 async fn opened(store: &PgEventStore, stream: &str) {
     store
         .append(account(stream, 0, vec![deposit(0)]))
@@ -123,14 +131,14 @@ async fn appends_waiting_together_share_one_statement_each_with_its_own_outcome(
     let at_two = account("b", 1, vec![deposit(0)]);
     store.append(at_two).await.expect("b at version 2");
     let (blocker, held) = hold(&t, &store).await;
-    let a = spawn_append(&store, account("a", 1, vec![deposit(5)]));
+    let a = queue(&store, account("a", 1, vec![deposit(5)])).await;
     // Stale, as after a lost race: `b` is at version 2.
-    let stale = spawn_append(&store, account("b", 1, vec![deposit(7)]));
-    let c = spawn_append(&store, account("c", 1, vec![deposit(1), deposit(2)]));
+    let stale = queue(&store, account("b", 1, vec![deposit(7)])).await;
+    let c = queue(&store, account("c", 1, vec![deposit(1), deposit(2)])).await;
     // Ahead of its stream, and "new" for a stream that exists.
-    let ahead = spawn_append(&store, account("e", 4, vec![deposit(7)]));
-    let exists = spawn_append(&store, account("d", 0, vec![deposit(7)]));
-    let new = spawn_append(&store, account("n", 0, vec![deposit(9)]));
+    let ahead = queue(&store, account("e", 4, vec![deposit(7)])).await;
+    let exists = queue(&store, account("d", 0, vec![deposit(7)])).await;
+    let new = queue(&store, account("n", 0, vec![deposit(9)])).await;
     let_them_queue().await;
     release(blocker, held).await;
 
@@ -167,13 +175,14 @@ async fn a_statement_that_fails_is_sent_again_one_append_at_a_time() {
         .await
         .expect("first");
     let (blocker, held) = hold(&t, &store).await;
-    let a = spawn_append(&store, account("a", 0, vec![deposit(5)]));
+    let a = queue(&store, account("a", 0, vec![deposit(5)])).await;
     // Its event id is taken: the whole statement fails on the log's key.
-    let reused = spawn_append(
+    let reused = queue(
         &store,
         account("reused", 0, vec![deposit(2), taken.clone()]),
-    );
-    let c = spawn_append(&store, account("c", 0, vec![deposit(3)]));
+    )
+    .await;
+    let c = queue(&store, account("c", 0, vec![deposit(3)])).await;
     let_them_queue().await;
     release(blocker, held).await;
 
@@ -217,16 +226,10 @@ async fn an_inline_sql_failure_refuses_only_the_append_it_came_from() {
     .expect("valid inline SQL");
     let store = one_at_a_time(&t).with_inline_sql(balances);
     let (blocker, held) = hold(&t, &store).await;
-    let a = spawn_append(&store, account("a", 0, vec![deposit(5)]));
-    let bad = spawn_append(
-        &store,
-        account(
-            "bad",
-            0,
-            vec![NewEvent::new("Deposited", 1, json!({ "amount": "lots" }))],
-        ),
-    );
-    let c = spawn_append(&store, account("c", 0, vec![deposit(3), deposit(4)]));
+    let a = queue(&store, account("a", 0, vec![deposit(5)])).await;
+    let lots = NewEvent::new("Deposited", 1, json!({ "amount": "lots" }));
+    let bad = queue(&store, account("bad", 0, vec![lots])).await;
+    let c = queue(&store, account("c", 0, vec![deposit(3), deposit(4)])).await;
     let_them_queue().await;
     release(blocker, held).await;
 
@@ -264,8 +267,8 @@ async fn an_append_whose_caller_gave_up_while_it_waited_is_not_sent() {
     let t = TestStore::new("batch_gave_up").await;
     let store = one_at_a_time(&t);
     let (blocker, held) = hold(&t, &store).await;
-    let abandoned = spawn_append(&store, account("abandoned", 0, vec![deposit(5)]));
-    let kept = spawn_append(&store, account("kept", 0, vec![deposit(3)]));
+    let abandoned = queue(&store, account("abandoned", 0, vec![deposit(5)])).await;
+    let kept = queue(&store, account("kept", 0, vec![deposit(3)])).await;
     let_them_queue().await;
     abandoned.abort();
     assert!(abandoned.await.is_err_and(|e| e.is_cancelled()));
@@ -328,14 +331,15 @@ async fn appends_whose_statement_was_dropped_by_its_sender_are_sent_again() {
     // that order. It writes `s` and `b`, then waits on the server for `second`, and its
     // caller gives up meanwhile.
     let second = common::hold_stream(&t, "second").await;
-    let sender = spawn_append(&store, account("s", 0, vec![deposit(1)]));
+    let sender = queue(&store, account("s", 0, vec![deposit(1)])).await;
     let_them_queue().await;
-    let b = spawn_append(&store, account("b", 0, vec![deposit(2), deposit(3)]));
+    let b = queue(&store, account("b", 0, vec![deposit(2), deposit(3)])).await;
     let_them_queue().await;
-    let waits = spawn_append(
+    let waits = queue(
         &store,
         AppendRequest::new("torture", "second", 0, vec![deposit(4)]),
-    );
+    )
+    .await;
     let_them_queue().await;
     release(holder, held).await;
     common::until_waiting_on_a_lock(t.pool(), store.schema()).await;
@@ -353,5 +357,69 @@ async fn appends_whose_statement_was_dropped_by_its_sender_are_sent_again() {
     let log = t.store.load("torture", "second", 0).await.expect("load");
     assert_eq!(log.len(), 1, "second written once");
     assert_eq!(log[0].position, waits.position);
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_ids_sent_together_are_recorded_and_repeated_ones_return_the_original() {
+    let t = TestStore::new("batch_command_ids").await;
+    let store = one_at_a_time(&t);
+    let (known, fresh) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let original = store
+        .append(account("done", 0, vec![deposit(1)]).with_command_id(known))
+        .await
+        .expect("the original");
+    let (holder, held) = hold(&t, &store).await;
+    let x = queue(
+        &store,
+        account("x", 0, vec![deposit(2)]).with_command_id(fresh),
+    )
+    .await;
+    // Its command id is recorded: the original outcome, though at `done`'s current
+    // version it would be written without one.
+    let repeat = queue(
+        &store,
+        account("done", 1, vec![deposit(3)]).with_command_id(known),
+    )
+    .await;
+    let plain = queue(&store, account("p", 0, vec![deposit(4)])).await;
+    // The same command id as `x`, for another stream: it waits for the next statement,
+    // and finds `x`'s outcome.
+    let twin = queue(
+        &store,
+        account("y", 0, vec![deposit(5)]).with_command_id(fresh),
+    )
+    .await;
+    let_them_queue().await;
+    release(holder, held).await;
+
+    let x = x.await.expect("join").expect("x is written");
+    let plain = plain.await.expect("join").expect("p is written");
+    let repeat = repeat.await.expect("join").expect("the original outcome");
+    let twin = twin.await.expect("join").expect("x's outcome");
+    check_written(&t, "x", &x, 1, 1).await;
+    check_written(&t, "p", &plain, 1, 1).await;
+    assert_eq!(
+        x.position.commit(),
+        plain.position.commit(),
+        "one statement"
+    );
+    let recorded = t
+        .store
+        .find_command(fresh)
+        .await
+        .expect("find")
+        .expect("x's command id is recorded");
+    assert_eq!(recorded.position, x.position);
+    assert!(repeat.duplicate && twin.duplicate);
+    assert_eq!(repeat.position, original.position);
+    assert_eq!((repeat.first_version, repeat.stream_version), (1, 1));
+    assert_eq!(twin.position, x.position);
+    assert_eq!(
+        transactions(&t, "done").await.len(),
+        1,
+        "nothing more in done"
+    );
+    assert!(transactions(&t, "y").await.is_empty(), "nothing in y");
     t.cleanup().await;
 }
