@@ -8,13 +8,13 @@
 //! lone append costs what it did alone.
 //!
 //! Whoever takes a free slot leads: it takes the waiting appends (its own among them, if
-//! still waiting), sends them, and hands each its reply. Appends wait here unless
-//! their store notifies in the statement or has inline handlers; never two for one
-//! stream, or with one command id, share a statement. A statement that fails hands every one of its appends
-//! back to be sent alone (`Reply::Alone`), which tells them apart: which conflicted,
-//! which event id is taken, which inline SQL failed. If its connection failed, or its
-//! leader was dropped, with the statement in flight, the appends are sent alone as
-//! appends sent again: they may have been written.
+//! still waiting), sends them, and hands each its reply. Appends wait here unless their
+//! store notifies in the statement or has inline handlers; never two for one stream, or
+//! with one command id, share a statement. A statement that fails hands every one of its
+//! appends back to be sent alone (`Reply::Alone`), which tells them apart: which
+//! conflicted, which event id is taken, which inline SQL failed. If its connection
+//! failed, or its leader was dropped, with the statement in flight, the appends are sent
+//! alone as appends sent again: they may have been written.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -40,17 +40,11 @@ const MAX_EVENTS: usize = 1024;
 pub(crate) struct Batcher {
     in_flight: usize,
     slots: Semaphore,
-    waiting: Mutex<Waiting>,
-}
-
-#[derive(Default)]
-struct Waiting {
-    next_ticket: u64,
-    queue: VecDeque<Entry>,
+    waiting: Mutex<VecDeque<Entry>>,
 }
 
 struct Entry {
-    ticket: u64,
+    /// Also how its caller finds it in the queue (by pointer).
     append: Arc<Prepared>,
     reply: oneshot::Sender<Reply>,
 }
@@ -64,7 +58,7 @@ pub(crate) enum Reply {
     Alone { unknown: bool },
 }
 
-/// A row of `append_batch.sql`.
+/// A row of `append_batch.sql` or `append_batch_plain.sql`.
 #[derive(FromRow)]
 struct BatchRow {
     stream_type: String,
@@ -90,7 +84,7 @@ impl Batcher {
         Self {
             in_flight,
             slots: Semaphore::new(in_flight.min(Semaphore::MAX_PERMITS)),
-            waiting: Mutex::new(Waiting::default()),
+            waiting: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -98,24 +92,17 @@ impl Batcher {
         self.in_flight
     }
 
-    fn waiting(&self) -> MutexGuard<'_, Waiting> {
+    fn waiting(&self) -> MutexGuard<'_, VecDeque<Entry>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends `append` with whatever else waits, and returns what became of it.
     pub(crate) async fn append(&self, store: &PgEventStore, append: &Arc<Prepared>) -> Reply {
         let (reply, mut replied) = oneshot::channel();
-        let ticket = {
-            let mut waiting = self.waiting();
-            let ticket = waiting.next_ticket;
-            waiting.next_ticket = ticket.wrapping_add(1);
-            waiting.queue.push_back(Entry {
-                ticket,
-                append: Arc::clone(append),
-                reply,
-            });
-            ticket
-        };
+        self.waiting().push_back(Entry {
+            append: Arc::clone(append),
+            reply,
+        });
         // Lead while this append still waits; once another statement carries it, wait
         // for its reply. (A leader that dropped its statement dropped the reply too.)
         loop {
@@ -126,7 +113,7 @@ impl Batcher {
                     let Ok(_slot) = slot else {
                         return Reply::Alone { unknown: false };
                     };
-                    let (batch, still_waiting) = self.take(ticket);
+                    let (batch, still_waiting) = self.take(append);
                     send(store, batch).await;
                     if !still_waiting {
                         break;
@@ -137,15 +124,15 @@ impl Batcher {
         replied.await.unwrap_or(Reply::Alone { unknown: true })
     }
 
-    /// The next statement's appends, oldest first, and whether `ticket` still waits
-    /// after them. Appends whose caller is gone are dropped; an append for a stream
-    /// already in the statement stays for the next one.
-    fn take(&self, ticket: u64) -> (Vec<Entry>, bool) {
-        let mut waiting = self.waiting();
+    /// The next statement's appends, oldest first, and whether `own` still waits after
+    /// them. Appends whose caller is gone are dropped; an append for a stream, or with a
+    /// command id, already in the statement stays for the next one.
+    fn take(&self, own: &Arc<Prepared>) -> (Vec<Entry>, bool) {
+        let mut queue = self.waiting();
         let mut batch: Vec<Entry> = Vec::new();
         let mut events = 0;
         let mut kept = VecDeque::new();
-        while let Some(entry) = waiting.queue.pop_front() {
+        while let Some(entry) = queue.pop_front() {
             if entry.reply.is_closed() {
                 continue;
             }
@@ -165,9 +152,9 @@ impl Batcher {
             events += count;
             batch.push(entry);
         }
-        kept.append(&mut waiting.queue);
-        waiting.queue = kept;
-        let still_waiting = waiting.queue.iter().any(|entry| entry.ticket == ticket);
+        kept.append(&mut queue);
+        *queue = kept;
+        let still_waiting = queue.iter().any(|entry| Arc::ptr_eq(&entry.append, own));
         (batch, still_waiting)
     }
 }
@@ -177,7 +164,8 @@ async fn send(store: &PgEventStore, batch: Vec<Entry>) {
     match batch.as_slice() {
         [] => {}
         [one] => {
-            // Alone, the plainer statement, with the store's handling of every outcome.
+            // Alone: the store's statement for one append, with its handling of every
+            // outcome.
             let outcome = store.append_alone(&one.append, false).await;
             if let Some(entry) = batch.into_iter().next() {
                 // The caller may be gone; then no one needs the reply.
@@ -296,25 +284,25 @@ mod tests {
     use super::*;
     use cqrs_core::NewEvent;
 
-    fn waiting(batcher: &Batcher, stream: &str, events: usize) -> oneshot::Receiver<Reply> {
-        let request = AppendRequest::new(
-            "account",
-            stream,
-            0,
-            (0..events)
-                .map(|_| NewEvent::new("Deposited", 1, serde_json::json!({})))
-                .collect(),
-        );
+    /// A waiting append: what finds it in the queue, and its reply (dropped: its caller
+    /// is gone).
+    type Waiting = (Arc<Prepared>, oneshot::Receiver<Reply>);
+
+    fn wait(batcher: &Batcher, request: AppendRequest) -> Waiting {
         let (reply, replied) = oneshot::channel();
-        let mut waiting = batcher.waiting();
-        let ticket = waiting.next_ticket;
-        waiting.next_ticket += 1;
-        waiting.queue.push_back(Entry {
-            ticket,
-            append: Arc::new(Prepared::new(request).expect("a valid append")),
+        let append = Arc::new(Prepared::new(request).expect("a valid append"));
+        batcher.waiting().push_back(Entry {
+            append: Arc::clone(&append),
             reply,
         });
-        replied
+        (append, replied)
+    }
+
+    fn waiting(batcher: &Batcher, stream: &str, events: usize) -> Waiting {
+        let events = (0..events)
+            .map(|_| NewEvent::new("Deposited", 1, serde_json::json!({})))
+            .collect();
+        wait(batcher, AppendRequest::new("account", stream, 0, events))
     }
 
     fn streams(batch: &[Entry]) -> Vec<&str> {
@@ -329,48 +317,70 @@ mod tests {
         let batcher = Batcher::new(2);
         let _a = waiting(&batcher, "a", 1);
         let _b = waiting(&batcher, "b", 1);
-        let _a2 = waiting(&batcher, "a", 1);
+        let a2 = waiting(&batcher, "a", 1);
         let _c = waiting(&batcher, "c", 1);
-        let (batch, still) = batcher.take(2);
+        let (batch, still) = batcher.take(&a2.0);
         assert_eq!(streams(&batch), ["a", "b", "c"]);
         assert!(
             still,
             "the second append to `a` waits for the next statement"
         );
-        let (batch, still) = batcher.take(2);
+        let (batch, still) = batcher.take(&a2.0);
         assert_eq!(streams(&batch), ["a"]);
         assert!(!still);
     }
 
     #[test]
+    fn one_command_id_waits_for_the_next_statement() {
+        let batcher = Batcher::new(1);
+        let id = Uuid::new_v4();
+        let one = |stream: &str| {
+            AppendRequest::new(
+                "account",
+                stream,
+                0,
+                vec![NewEvent::new("Opened", 1, 0.into())],
+            )
+        };
+        let _x = wait(&batcher, one("x").with_command_id(id));
+        let _plain = wait(&batcher, one("p"));
+        let y = wait(&batcher, one("y").with_command_id(id));
+        let (batch, still) = batcher.take(&y.0);
+        assert_eq!(streams(&batch), ["x", "p"]);
+        assert!(still);
+    }
+
+    #[test]
     fn appends_whose_caller_is_gone_are_dropped() {
         let batcher = Batcher::new(1);
-        drop(waiting(&batcher, "a", 1));
-        let _b = waiting(&batcher, "b", 1);
-        let (batch, _) = batcher.take(1);
+        let (_, gone) = waiting(&batcher, "a", 1);
+        drop(gone);
+        let b = waiting(&batcher, "b", 1);
+        let (batch, still) = batcher.take(&b.0);
         assert_eq!(streams(&batch), ["b"]);
-        assert!(batcher.waiting().queue.is_empty());
+        assert!(!still);
+        assert!(batcher.waiting().is_empty());
     }
 
     #[test]
     fn a_statement_stops_at_its_size() {
         let batcher = Batcher::new(1);
         let _big = waiting(&batcher, "big", MAX_EVENTS + 1);
-        let _small = waiting(&batcher, "small", 1);
-        let (batch, still) = batcher.take(1);
+        let small = waiting(&batcher, "small", 1);
+        let (batch, still) = batcher.take(&small.0);
         assert_eq!(
             streams(&batch),
             ["big"],
             "an append over the limit goes alone"
         );
         assert!(still);
-        let mut replies = Vec::new();
-        for i in 0..MAX_APPENDS + 1 {
-            replies.push(waiting(&batcher, &format!("s{i}"), 1));
+        let mut waiters = Vec::new();
+        for i in 0..=MAX_APPENDS {
+            waiters.push(waiting(&batcher, &format!("s{i}"), 1));
         }
-        let (batch, _) = batcher.take(1);
+        let (batch, _) = batcher.take(&small.0);
         assert_eq!(batch.len(), MAX_APPENDS);
-        let (batch, _) = batcher.take(1);
+        let (batch, _) = batcher.take(&small.0);
         assert_eq!(batch.len(), 2, "the two left over");
     }
 }
