@@ -19,40 +19,29 @@
 -- which).
 --
 -- As in the other append statements, this is the first (and only) write of its
--- transaction. Its insert (`appended`) is append_batch_insert.sql, spliced in. The placeholders for inline SQL projections are those of append.sql;
--- without any, `{inline_columns}` is `stream_type, stream_id` (which the statement itself
--- needs, and the inline columns include), so `appended` has the same columns in the same
--- order as in the other append statements.
+-- transaction. Its check and insert (`ready`, `appended`) are append_batch_insert.sql.
+-- The placeholders for inline SQL projections are those of append.sql; without any,
+-- `{inline_columns}` is `stream_type, stream_id` (which the statement itself needs, and
+-- the inline columns include), so `appended` has the same columns in the same order as in
+-- the other append statements.
 WITH streams AS (
     SELECT s.stream_type, s.stream_id, s.expected, s.command_id, s.i
     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::uuid[])
          WITH ORDINALITY AS s (stream_type, stream_id, expected, command_id, i)
 ),
 existing AS (
-    SELECT s.i, s.stream_type, s.stream_id, c.first_version, c.stream_version, c.transaction_id, c.sequence
+    SELECT s.i, s.stream_type, s.stream_id, c.first_version, c.stream_version,
+           c.transaction_id, c.sequence
     FROM streams AS s
     JOIN {schema}.commands AS c ON c.command_id = s.command_id
 ),
--- Each stream's check is its newest version, one index lookup (LATERAL ... LIMIT 1): a
--- stream already past its expected version gets nothing written, rather than failing
--- the statement on the log's key.
-ready AS (
+-- The appends to check and write: those whose command id is not recorded.
+candidates AS (
     SELECT s.stream_type, s.stream_id, s.expected, s.command_id, s.i
     FROM streams AS s
-    LEFT JOIN LATERAL (
-        SELECT e.stream_version
-        FROM {schema}.events AS e
-        WHERE e.stream_type = s.stream_type
-          AND e.stream_id = s.stream_id
-        ORDER BY e.stream_version DESC
-        LIMIT 1
-    ) AS newest ON true
-    WHERE coalesce(newest.stream_version, 0) = s.expected
-      AND NOT EXISTS (SELECT 1 FROM existing AS x WHERE x.i = s.i)
+    WHERE NOT EXISTS (SELECT 1 FROM existing AS x WHERE x.i = s.i)
 ),
-appended AS (
-{batch_insert}
-),
+{batch_insert},
 written AS (
     SELECT r.i, r.command_id, r.stream_type, r.stream_id, r.expected + 1 AS first_version,
            max(a.stream_version) AS stream_version,

@@ -4,29 +4,15 @@
 -- for a batch of eight one-event appends).
 --
 -- Parameters and result as in append_batch.sql ($4 is not read); every row has
--- duplicate = false. `ready` is read once, by the insert, so the server need not keep it. The insert of the events is append_batch_insert.sql.
-WITH streams AS (
+-- duplicate = false. The check and insert (`ready`, `appended`) are
+-- append_batch_insert.sql; `ready` is read once, by the insert, so the server need not
+-- keep it.
+WITH candidates AS (
     SELECT s.stream_type, s.stream_id, s.expected, s.i
     FROM unnest($1::text[], $2::text[], $3::bigint[])
          WITH ORDINALITY AS s (stream_type, stream_id, expected, i)
 ),
--- As in append_batch.sql: each stream's newest version, one index lookup.
-ready AS (
-    SELECT s.stream_type, s.stream_id, s.expected, s.i
-    FROM streams AS s
-    LEFT JOIN LATERAL (
-        SELECT e.stream_version
-        FROM {schema}.events AS e
-        WHERE e.stream_type = s.stream_type
-          AND e.stream_id = s.stream_id
-        ORDER BY e.stream_version DESC
-        LIMIT 1
-    ) AS newest ON true
-    WHERE coalesce(newest.stream_version, 0) = s.expected
-),
-appended AS (
-{batch_insert}
-){inline_statements}
+{batch_insert}{inline_statements}
 SELECT stream_type, stream_id, false AS duplicate,
        min(stream_version) AS first_version, max(stream_version) AS stream_version,
        max(transaction_id) AS transaction_id, max(sequence) AS sequence
