@@ -103,9 +103,73 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// A projection's handler failed on an event.
+    /// A snapshot was refused before anything was stored: its numbers do not fit the
+    /// store's columns, or it is ahead of its stream.
+    ///
+    /// A bug in the caller (the pipeline never makes such a snapshot).
+    #[error("invalid snapshot of stream `{stream_type}/{stream_id}`: {reason}")]
+    InvalidSnapshot {
+        /// Type of the stream.
+        stream_type: String,
+        /// Id of the stream.
+        stream_id: String,
+        /// Which rule the snapshot broke.
+        reason: &'static str,
+    },
+
+    /// The storage backend failed (connection lost, database error, …). Whether anything
+    /// was written is stated by the backend's documentation: the backends in this
+    /// workspace write all events of an append or none.
+    ///
+    /// It displays as the backend's own error, which [`as_backend`](Self::as_backend)
+    /// reaches. Usually transient: retry the whole command, with the same command id so
+    /// that a write that did land is not repeated.
+    #[error(transparent)]
+    Backend(BoxError),
+}
+
+impl Error {
+    /// Wraps a backend's own error.
+    pub fn backend(error: impl Into<BoxError>) -> Self {
+        Self::Backend(error.into())
+    }
+
+    /// The backend's own error, when this is an [`Error::Backend`] holding an `E`.
+    ///
+    /// ```
+    /// # #[derive(Debug, thiserror::Error)]
+    /// # #[error("disk full")]
+    /// # struct DiskFull;
+    /// let error = cqrs_core::Error::backend(DiskFull);
+    /// assert!(error.as_backend::<DiskFull>().is_some());
+    /// assert_eq!(error.to_string(), "disk full");
+    /// ```
+    #[must_use]
+    pub fn as_backend<E: StdError + 'static>(&self) -> Option<&E> {
+        match self {
+            Self::Backend(error) => error.downcast_ref::<E>(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is an optimistic-concurrency [`Error::Conflict`].
+    #[must_use]
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+}
+
+/// Why a projection's runner, or a wait on it, failed: the read side's error.
+///
+/// The storage contract's failures stay [`Error`]s, held in [`ProjectionError::Store`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProjectionError {
+    /// A projection's handler failed on an event. The projection stops just before it.
+    ///
+    /// Fix the handler or the data, then resume the projection.
     #[error("projection `{projection}` failed at position {position}")]
-    Projection {
+    Handler {
         /// The projection's name.
         projection: &'static str,
         /// Position of the event the handler failed on.
@@ -129,25 +193,36 @@ pub enum Error {
         reached: Position,
     },
 
-    /// The storage backend failed (connection lost, database error, …). Whether anything
-    /// was written is stated by the backend's documentation: the backends in this
-    /// workspace write all events of an append or none.
-    ///
-    /// Usually transient: retry the whole command, with the same command id so that a
-    /// write that did land is not repeated.
-    #[error("storage backend failed")]
-    Backend(#[source] BoxError),
+    /// Reading the log, or decoding an event of it, failed.
+    #[error(transparent)]
+    Store(#[from] Error),
+
+    /// The runner's own storage failed (a backend's projection runner): it displays as
+    /// the backend's error, which [`as_backend`](Self::as_backend) reaches.
+    #[error(transparent)]
+    Backend(BoxError),
 }
 
-impl Error {
+impl ProjectionError {
     /// Wraps a backend's own error.
     pub fn backend(error: impl Into<BoxError>) -> Self {
         Self::Backend(error.into())
     }
 
-    /// Whether this is an optimistic-concurrency [`Error::Conflict`].
+    /// The backend's own error, when this is a [`ProjectionError::Backend`] (or a
+    /// [`ProjectionError::Store`] holding an [`Error::Backend`]) holding an `E`.
     #[must_use]
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, Self::Conflict { .. })
+    pub fn as_backend<E: StdError + 'static>(&self) -> Option<&E> {
+        match self {
+            Self::Backend(error) => error.downcast_ref::<E>(),
+            Self::Store(error) => error.as_backend(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a [`ProjectionError::Timeout`].
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
     }
 }

@@ -23,7 +23,7 @@ pub use derive_support::{Apply, Handle, Project};
 pub use envelope::{
     EventEnvelope, Metadata, NewEvent, ParsePositionError, Position, RecordedEvent, ReplayEvent,
 };
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, ProjectionError, Result};
 pub use event::{CodecError, Event, EventType, Upcaster, codec};
 pub use pipeline::{CommandError, CommandOutcome, Cqrs, Loaded, RetryPolicy};
 pub use projection::Projection;

@@ -64,7 +64,7 @@ use crate::{Event, EventEnvelope, EventFilter};
 /// let totals = Projector::new(store, Totals::default());
 /// totals.catch_up().await?;
 /// assert_eq!(totals.read(|view| view.0["a-1"]).await, 12);
-/// # Ok::<(), cqrs_core::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();
 /// ```
 #[diagnostic::on_unimplemented(

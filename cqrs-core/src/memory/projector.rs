@@ -7,7 +7,7 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, warn};
 
 use super::MemoryEventStore;
-use crate::{Error, EventFilter, EventStore, Position, Projection, Result};
+use crate::{EventFilter, EventStore, Position, Projection, ProjectionError};
 
 /// Runs a [`Projection`] whose view lives in memory (`Context = ()`) over a
 /// [`MemoryEventStore`] (woken by every append), or over any other [`EventStore`]
@@ -58,7 +58,7 @@ use crate::{Error, EventFilter, EventStore, Position, Projection, Result};
 /// projector.catch_up().await?;
 /// assert_eq!(projector.read(|total| total.0).await, 5);
 /// assert!(projector.checkpoint().await >= outcome.position);
-/// # Ok::<(), cqrs_core::Error>(())
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// # }).unwrap();
 /// ```
 pub struct Projector<P, S: ?Sized = MemoryEventStore> {
@@ -183,10 +183,11 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Projection`] when the handler fails: the checkpoint stays just before
-    /// the failing event, so the next call retries it. [`Error::Decode`] for an event
-    /// that does not decode.
-    pub async fn catch_up(&self) -> Result<Position> {
+    /// [`ProjectionError::Handler`] when the handler fails: the checkpoint stays just
+    /// before the failing event, so the next call retries it.
+    /// [`ProjectionError::Store`] when reading the log fails, or holding an
+    /// [`Error::Decode`](crate::Error::Decode) for an event that does not decode.
+    pub async fn catch_up(&self) -> Result<Position, ProjectionError> {
         let span = tracing::debug_span!("cqrs.projection.catch_up", projection = P::NAME);
         async {
             let mut inner = self.inner.lock().await;
@@ -207,7 +208,7 @@ where
                         checkpoint,
                     } = &mut *inner;
                     projection.handle(&mut (), &event).await.map_err(|source| {
-                        Error::Projection {
+                        ProjectionError::Handler {
                             projection: P::NAME,
                             position,
                             source: Box::new(source),
@@ -271,9 +272,13 @@ where
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] when the view has not reached `position` within `timeout`;
-    /// the errors of [`catch_up`](Self::catch_up).
-    pub async fn wait_for(&self, position: Position, timeout: Duration) -> Result<()> {
+    /// [`ProjectionError::Timeout`] when the view has not reached `position` within
+    /// `timeout`; the errors of [`catch_up`](Self::catch_up).
+    pub async fn wait_for(
+        &self,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<(), ProjectionError> {
         let mut reached = self.reached.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -295,7 +300,7 @@ where
                     if at >= position {
                         return Ok(());
                     }
-                    return Err(Error::Timeout {
+                    return Err(ProjectionError::Timeout {
                         projection: P::NAME.to_owned(),
                         target: position,
                         reached: at,

@@ -4,7 +4,7 @@ use std::fmt::Debug;
 use crate::memory::{MemoryEventStore, Projector};
 use crate::{
     Aggregate, AppendRequest, CommandError, Cqrs, Error, EventStore, Metadata, NewEvent,
-    Projection, RetryPolicy,
+    Projection, ProjectionError, RetryPolicy,
 };
 
 const FIXTURE_ID: &str = "fixture-aggregate";
@@ -283,7 +283,7 @@ impl<A: Aggregate> FixtureResult<A> {
 ///     .run()
 ///     .await?;
 /// assert_eq!(view.0, 15);
-/// # Ok::<(), cqrs_core::Error>(())
+/// # Ok::<(), cqrs_core::ProjectionError>(())
 /// # }).unwrap();
 /// ```
 pub struct ProjectionFixture<P: Projection> {
@@ -330,9 +330,10 @@ impl<P: Projection<Context = ()>> ProjectionFixture<P> {
     ///
     /// # Errors
     ///
-    /// [`Error::Encode`] for a given event that does not encode, and the errors of
-    /// [`Projector::catch_up`] (a failing handler is [`Error::Projection`]).
-    pub async fn run(self) -> Result<P, Error> {
+    /// [`ProjectionError::Store`] holding an [`Error::Encode`] for a given event that
+    /// does not encode, and the errors of [`Projector::catch_up`] (a failing handler is
+    /// [`ProjectionError::Handler`]).
+    pub async fn run(self) -> Result<P, ProjectionError> {
         let store = MemoryEventStore::new();
         let mut versions: HashMap<(String, String), u64> = HashMap::new();
         for (stream_type, stream_id, event) in &self.given {
@@ -352,9 +353,10 @@ impl<P: Projection<Context = ()>> ProjectionFixture<P> {
         }
         let projector = Projector::new(store, self.projection);
         projector.catch_up().await?;
-        projector
-            .into_projection()
-            .map_err(|_| Error::backend("the projection is still shared with another handle"))
+        match projector.into_projection() {
+            Ok(projection) => Ok(projection),
+            Err(_) => unreachable!("the fixture's projector has no other handle"),
+        }
     }
 
     /// Stores and projects the given events, then runs `check` on the view.

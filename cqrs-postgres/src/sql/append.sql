@@ -50,7 +50,7 @@ recorded AS (
     RETURNING command_id
 ),
 notified AS (
-    SELECT pg_notify($10::text, transaction_id::text || '.' || sequence::text) AS sent
+    SELECT pg_notify($10::text, {position_notice}) AS sent
     FROM last
     WHERE $10::text IS NOT NULL
 ){inline_statements}

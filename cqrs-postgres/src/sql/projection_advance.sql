@@ -17,15 +17,10 @@ WITH moved AS (
       AND sequence = $4::bigint
       AND error IS NULL
       AND NOT rebuild_requested
-    RETURNING active
+    RETURNING name, version, active, transaction_id, sequence
 ),
 notified AS (
-    SELECT pg_notify(
-        $9::text,
-        concat_ws(E'\t', 'c', $1::text, $2::text, active::text,
-                  $5::text || '.' || $6::text)
-    )
-    FROM moved
+    SELECT pg_notify($9::text, {checkpoint_notice}) FROM moved
 )
 SELECT m.active
 FROM moved AS m

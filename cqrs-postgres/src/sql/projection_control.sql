@@ -22,10 +22,10 @@ WITH changed AS (
       AND version = $2::integer
       AND NOT inline
       AND ($3::text = 'rebuild' OR error IS NOT NULL)
-    RETURNING transaction_id, sequence, active
+    RETURNING name, version, transaction_id, sequence, active
 ),
 notified AS (
-    SELECT pg_notify($4::text, concat_ws(E'\t', 'x', $1::text, $2::text)) FROM changed
+    SELECT pg_notify($4::text, {control_notice}) FROM changed
 )
 SELECT c.transaction_id, c.sequence
 FROM changed AS c

@@ -14,10 +14,10 @@ WITH failed AS (
       AND transaction_id = $3::bigint
       AND sequence = $4::bigint
       AND error IS NULL
-    RETURNING name
+    RETURNING name, version
 ),
 notified AS (
-    SELECT pg_notify($8::text, concat_ws(E'\t', 'x', $1::text, $2::text)) FROM failed
+    SELECT pg_notify($8::text, {control_notice}) FROM failed
 )
 SELECT f.name
 FROM failed AS f

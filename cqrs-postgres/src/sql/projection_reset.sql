@@ -13,11 +13,10 @@ WITH reset AS (
         failed_at = NULL,
         updated_at = now()
     WHERE name = $1::text AND version = $2::integer AND rebuild_requested
-    RETURNING active
+    RETURNING name, version, active, transaction_id, sequence
 ),
 notified AS (
-    SELECT pg_notify($3::text, concat_ws(E'\t', 'c', $1::text, $2::text, active::text, '0.0'))
-    FROM reset
+    SELECT pg_notify($3::text, {checkpoint_notice}) FROM reset
 )
 SELECT r.active
 FROM reset AS r

@@ -15,10 +15,11 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgDatabaseError, PgSeverity};
 use sqlx::{ConnectOptions, Connection as _, PgConnection, PgPool, Postgres};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::debug;
+
+use crate::db::session_survives;
 
 /// Up to `max` connections, opened on demand and kept open while the store lives.
 pub(crate) struct CommandConnections {
@@ -64,6 +65,7 @@ impl CommandConnections {
     }
 
     /// How many connections the store may open (0: commands run on the pool).
+    #[cfg(test)]
     pub(crate) fn max(&self) -> usize {
         self.max
     }
@@ -123,22 +125,6 @@ impl CommandConnections {
     }
 }
 
-/// Whether `error` means the connection itself failed (lost, ended by the server, out of
-/// step with it) rather than a statement: whatever was in flight on it may or may not
-/// have run to its end.
-pub(crate) fn connection_lost(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(error) => error
-            .try_downcast_ref::<PgDatabaseError>()
-            .is_some_and(|error| matches!(error.severity(), PgSeverity::Fatal | PgSeverity::Panic)),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => true,
-        _ => false,
-    }
-}
-
 enum Held {
     Own(PgConnection),
     /// Returned to the pool when dropped, which checks it.
@@ -170,12 +156,7 @@ impl Lease<'_> {
     pub(crate) fn release<T>(mut self, result: &Result<T, sqlx::Error>) {
         self.reusable = match result {
             Ok(_) => true,
-            Err(sqlx::Error::Database(error)) => error
-                .try_downcast_ref::<PgDatabaseError>()
-                .is_some_and(|error| {
-                    !matches!(error.severity(), PgSeverity::Fatal | PgSeverity::Panic)
-                }),
-            Err(_) => false,
+            Err(error) => session_survives(error),
         };
     }
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use cqrs_core::{Event, EventEnvelope, EventFilter, Projection};
 use serde::Serialize;
@@ -10,9 +11,9 @@ use serde::de::DeserializeOwned;
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection};
 
-use crate::PgEventStore;
-use crate::projection_error::{PgProjectionError, check_identifier};
-use crate::view::PgView;
+use super::view::PgView;
+use crate::db::{Error, Sql, check_identifier};
+use crate::store::PgEventStore;
 
 /// Names a document view may not take: the store's own tables.
 const RESERVED: &[&str] = &[
@@ -177,18 +178,19 @@ impl<D> fmt::Debug for PgDocumentView<D> {
 #[derive(Debug)]
 struct Statements {
     table: String,
-    create: String,
-    load: String,
-    store: String,
-    truncate: String,
-    activate: String,
+    create: Arc<str>,
+    load: Arc<str>,
+    store: Arc<str>,
+    truncate: Arc<str>,
+    activate: Arc<str>,
 }
 
 impl Statements {
-    fn new<D: Document>(schema: &str) -> Result<Self, PgProjectionError> {
-        check_identifier(D::NAME, 48)?;
+    fn new<D: Document>(schema: &str) -> Result<Self, Error> {
+        check_identifier("table", D::NAME, 48)?;
         if RESERVED.contains(&D::NAME) {
-            return Err(PgProjectionError::InvalidName {
+            return Err(Error::InvalidName {
+                what: "table",
                 name: D::NAME.to_owned(),
                 reason: "it is the name of one of the store's tables",
             });
@@ -197,30 +199,30 @@ impl Statements {
         let table = format!("\"{schema}\".\"{}_v{}\"", D::NAME, D::VERSION);
         let view = format!("\"{schema}\".\"{}\"", D::NAME);
         Ok(Self {
-            create: format!(
+            create: Arc::from(format!(
                 "CREATE TABLE IF NOT EXISTS {table} (\
                  id text PRIMARY KEY, \
                  document jsonb NOT NULL, \
                  updated_at timestamptz NOT NULL DEFAULT now())"
-            ),
-            load: format!("SELECT document FROM {table} WHERE id = $1::text"),
-            store: format!(
+            )),
+            load: Arc::from(format!("SELECT document FROM {table} WHERE id = $1::text")),
+            store: Arc::from(format!(
                 "INSERT INTO {table} AS t (id, document) \
                  SELECT * FROM unnest($1::text[], $2::jsonb[]) \
                  ON CONFLICT (id) DO UPDATE \
                  SET document = excluded.document, updated_at = now()"
-            ),
-            truncate: format!("TRUNCATE {table}"),
-            activate: format!(
+            )),
+            truncate: Arc::from(format!("TRUNCATE {table}")),
+            activate: Arc::from(format!(
                 "CREATE OR REPLACE VIEW {view} AS SELECT id, document, updated_at FROM {table}"
-            ),
+            )),
             table,
         })
     }
 }
 
-fn view_name<D: Document>(store: &PgEventStore) -> Result<String, PgProjectionError> {
-    check_identifier(D::NAME, 48)?;
+fn view_name<D: Document>(store: &PgEventStore) -> Result<String, Error> {
+    check_identifier("table", D::NAME, 48)?;
     Ok(format!("\"{}\".\"{}\"", store.schema(), D::NAME))
 }
 
@@ -229,9 +231,9 @@ impl<D: Document> PgDocumentView<D> {
     ///
     /// # Errors
     ///
-    /// [`PgProjectionError::InvalidName`] when [`D::NAME`](Document::NAME) is not a plain
+    /// [`Error::InvalidName`] when [`D::NAME`](Document::NAME) is not a plain
     /// identifier of at most 48 characters, or names one of the store's tables.
-    pub fn new(store: &PgEventStore) -> Result<Self, PgProjectionError> {
+    pub fn new(store: &PgEventStore) -> Result<Self, Error> {
         Ok(Self {
             sql: Statements::new::<D>(store.schema())?,
             buffer: HashMap::new(),
@@ -243,7 +245,7 @@ impl<D: Document> PgDocumentView<D> {
     ///
     /// # Errors
     ///
-    /// [`cqrs_core::Error::Backend`] with a [`PgProjectionError`]: `Database` when the
+    /// [`cqrs_core::Error::Backend`] with a [`Error`]: `Database` when the
     /// query fails (also before any runner took the view up: the SQL view does not exist
     /// yet), `Document` when the stored document does not deserialise.
     pub async fn get(store: &PgEventStore, key: &str) -> cqrs_core::Result<Option<D>> {
@@ -251,12 +253,11 @@ impl<D: Document> PgDocumentView<D> {
             "SELECT document FROM {} WHERE id = $1::text",
             view_name::<D>(store)?
         );
-        let row: Option<Json<serde_json::Value>> = sqlx::query_scalar(AssertSqlSafe(sql))
+        let row: Option<(Json<serde_json::Value>,)> = Sql::new("document_get", AssertSqlSafe(sql))
             .bind(key)
             .fetch_optional(store.pool())
-            .await
-            .map_err(|e| PgProjectionError::database("document_get", e))?;
-        row.map(|Json(document)| decode::<D>(key, document))
+            .await?;
+        row.map(|(Json(document),)| decode::<D>(key, document))
             .transpose()
             .map_err(Into::into)
     }
@@ -271,10 +272,10 @@ impl<D: Document> PgDocumentView<D> {
             "SELECT id, document FROM {} ORDER BY id",
             view_name::<D>(store)?
         );
-        let rows: Vec<(String, Json<serde_json::Value>)> = sqlx::query_as(AssertSqlSafe(sql))
-            .fetch_all(store.pool())
-            .await
-            .map_err(|e| PgProjectionError::database("document_all", e))?;
+        let rows: Vec<(String, Json<serde_json::Value>)> =
+            Sql::new("document_all", AssertSqlSafe(sql))
+                .fetch_all(store.pool())
+                .await?;
         rows.into_iter()
             .map(|(key, Json(document))| {
                 let document = decode::<D>(&key, document)?;
@@ -284,8 +285,8 @@ impl<D: Document> PgDocumentView<D> {
     }
 }
 
-fn decode<D: Document>(key: &str, document: serde_json::Value) -> Result<D, PgProjectionError> {
-    serde_json::from_value(document).map_err(|source| PgProjectionError::Document {
+fn decode<D: Document>(key: &str, document: serde_json::Value) -> Result<D, Error> {
+    serde_json::from_value(document).map_err(|source| Error::Document {
         view: D::NAME,
         key: key.to_owned(),
         source,
@@ -297,7 +298,7 @@ impl<D: Document> Projection for PgDocumentView<D> {
     const VERSION: u32 = D::VERSION;
     type Event = D::Event;
     type Context = PgConnection;
-    type Error = PgProjectionError;
+    type Error = Error;
 
     fn filter() -> EventFilter {
         D::filter()
@@ -307,7 +308,7 @@ impl<D: Document> Projection for PgDocumentView<D> {
         &mut self,
         cx: &mut PgConnection,
         event: &EventEnvelope<D::Event>,
-    ) -> Result<(), PgProjectionError> {
+    ) -> Result<(), Error> {
         let Some(key) = D::key(event) else {
             return Ok(());
         };
@@ -315,14 +316,13 @@ impl<D: Document> Projection for PgDocumentView<D> {
             document.apply(event);
             return Ok(());
         }
-        let stored: Option<Json<serde_json::Value>> =
-            sqlx::query_scalar(AssertSqlSafe(self.sql.load.as_str()))
+        let stored: Option<(Json<serde_json::Value>,)> =
+            Sql::new("document_load", AssertSqlSafe(Arc::clone(&self.sql.load)))
                 .bind(&key)
                 .fetch_optional(&mut *cx)
-                .await
-                .map_err(|e| PgProjectionError::database("document_load", e))?;
+                .await?;
         let mut document = match stored {
-            Some(Json(stored)) => decode::<D>(&key, stored)?,
+            Some((Json(stored),)) => decode::<D>(&key, stored)?,
             None => D::default(),
         };
         document.apply(event);
@@ -332,45 +332,47 @@ impl<D: Document> Projection for PgDocumentView<D> {
 }
 
 impl<D: Document> PgView for PgDocumentView<D> {
-    async fn setup(&mut self, cx: &mut PgConnection) -> Result<(), PgProjectionError> {
-        sqlx::query(AssertSqlSafe(self.sql.create.as_str()))
-            .execute(cx)
-            .await
-            .map_err(|e| PgProjectionError::database("document_create", e))?;
+    async fn setup(&mut self, cx: &mut PgConnection) -> Result<(), Error> {
+        Sql::new(
+            "document_create",
+            AssertSqlSafe(Arc::clone(&self.sql.create)),
+        )
+        .execute(cx)
+        .await?;
         Ok(())
     }
 
-    async fn reset(&mut self, cx: &mut PgConnection) -> Result<(), PgProjectionError> {
+    async fn reset(&mut self, cx: &mut PgConnection) -> Result<(), Error> {
         self.buffer.clear();
-        sqlx::query(AssertSqlSafe(self.sql.truncate.as_str()))
-            .execute(cx)
-            .await
-            .map_err(|e| PgProjectionError::database("document_reset", e))?;
+        Sql::new(
+            "document_reset",
+            AssertSqlSafe(Arc::clone(&self.sql.truncate)),
+        )
+        .execute(cx)
+        .await?;
         Ok(())
     }
 
-    async fn flush(&mut self, cx: &mut PgConnection) -> Result<(), PgProjectionError> {
+    async fn flush(&mut self, cx: &mut PgConnection) -> Result<(), Error> {
         if self.buffer.is_empty() {
             return Ok(());
         }
         let mut keys = Vec::with_capacity(self.buffer.len());
         let mut documents = Vec::with_capacity(self.buffer.len());
         for (key, document) in self.buffer.drain() {
-            let value =
-                serde_json::to_value(&document).map_err(|source| PgProjectionError::Document {
-                    view: D::NAME,
-                    key: key.clone(),
-                    source,
-                })?;
+            let value = serde_json::to_value(&document).map_err(|source| Error::Document {
+                view: D::NAME,
+                key: key.clone(),
+                source,
+            })?;
             keys.push(key);
             documents.push(Json(value));
         }
-        sqlx::query(AssertSqlSafe(self.sql.store.as_str()))
+        Sql::new("document_store", AssertSqlSafe(Arc::clone(&self.sql.store)))
             .bind(&keys)
             .bind(&documents)
             .execute(cx)
-            .await
-            .map_err(|e| PgProjectionError::database("document_store", e))?;
+            .await?;
         Ok(())
     }
 
@@ -378,11 +380,13 @@ impl<D: Document> PgView for PgDocumentView<D> {
         self.buffer.clear();
     }
 
-    async fn activate(&mut self, cx: &mut PgConnection) -> Result<(), PgProjectionError> {
-        sqlx::query(AssertSqlSafe(self.sql.activate.as_str()))
-            .execute(cx)
-            .await
-            .map_err(|e| PgProjectionError::database("document_activate", e))?;
+    async fn activate(&mut self, cx: &mut PgConnection) -> Result<(), Error> {
+        Sql::new(
+            "document_activate",
+            AssertSqlSafe(Arc::clone(&self.sql.activate)),
+        )
+        .execute(cx)
+        .await?;
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use sqlx::Row as _;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
-use crate::Error;
+use super::error::Error;
 
 /// Converts a stored `bigint` that must not be negative.
 pub(crate) fn to_u64(column: &'static str, value: i64) -> Result<u64, Error> {

@@ -2,11 +2,15 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use cqrs_core::Position;
 use sqlx::{ConnectOptions as _, PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, warn};
+
+use crate::db::{Statement, Statements, position_notice};
 
 /// How a [`PgEventStore`](crate::PgEventStore) announces appends on its
 /// [`channel`](crate::PgEventStore::channel), so that readers can `LISTEN` instead of
@@ -23,7 +27,7 @@ use tracing::{Instrument, debug, warn};
 /// use cqrs_postgres::{PgEventStore, PgNotify};
 ///
 /// let pool = sqlx::PgPool::connect_lazy("postgres://postgres@localhost/app")?;
-/// let store = PgEventStore::new(pool).with_notify(PgNotify::InTransaction);
+/// let store = PgEventStore::builder(pool).notify(PgNotify::InTransaction).build()?;
 /// assert_eq!(store.notify(), PgNotify::InTransaction);
 /// # Ok(())
 /// # }
@@ -64,16 +68,18 @@ pub(crate) struct Notifier {
     started: AtomicBool,
     /// Whether it sends on a connection of its own (otherwise on the pool).
     own_connection: bool,
+    statements: Arc<Statements>,
 }
 
 impl Notifier {
-    pub(crate) fn new(own_connection: bool) -> Self {
+    pub(crate) fn new(own_connection: bool, statements: Arc<Statements>) -> Self {
         let (latest, waiting) = watch::channel(Position::START);
         Self {
             latest,
             waiting: Mutex::new(Some(waiting)),
             started: AtomicBool::new(false),
             own_connection,
+            statements,
         }
     }
 
@@ -108,6 +114,7 @@ impl Notifier {
         let sender = Sender {
             pool: pool.clone(),
             own_connection: self.own_connection,
+            statements: Arc::clone(&self.statements),
             conn: None,
         };
         runtime.spawn(notify_loop(sender, channel.to_owned(), receiver).instrument(span));
@@ -129,7 +136,7 @@ async fn notify_loop(mut sender: Sender, channel: String, mut latest: watch::Rec
         }
         sent_at = Some(Instant::now());
         let position = *latest.borrow_and_update();
-        if let Err(error) = sender.notify(&channel, &position.to_string()).await {
+        if let Err(error) = sender.notify(&channel, &position_notice(position)).await {
             warn!(%error, %position, "NOTIFY failed; readers will find the events when they poll");
         }
     }
@@ -143,15 +150,16 @@ async fn notify_loop(mut sender: Sender, channel: String, mut latest: watch::Rec
 struct Sender {
     pool: PgPool,
     own_connection: bool,
+    statements: Arc<Statements>,
     conn: Option<PgConnection>,
 }
 
 impl Sender {
     async fn notify(&mut self, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
         if !self.own_connection {
-            crate::store::log_statement(crate::Statement::Notify);
-            return notify_query(channel, payload)
-                .execute(&self.pool)
+            return self
+                .notify_query(channel, payload)
+                .try_execute(&self.pool)
                 .await
                 .map(drop);
         }
@@ -173,20 +181,23 @@ impl Sender {
                 .conn
                 .insert(self.pool.connect_options().connect().await?),
         };
-        crate::store::log_statement(crate::Statement::Notify);
-        let sent = notify_query(channel, payload).execute(&mut *conn).await;
+        let sent = self
+            .statements
+            .get(Statement::Notify)
+            .bind(channel)
+            .bind(payload)
+            .try_execute(&mut *conn)
+            .await;
         if sent.is_err() {
             self.conn = None;
         }
         sent.map(drop)
     }
-}
 
-fn notify_query<'q>(
-    channel: &'q str,
-    payload: &'q str,
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(channel)
-        .bind(payload)
+    fn notify_query(&self, channel: &str, payload: &str) -> crate::db::Sql {
+        self.statements
+            .get(Statement::Notify)
+            .bind(channel)
+            .bind(payload)
+    }
 }

@@ -8,7 +8,8 @@
 //! lone append costs what it did alone.
 //!
 //! Whoever takes a free slot leads: it takes the waiting appends (its own among them, if
-//! still waiting), sends them, and hands each its reply. Appends wait here unless their
+//! still waiting), has them sent (by the function the append path gives it, see
+//! `append.rs` and `together.rs`), and each gets its reply. Appends wait here unless their
 //! store notifies in the statement or has inline handlers; never two for one stream, or
 //! with one command id, share a statement. A statement that fails hands every one of its
 //! appends back to be sent alone (`Reply::Alone`), which tells them apart: which
@@ -17,19 +18,13 @@
 //! alone as appends sent again: they may have been written.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cqrs_core::{AppendOutcome, AppendRequest};
-use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, FromRow};
 use tokio::sync::{Semaphore, oneshot};
-use tracing::warn;
-use uuid::Uuid;
 
-use crate::connections::connection_lost;
-use crate::error::Statement;
-use crate::rows::{position, to_u64};
-use crate::store::{PgEventStore, Prepared, log_statement};
+use super::prepared::Prepared;
 
 /// At most this many appends share a statement.
 const MAX_APPENDS: usize = 64;
@@ -43,10 +38,21 @@ pub(crate) struct Batcher {
     waiting: Mutex<VecDeque<Entry>>,
 }
 
-struct Entry {
+pub(crate) struct Entry {
     /// Also how its caller finds it in the queue (by pointer).
     append: Arc<Prepared>,
     reply: oneshot::Sender<Reply>,
+}
+
+impl Entry {
+    pub(crate) fn append(&self) -> &Prepared {
+        &self.append
+    }
+
+    /// Hands the append its reply (its caller may be gone: then no one needs it).
+    pub(crate) fn reply(self, reply: Reply) {
+        let _ = self.reply.send(reply);
+    }
 }
 
 /// What became of an append that waited.
@@ -56,18 +62,6 @@ pub(crate) enum Reply {
     /// To be sent alone; `unknown`: it was in flight on a connection that failed, so it
     /// may have been written.
     Alone { unknown: bool },
-}
-
-/// A row of `append_batch.sql` or `append_batch_plain.sql`.
-#[derive(FromRow)]
-struct BatchRow {
-    stream_type: String,
-    stream_id: String,
-    duplicate: bool,
-    first_version: i64,
-    stream_version: i64,
-    transaction_id: i64,
-    sequence: i64,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -96,8 +90,13 @@ impl Batcher {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sends `append` with whatever else waits, and returns what became of it.
-    pub(crate) async fn append(&self, store: &PgEventStore, append: &Arc<Prepared>) -> Reply {
+    /// Has `append` sent with whatever else waits, by `send` (which replies to each
+    /// append of the batch it is given), and returns what became of it.
+    pub(crate) async fn append<F, Fut>(&self, append: &Arc<Prepared>, mut send: F) -> Reply
+    where
+        F: FnMut(Vec<Entry>) -> Fut,
+        Fut: Future<Output = ()>,
+    {
         let (reply, mut replied) = oneshot::channel();
         self.waiting().push_back(Entry {
             append: Arc::clone(append),
@@ -114,7 +113,9 @@ impl Batcher {
                         return Reply::Alone { unknown: false };
                     };
                     let (batch, still_waiting) = self.take(append);
-                    send(store, batch).await;
+                    if !batch.is_empty() {
+                        send(batch).await;
+                    }
                     if !still_waiting {
                         break;
                     }
@@ -159,110 +160,6 @@ impl Batcher {
     }
 }
 
-/// Sends `batch` and replies to each of its appends.
-async fn send(store: &PgEventStore, batch: Vec<Entry>) {
-    match batch.as_slice() {
-        [] => {}
-        [one] => {
-            // Alone: the store's statement for one append, with its handling of every
-            // outcome.
-            let outcome = store.append_alone(&one.append, false).await;
-            if let Some(entry) = batch.into_iter().next() {
-                // The caller may be gone; then no one needs the reply.
-                let _ = entry.reply.send(Reply::Done(outcome));
-            }
-        }
-        _ => send_together(store, batch).await,
-    }
-}
-
-async fn send_together(store: &PgEventStore, batch: Vec<Entry>) {
-    let events: usize = batch.iter().map(|e| e.append.request.events.len()).sum();
-    let mut stream_types = Vec::with_capacity(batch.len());
-    let mut stream_ids = Vec::with_capacity(batch.len());
-    let mut expected = Vec::with_capacity(batch.len());
-    let mut command_ids = Vec::with_capacity(batch.len());
-    let mut appends = Vec::with_capacity(events);
-    let mut places = Vec::with_capacity(events);
-    let mut event_ids: Vec<Uuid> = Vec::with_capacity(events);
-    let mut event_types = Vec::with_capacity(events);
-    let mut schema_versions = Vec::with_capacity(events);
-    let mut payloads = Vec::with_capacity(events);
-    let mut metadata = Vec::with_capacity(events);
-    for (index, entry) in (1_i32..).zip(&batch) {
-        let append = &entry.append;
-        stream_types.push(append.request.stream_type.as_ref());
-        stream_ids.push(append.request.stream_id.as_str());
-        expected.push(append.expected);
-        command_ids.push(append.request.command_id);
-        for ((place, event), schema_version) in (1_i32..)
-            .zip(&append.request.events)
-            .zip(&append.schema_versions)
-        {
-            appends.push(index);
-            places.push(place);
-            event_ids.push(event.event_id);
-            event_types.push(event.event_type.as_ref());
-            schema_versions.push(*schema_version);
-            payloads.push(Json(&event.payload));
-            metadata.push(Json(&event.metadata));
-        }
-    }
-    log_statement(Statement::AppendBatch);
-    let plain = command_ids.iter().all(Option::is_none);
-    let sql = store.append_batch_sql(plain);
-    let query = sqlx::query_as::<_, BatchRow>(AssertSqlSafe(Arc::clone(sql)))
-        .bind(&stream_types)
-        .bind(&stream_ids)
-        .bind(&expected)
-        .bind(&command_ids)
-        .bind(&appends)
-        .bind(&places)
-        .bind(&event_ids)
-        .bind(&event_types)
-        .bind(&schema_versions)
-        .bind(&payloads)
-        .bind(&metadata);
-    let rows = match store.command_connection().await {
-        Ok(mut lease) => {
-            let rows = match lease.conn() {
-                Ok(conn) => query.fetch_all(conn).await,
-                Err(error) => Err(error),
-            };
-            lease.release(&rows);
-            rows
-        }
-        Err(error) => Err(error),
-    };
-    let mut rows = match rows {
-        Ok(rows) => rows,
-        Err(error) => {
-            let unknown = connection_lost(&error);
-            if unknown {
-                warn!(%error, "a batch of appends lost its connection; sending each again");
-                store.check_idle_before_use();
-            }
-            for entry in batch {
-                let _ = entry.reply.send(Reply::Alone { unknown });
-            }
-            return;
-        }
-    };
-    // One row per append written or found by its command id, named by its stream (no
-    // stream is in a statement twice).
-    for entry in batch {
-        let request = &entry.append.request;
-        let found = rows.iter().position(|row| {
-            row.stream_id == request.stream_id && row.stream_type == request.stream_type
-        });
-        let outcome = match found {
-            Some(found) => outcome(rows.swap_remove(found)),
-            None => Err(crate::store::conflict(request)),
-        };
-        let _ = entry.reply.send(Reply::Done(outcome));
-    }
-}
-
 /// Whether `a` and `b` must not share a statement: they are for one stream (the second
 /// must see the first's outcome), or carry one command id.
 fn clash(a: &AppendRequest, b: &AppendRequest) -> bool {
@@ -270,19 +167,11 @@ fn clash(a: &AppendRequest, b: &AppendRequest) -> bool {
         || (a.command_id.is_some() && a.command_id == b.command_id)
 }
 
-fn outcome(row: BatchRow) -> cqrs_core::Result<AppendOutcome> {
-    Ok(AppendOutcome {
-        first_version: to_u64("first_version", row.first_version)?,
-        stream_version: to_u64("stream_version", row.stream_version)?,
-        position: position(row.transaction_id, row.sequence)?,
-        duplicate: row.duplicate,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use cqrs_core::NewEvent;
+    use uuid::Uuid;
 
     /// A waiting append: what finds it in the queue, and its reply (dropped: its caller
     /// is gone).

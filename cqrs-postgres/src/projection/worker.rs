@@ -1,10 +1,6 @@
 //! The loop that runs one projection while its runner owns it.
 
-use std::any::Any;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use cqrs_core::{BoxError, Event, EventEnvelope, EventFilter, Position, Projection};
@@ -13,12 +9,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, warn};
 
-use crate::checkpoints::{self, Advance, Header, Window};
-use crate::projection_error::PgProjectionError;
-use crate::runner::Shared;
-use crate::view::PgView;
+use super::guard::{chain, guarded};
+use super::shared::Shared;
+use super::view::PgView;
+use crate::db::{Advance, Error, Header, Window};
 
-type Result<T, E = PgProjectionError> = std::result::Result<T, E>;
+type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What one step of the loop found.
 #[derive(Debug)]
@@ -82,9 +78,11 @@ async fn read<E: Event>(
         .pool
         .acquire()
         .await
-        .map_err(|e| PgProjectionError::database("acquire", e))?;
-    let batch =
-        checkpoints::read_batch(&mut conn, &shared.queries, name, version, &filter, window).await?;
+        .map_err(|e| Error::database("acquire", e))?;
+    let batch = shared
+        .projections
+        .read_batch(&mut conn, name, version, &filter, window)
+        .await?;
     drop(conn);
     let events = batch
         .events
@@ -179,9 +177,10 @@ impl<V: PgView> Worker<V> {
     async fn claim(&mut self) -> Result<()> {
         let shared = Arc::clone(&self.shared);
         let mut tx = begin(&shared).await?;
-        let mut claimed =
-            checkpoints::claim(&mut tx, &shared.queries, V::NAME, V::VERSION, &shared.owner)
-                .await?;
+        let mut claimed = shared
+            .projections
+            .claim(&mut tx, V::NAME, V::VERSION, &shared.owner)
+            .await?;
         if claimed.is_none() {
             // The row was deleted: register the projection again.
             drop(tx);
@@ -189,27 +188,24 @@ impl<V: PgView> Worker<V> {
                 .pool
                 .acquire()
                 .await
-                .map_err(|e| PgProjectionError::database("acquire", e))?;
-            checkpoints::register(
-                &mut conn,
-                &shared.queries,
-                V::NAME,
-                V::VERSION,
-                &self.filter,
-                false,
-            )
-            .await?;
+                .map_err(|e| Error::database("acquire", e))?;
+            shared
+                .projections
+                .register(&mut conn, V::NAME, V::VERSION, &self.filter, false)
+                .await?;
             drop(conn);
             tx = begin(&shared).await?;
-            claimed =
-                checkpoints::claim(&mut tx, &shared.queries, V::NAME, V::VERSION, &shared.owner)
-                    .await?;
+            claimed = shared
+                .projections
+                .claim(&mut tx, V::NAME, V::VERSION, &shared.owner)
+                .await?;
         }
         let Some((position, active)) = claimed else {
-            return Err(PgProjectionError::database(
-                "projection_claim",
-                sqlx::Error::RowNotFound,
-            ));
+            return Err(Error::UnexpectedRow {
+                statement: "projection_claim",
+                problem: "the projection's row was gone again right after it was registered"
+                    .to_owned(),
+            });
         };
         if let Err(source) = guarded(self.view.setup(&mut tx)).await {
             self.view.discard();
@@ -221,7 +217,7 @@ impl<V: PgView> Worker<V> {
         }
         tx.commit()
             .await
-            .map_err(|e| PgProjectionError::database("commit", e))?;
+            .map_err(|e| Error::database("commit", e))?;
         self.position = position;
         self.until = None;
         self.attempts = 0;
@@ -322,24 +318,27 @@ impl<V: PgView> Worker<V> {
             let ahead = self.ahead.take();
             let read_ahead =
                 self.until.is_none() && ahead.as_ref().is_some_and(|a| a.after == self.position);
+            let window = Window {
+                after: self.position,
+                limit,
+                until: self.until,
+            };
+            let read_now = || {
+                read::<V::Event>(
+                    Arc::clone(&shared),
+                    Arc::clone(&self.filter),
+                    V::NAME,
+                    V::VERSION,
+                    window,
+                )
+            };
             let batch = match ahead {
-                Some(mut ahead) if read_ahead => (&mut ahead.task).await.map_err(|_| {
-                    PgProjectionError::database("projection_batch", sqlx::Error::WorkerCrashed)
-                })??,
-                _ => {
-                    read::<V::Event>(
-                        Arc::clone(&shared),
-                        Arc::clone(&self.filter),
-                        V::NAME,
-                        V::VERSION,
-                        Window {
-                            after: self.position,
-                            limit,
-                            until: self.until,
-                        },
-                    )
-                    .await?
-                }
+                Some(mut ahead) if read_ahead => match (&mut ahead.task).await {
+                    Ok(batch) => batch?,
+                    // The read ahead was cancelled or panicked: read the window now.
+                    Err(_) => read_now().await?,
+                },
+                _ => read_now().await?,
             };
             let Some(header) = batch.header else {
                 return Ok(Step::Missing);
@@ -418,7 +417,7 @@ impl<V: PgView> Worker<V> {
             }
             if count == 0 && !switch {
                 // Nothing to apply: the checkpoint moves on its own.
-                return match checkpoints::advance(&shared.pool, &shared.queries, advance).await {
+                return match shared.projections.advance(&shared.pool, advance).await {
                     Ok(Some(_)) => Ok(self.committed(to, caught_up, header.head, finish_rebuild)),
                     Ok(None) => {
                         self.abandon();
@@ -461,8 +460,10 @@ impl<V: PgView> Worker<V> {
                     self.abandon();
                     return Err(hook_failed::<V>("activate", source));
                 }
-                if let Err(error) =
-                    checkpoints::switch(&mut tx, &shared.queries, V::NAME, V::VERSION).await
+                if let Err(error) = shared
+                    .projections
+                    .switch(&mut tx, V::NAME, V::VERSION)
+                    .await
                 {
                     drop(tx);
                     self.abandon();
@@ -470,7 +471,7 @@ impl<V: PgView> Worker<V> {
                 }
                 info!(position = %to, "new version caught up; now served");
             }
-            match checkpoints::advance(&mut *tx, &shared.queries, advance).await {
+            match shared.projections.advance(&mut *tx, advance).await {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     // Fenced off: the checkpoint moved under us. Nothing commits; the
@@ -488,7 +489,7 @@ impl<V: PgView> Worker<V> {
             }
             if let Err(error) = tx.commit().await {
                 self.abandon();
-                return Err(PgProjectionError::database("commit", error));
+                return Err(Error::database("commit", error));
             }
             debug!(position = %to, events = count, "projection batch committed");
             Ok(self.committed(to, caught_up, header.head, finish_rebuild))
@@ -539,12 +540,17 @@ impl<V: PgView> Worker<V> {
             warn!(error = %chain(&error), "resetting the view for a rebuild failed; retrying");
             return Ok(Step::Retry(self.shared.config.poll_interval));
         }
-        if !checkpoints::reset(&mut tx, &self.shared.queries, V::NAME, V::VERSION).await? {
+        if !self
+            .shared
+            .projections
+            .reset(&mut tx, V::NAME, V::VERSION)
+            .await?
+        {
             return Ok(Step::Progress);
         }
         tx.commit()
             .await
-            .map_err(|e| PgProjectionError::database("commit", e))?;
+            .map_err(|e| Error::database("commit", e))?;
         info!("view reset; rebuilding from the start of the log");
         self.position = Position::START;
         self.until = None;
@@ -566,7 +572,7 @@ impl<V: PgView> Worker<V> {
             return Ok(Step::Progress);
         }
         self.attempts += 1;
-        let error = cqrs_core::Error::Projection {
+        let error = cqrs_core::ProjectionError::Handler {
             projection: V::NAME,
             position,
             source,
@@ -591,22 +597,23 @@ impl<V: PgView> Worker<V> {
         error!(error = %message, %position, "projection handler keeps failing; projection stopped");
         self.attempts = 0;
         self.until = None;
-        checkpoints::fail(
-            &self.shared.pool,
-            &self.shared.queries,
-            V::NAME,
-            V::VERSION,
-            self.position,
-            position,
-            &message,
-        )
-        .await?;
+        self.shared
+            .projections
+            .fail(
+                &self.shared.pool,
+                V::NAME,
+                V::VERSION,
+                self.position,
+                position,
+                &message,
+            )
+            .await?;
         Ok(Step::Failed)
     }
 }
 
-fn hook_failed<V: Projection>(hook: &'static str, source: BoxError) -> PgProjectionError {
-    PgProjectionError::Hook {
+fn hook_failed<V: Projection>(hook: &'static str, source: BoxError) -> Error {
+    Error::Hook {
         projection: V::NAME,
         hook,
         source,
@@ -626,60 +633,7 @@ async fn begin(shared: &Shared) -> Result<Transaction<'static, Postgres>> {
             .begin_with("BEGIN; SET LOCAL synchronous_commit TO off")
             .await
     };
-    begun.map_err(|e| PgProjectionError::database("begin", e))
-}
-
-/// An error and its sources, as one line.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// Runs a hook or handler, turning its error, or a panic, into a boxed error.
-async fn guarded<F, E>(future: F) -> Result<(), BoxError>
-where
-    F: Future<Output = Result<(), E>>,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    match catch_unwind(future).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(Box::new(error)),
-        Err(panic) => Err(Box::new(Panicked(panic_message(panic.as_ref())))),
-    }
-}
-
-/// A handler panicked.
-#[derive(Debug, thiserror::Error)]
-#[error("the handler panicked: {0}")]
-struct Panicked(String);
-
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "(no message)".to_owned()
-    }
-}
-
-/// Polls a future, catching a panic inside it.
-async fn catch_unwind<F: Future>(future: F) -> std::result::Result<F::Output, Box<dyn Any + Send>> {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    })
-    .await
+    begun.map_err(|e| Error::database("begin", e))
 }
 
 /// Makes a worker for `view` and runs it as a task.

@@ -9,6 +9,8 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::db::{Notice, parse_position_notice};
+
 /// What the runner's listener has heard, as watch channels: a receiver never misses that
 /// something changed since it last looked.
 #[derive(Debug)]
@@ -68,11 +70,10 @@ impl Hub {
 
     fn dispatch(&self, events_channel: &str, channel: &str, payload: &str) {
         if channel == events_channel {
-            match payload.parse::<Position>() {
-                Ok(position) => {
+            match parse_position_notice(payload) {
+                Some(position) => {
                     self.log.send_if_modified(|newest| {
-                        let newer = position > *newest;
-                        if newer {
+                        if position > *newest {
                             *newest = position;
                         }
                         // Wake the workers either way: an equal or older announcement is
@@ -80,30 +81,26 @@ impl Hub {
                         true
                     });
                 }
-                Err(_) => self.log.send_modify(|_| {}),
+                None => self.log.send_modify(|_| {}),
             }
             return;
         }
-        // "c\t<name>\t<version>\t<active>\t<commit>.<sequence>" or "x\t<name>\t<version>"
-        if let Some(rest) = payload.strip_prefix("c\t") {
-            let mut parts = rest.rsplitn(4, '\t');
-            let (Some(position), Some(active), Some(_version), Some(name)) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
-            else {
-                return;
-            };
-            if active != "true" {
-                return;
+        match Notice::parse(payload) {
+            Some(Notice::Checkpoint {
+                name,
+                served: true,
+                position,
+                ..
+            }) => {
+                let served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(sender) = served.get(&name) {
+                    sender.send_replace(Some(position));
+                }
             }
-            let Ok(position) = position.parse::<Position>() else {
-                return;
-            };
-            let served = self.served.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(sender) = served.get(name) {
-                sender.send_replace(Some(position));
+            Some(Notice::Control { .. }) => {
+                self.control.send_modify(|n| *n = n.wrapping_add(1));
             }
-        } else if payload.starts_with("x\t") {
-            self.control.send_modify(|n| *n = n.wrapping_add(1));
+            Some(Notice::Checkpoint { served: false, .. }) | None => {}
         }
     }
 

@@ -5,9 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use cqrs_core::Position;
 
-use crate::checkpoints::StatusRow;
-use crate::projection_error::PgProjectionError;
-use crate::rows::{position, to_u32, to_u64};
+use crate::db::{Error, StatusRow, position, to_u32, to_u64};
 
 /// What a projection is doing, as [`PgProjectionRunner::status`](crate::PgProjectionRunner::status)
 /// reports it.
@@ -84,7 +82,7 @@ pub struct PgProjectionStatus {
 }
 
 impl PgProjectionStatus {
-    pub(crate) fn from_row(row: StatusRow) -> Result<Self, PgProjectionError> {
+    pub(crate) fn from_row(row: StatusRow) -> Result<Self, Error> {
         let lag_events = to_u64("lag_events", row.lag_events.unwrap_or(0))?;
         let state = if row.inline {
             ProjectionState::Inline

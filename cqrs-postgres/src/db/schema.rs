@@ -1,0 +1,111 @@
+//! Names spliced into SQL: the store's schema, and the checks every such name passes.
+
+use super::error::Error;
+
+/// The longest schema name accepted: PostgreSQL's identifiers hold 63 bytes, and the
+/// notification channels append a suffix of up to 6.
+const MAX_SCHEMA_LEN: usize = 56;
+
+/// A schema name that is safe to splice into SQL once quoted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SchemaName {
+    name: String,
+}
+
+impl SchemaName {
+    /// Accepts `^[a-z_][a-z0-9_]{0,55}$`, minus the `pg_` prefix PostgreSQL reserves.
+    pub(crate) fn parse(name: &str) -> Result<Self, Error> {
+        check_identifier("schema", name, MAX_SCHEMA_LEN)?;
+        Ok(Self {
+            name: name.to_owned(),
+        })
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// The name as a quoted identifier. The validated alphabet holds no `"`, so quoting
+    /// needs no escaping; quoting keeps names such as `user` from reading as keywords.
+    pub(crate) fn quoted(&self) -> String {
+        format!("\"{}\"", self.name)
+    }
+}
+
+/// Checks a name that is spliced into SQL as an identifier: it must match
+/// `^[a-z_][a-z0-9_]*$`, hold at most `max_len` bytes, and not take the `pg_` prefix
+/// PostgreSQL reserves. `what` names it in the error (`schema`, `table`).
+pub(crate) fn check_identifier(
+    what: &'static str,
+    name: &str,
+    max_len: usize,
+) -> Result<(), Error> {
+    match identifier_problem(name, max_len) {
+        Some(reason) => Err(Error::InvalidName {
+            what,
+            name: name.chars().take(64).collect(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn identifier_problem(name: &str, max_len: usize) -> Option<&'static str> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Some("it is empty"),
+        Some(first) if !(first.is_ascii_lowercase() || first == '_') => {
+            return Some("it must start with a lowercase ASCII letter or `_`");
+        }
+        Some(_) => {}
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Some("it may only hold lowercase ASCII letters, digits and `_`");
+    }
+    if name.len() > max_len {
+        return Some("it is too long for a PostgreSQL identifier here");
+    }
+    if name.starts_with("pg_") {
+        return Some("the `pg_` prefix is reserved by PostgreSQL");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_lowercase_names() {
+        for name in ["cqrs", "_x", "tenant_42", &"a".repeat(56)] {
+            assert_eq!(
+                SchemaName::parse(name).map(|s| s.name).ok(),
+                Some(name.to_owned())
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_anything_that_would_need_escaping() {
+        for name in [
+            "",
+            "Cqrs",
+            "1abc",
+            "a-b",
+            "a b",
+            "a\"b",
+            "a;drop",
+            "é",
+            "pg_catalog",
+            &"a".repeat(57),
+        ] {
+            assert!(
+                matches!(
+                    SchemaName::parse(name),
+                    Err(Error::InvalidName { what: "schema", .. })
+                ),
+                "{name:?} was accepted"
+            );
+        }
+    }
+}

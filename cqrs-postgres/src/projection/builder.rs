@@ -1,0 +1,270 @@
+//! Configuring and starting a runner: [`PgProjectionRunnerBuilder`].
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cqrs_core::{EventFilter, Projection};
+use sqlx::PgConnection;
+use sqlx::postgres::PgConnectOptions;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, info};
+
+use super::listener::Hub;
+use super::ownership::{Slot, supervise};
+use super::runner::{Inner, PgProjectionRunner, Tasks};
+use super::shared::{Config, Shared};
+use super::view::{PgView, Plain};
+use super::worker;
+use crate::db::{Error, Result};
+use crate::store::PgEventStore;
+
+type Spawn = Box<dyn FnOnce(Arc<Shared>, watch::Receiver<bool>) -> JoinHandle<()> + Send>;
+
+/// A projection waiting for [`PgProjectionRunnerBuilder::start`].
+struct Registration {
+    name: &'static str,
+    version: u32,
+    filter: EventFilter,
+    spawn: Spawn,
+}
+
+/// Options and projections of a [`PgProjectionRunner`]; made by
+/// [`PgProjectionRunner::builder`].
+pub struct PgProjectionRunnerBuilder {
+    store: PgEventStore,
+    config: Config,
+    owner: Option<String>,
+    registrations: Vec<Registration>,
+}
+
+impl fmt::Debug for PgProjectionRunnerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgProjectionRunnerBuilder")
+            .field("schema", &self.store.schema())
+            .field("config", &self.config)
+            .field("owner", &self.owner)
+            .field(
+                "projections",
+                &self
+                    .registrations
+                    .iter()
+                    .map(|r| (r.name, r.version))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl PgProjectionRunnerBuilder {
+    /// Adds a projection whose handler writes its view through the transaction it is
+    /// given (`Context = PgConnection`).
+    ///
+    /// It gets no hooks: a [`rebuild`](PgProjectionRunner::rebuild) replays the log over
+    /// the view as it is, which suits handlers that overwrite rows but double-counts
+    /// handlers that add to them. Implement [`PgView`] and register with
+    /// [`view`](Self::view) to empty the view first, create tables, or buffer writes.
+    #[must_use]
+    pub fn projection<P>(self, projection: P) -> Self
+    where
+        P: Projection<Context = PgConnection>,
+    {
+        self.view(Plain(projection))
+    }
+
+    /// Adds a projection with [`PgView`] hooks.
+    #[must_use]
+    pub fn view<V: PgView>(mut self, view: V) -> Self {
+        self.registrations.push(Registration {
+            name: V::NAME,
+            version: V::VERSION,
+            filter: V::filter(),
+            spawn: Box::new(move |shared, owned| worker::spawn(view, shared, owned)),
+        });
+        self
+    }
+
+    /// How this process is named in the projections' `owner` column and in
+    /// [`PgProjectionStatus::owner`]. Default: `pid-<process id>-<random>`.
+    #[must_use]
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// How many events one transaction applies at most (default 1000).
+    #[must_use]
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.config.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// How often a projection looks at the log when no notification arrives (default
+    /// 500 ms). This bounds the delay a lost notification can cause.
+    #[must_use]
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.config.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How often the runner tries to take ownership of the projections other processes
+    /// do not hold, and checks that its lock connection is alive (default 1 s). A
+    /// projection whose owner died is taken over within about this interval.
+    #[must_use]
+    pub fn claim_interval(mut self, interval: Duration) -> Self {
+        self.config.claim_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How many times a failing event is tried before the projection stops (default 5),
+    /// and the delay before the first retry (default 100 ms), doubled at each retry.
+    #[must_use]
+    pub fn retries(mut self, max_attempts: u32, backoff: Duration) -> Self {
+        self.config.max_attempts = max_attempts.max(1);
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// Whether a batch's commit waits for its WAL flush (default `false`).
+    ///
+    /// It need not for exactly-once: a view's changes and its checkpoint commit
+    /// together, so a server crash that loses a batch's commit loses both, and the worker
+    /// applies the batch again from the older checkpoint. The log itself stays durable:
+    /// appends are not affected. What a crash can do without the flush is take a view
+    /// back, for a moment, behind what a reader already saw (after
+    /// [`wait_for`](PgProjectionRunner::wait_for)), until the batch is applied again.
+    /// Set it to `true` to rule that out, at the cost of one WAL flush per batch.
+    #[must_use]
+    pub fn synchronous_commit(mut self, synchronous: bool) -> Self {
+        self.config.synchronous_commit = synchronous;
+        self
+    }
+
+    /// Registers the projections and starts the runner: the listener, the lock
+    /// connection, and one task per projection, which applies batches while this process
+    /// owns the projection.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateProjection`] when two projections share a name and version,
+    /// [`Error::Database`] when registering fails (for example when the store's
+    /// migrations have not been applied).
+    pub async fn start(self) -> Result<PgProjectionRunner> {
+        let Self {
+            store,
+            config,
+            owner,
+            registrations,
+        } = self;
+        let mut seen = HashSet::new();
+        for registration in &registrations {
+            if !seen.insert((registration.name, registration.version)) {
+                return Err(Error::DuplicateProjection {
+                    name: registration.name,
+                    version: registration.version,
+                });
+            }
+        }
+        let projections = store.projections();
+        let pool = store.pool().clone();
+        let mut keys = Vec::with_capacity(registrations.len());
+        {
+            let mut conn = pool
+                .acquire()
+                .await
+                .map_err(|e| Error::database("acquire", e))?;
+            for registration in &registrations {
+                let key = projections
+                    .register(
+                        &mut conn,
+                        registration.name,
+                        registration.version,
+                        &registration.filter,
+                        false,
+                    )
+                    .await?;
+                keys.push(key);
+            }
+        }
+        let owner = owner.unwrap_or_else(|| {
+            let random = uuid::Uuid::new_v4().simple().to_string();
+            format!("pid-{}-{}", std::process::id(), &random[..8])
+        });
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let hub = Arc::new(Hub::new());
+        let options: PgConnectOptions = (*pool.connect_options()).clone();
+        let listener = tokio::spawn(
+            Arc::clone(&hub)
+                .listen(
+                    options
+                        .clone()
+                        .application_name(&format!("cqrs-listen {owner}")),
+                    store.channel().to_owned(),
+                    projections.channel().to_owned(),
+                    shutdown.clone(),
+                )
+                .instrument(tracing::debug_span!("cqrs_postgres.projection.listener")),
+        );
+        let shared = Arc::new(Shared {
+            pool,
+            projections,
+            hub,
+            owner: owner.clone(),
+            config: config.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let mut slots = Vec::with_capacity(registrations.len());
+        for (registration, key) in registrations.into_iter().zip(keys) {
+            let (owned, owned_rx) = watch::channel(false);
+            let task = (registration.spawn)(Arc::clone(&shared), owned_rx);
+            slots.push(Slot {
+                name: registration.name,
+                version: registration.version,
+                key,
+                owned,
+                task,
+            });
+        }
+        let supervisor = tokio::spawn(
+            supervise(
+                slots,
+                options.application_name(&format!("cqrs-owner {owner}")),
+                config.claim_interval,
+                shutdown,
+            )
+            .instrument(tracing::info_span!("cqrs_postgres.projection.owner", owner = %owner)),
+        );
+        info!(owner = %owner, schema = %store.schema(), "projection runner started");
+        Ok(PgProjectionRunner {
+            inner: Arc::new(Inner {
+                shared,
+                shutdown: shutdown_tx,
+                tasks: Mutex::new(Some(Tasks {
+                    listener,
+                    supervisor,
+                })),
+            }),
+        })
+    }
+}
+
+impl PgProjectionRunner {
+    /// A runner on `store`'s pool and schema. Add projections, then
+    /// [`start`](PgProjectionRunnerBuilder::start) it.
+    ///
+    /// Besides the pool's connections (one per batch in flight), a runner holds two of its
+    /// own: one listening for notifications, one holding the ownership locks. A runner
+    /// with no projection is fine for processes that only wait for, or report on,
+    /// projections run elsewhere.
+    #[must_use]
+    pub fn builder(store: PgEventStore) -> PgProjectionRunnerBuilder {
+        PgProjectionRunnerBuilder {
+            store,
+            config: Config::default(),
+            owner: None,
+            registrations: Vec::new(),
+        }
+    }
+}

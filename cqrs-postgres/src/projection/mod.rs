@@ -1,0 +1,29 @@
+//! The projection wing: [`PgProjectionRunner`] and the views it keeps. It builds on the
+//! store and database wings; nothing below depends on it.
+//!
+//! - `builder`: registering projections and starting a runner;
+//! - `runner`: a started runner: status, waits, operators' requests, shutdown;
+//! - `ownership`: one owner per projection across processes (advisory locks);
+//! - `worker`: the loop that applies batches to one projection;
+//! - `guard`: running handlers and hooks without letting an error or a panic escape;
+//! - `listener`: one `LISTEN` connection per runner, fanned out;
+//! - `shared`: what the parts of one runner share;
+//! - `view`, `document`: views in PostgreSQL tables, and JSON documents per key;
+//! - `status`: what the runner reports.
+
+mod builder;
+mod document;
+mod guard;
+mod listener;
+mod ownership;
+mod runner;
+mod shared;
+mod status;
+mod view;
+mod worker;
+
+pub use builder::PgProjectionRunnerBuilder;
+pub use document::{Document, PgDocumentView};
+pub use runner::PgProjectionRunner;
+pub use status::{PgProjectionStatus, ProjectionState};
+pub use view::PgView;

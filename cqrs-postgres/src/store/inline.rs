@@ -1,0 +1,328 @@
+//! Inline projections: views updated inside the transaction of the append itself, by a
+//! handler in Rust (run here, in the append's transaction) or by SQL spliced into the
+//! append statement (`inline_sql.rs`).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use cqrs_core::{EventFilter, NewEvent, Position, Projection, RecordedEvent};
+use sqlx::{Connection as _, PgConnection, PgPool};
+use tracing::trace;
+
+use super::connections::Lease;
+use super::inline_sql::{self, APPENDED_COLUMNS, PgInlineSql};
+use super::prepared::Prepared;
+use crate::db::{
+    Error, OutcomeRow, Projections, SchemaName, Splice, Sql, Statement, Statements,
+    connection_lost, position, to_u64,
+};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One inline projection, its type erased.
+trait InlineHandler: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn version(&self) -> u32;
+    fn filter(&self) -> &EventFilter;
+    /// Applies the events of one append (those its filter keeps).
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, cqrs_core::Result<()>>;
+}
+
+struct Handler<P> {
+    projection: P,
+    filter: EventFilter,
+}
+
+impl<P> InlineHandler for Handler<P>
+where
+    P: Projection<Context = PgConnection> + Clone + Sync,
+{
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn version(&self) -> u32 {
+        P::VERSION
+    }
+
+    fn filter(&self) -> &EventFilter {
+        &self.filter
+    }
+
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: &'a [RecordedEvent],
+    ) -> BoxFuture<'a, cqrs_core::Result<()>> {
+        Box::pin(async move {
+            // Each append gets its own copy, so concurrent appends never wait on it.
+            let mut projection = self.projection.clone();
+            for event in events
+                .iter()
+                .filter(|e| self.filter.matches(&e.stream_type, &e.event_type))
+            {
+                let decoded = event.decode::<P::Event>()?;
+                projection
+                    .handle(&mut *conn, &decoded)
+                    .await
+                    .map_err(|source| Error::InlineHandler {
+                        projection: P::NAME,
+                        position: event.position,
+                        source: Box::new(source),
+                    })?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The inline projections of a store (none by default).
+#[derive(Clone, Default)]
+pub(crate) struct Inline {
+    handlers: Vec<Arc<dyn InlineHandler>>,
+    statements: Vec<PgInlineSql>,
+    /// Whether their rows in the projections table were written and their statements
+    /// checked (once per store).
+    registered: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for Inline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.handlers.iter().map(|h| (h.name(), h.version())))
+            .entries(self.statements.iter().map(|s| (s.name(), s.version())))
+            .finish()
+    }
+}
+
+impl Inline {
+    /// The same projections, not yet registered (for a store of their own).
+    pub(crate) fn unregistered(&self) -> Self {
+        Self {
+            handlers: self.handlers.clone(),
+            statements: self.statements.clone(),
+            registered: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Adds a projection whose handler runs in the append's transaction.
+    pub(crate) fn add_handler<P>(&mut self, projection: P)
+    where
+        P: Projection<Context = PgConnection> + Clone + Sync,
+    {
+        self.handlers.push(Arc::new(Handler {
+            projection,
+            filter: P::filter(),
+        }));
+    }
+
+    /// Adds a projection whose SQL runs inside the append statement.
+    pub(crate) fn add_statement(&mut self, statement: PgInlineSql) {
+        self.statements.push(statement);
+    }
+
+    /// Whether an append needs a transaction of several statements: some projection is a
+    /// handler in Rust. (Inline SQL runs inside the append statement.)
+    pub(crate) fn has_handlers(&self) -> bool {
+        !self.handlers.is_empty()
+    }
+
+    /// The store's statements, with the inline SQL projections spliced into the append
+    /// statements.
+    pub(crate) fn statements(&self, schema: &SchemaName) -> Statements {
+        if self.statements.is_empty() {
+            return Statements::new(schema, Splice::default());
+        }
+        let ctes = inline_sql::ctes(&self.statements);
+        Statements::new(
+            schema,
+            Splice {
+                columns: APPENDED_COLUMNS,
+                statements: &ctes,
+            },
+        )
+    }
+
+    /// The names of the inline SQL projections, for an error none of them can be told
+    /// apart in; `None` when there are none.
+    pub(crate) fn statement_names(&self) -> Option<String> {
+        (!self.statements.is_empty()).then(|| {
+            self.statements
+                .iter()
+                .map(PgInlineSql::name)
+                .collect::<Vec<_>>()
+                .join("`, `")
+        })
+    }
+
+    /// Before the store's first append with inline projections: checks each SQL
+    /// statement with the server, then writes the projections' rows, marked inline, so
+    /// that status reports them and a wait on them returns at once.
+    pub(crate) async fn register(
+        &self,
+        pool: &PgPool,
+        schema: &SchemaName,
+        projections: &Projections,
+    ) -> Result<(), Error> {
+        if (self.handlers.is_empty() && self.statements.is_empty())
+            || self.registered.load(Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(|e| Error::database("acquire", e))?;
+        for statement in &self.statements {
+            inline_sql::check(&mut conn, schema, statement).await?;
+        }
+        let all = EventFilter::all();
+        let names = self
+            .handlers
+            .iter()
+            .map(|h| (h.name(), h.version(), h.filter()))
+            .chain(
+                self.statements
+                    .iter()
+                    .map(|s| (s.name(), s.version(), &all)),
+            );
+        for (name, version, filter) in names {
+            projections
+                .register(&mut conn, name, version, filter, true)
+                .await?;
+        }
+        self.registered.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Runs the append statement `query` and the handlers in one transaction on `lease`.
+    ///
+    /// The inner result is the append statement's, for the append path to interpret (a
+    /// conflict, a unique violation, a lost connection, also when it was lost during the
+    /// commit); the outer error is a handler's failure or a commit the server refused,
+    /// after which nothing is written.
+    pub(crate) async fn append_in_transaction(
+        &self,
+        mut lease: Lease<'_>,
+        statements: &Statements,
+        append: &Prepared,
+        query: Sql,
+    ) -> cqrs_core::Result<sqlx::Result<Option<OutcomeRow>>> {
+        let conn = match lease.conn() {
+            Ok(conn) => conn,
+            Err(error) => return Ok(Err(error)),
+        };
+        let mut tx = match conn.begin().await {
+            Ok(tx) => tx,
+            Err(error) => return Ok(Err(error)),
+        };
+        let row = match query.try_fetch_optional::<OutcomeRow, _>(&mut *tx).await {
+            Ok(Some(row)) if !row.duplicate => row,
+            // A conflict, a duplicate command or an error: nothing was written. Rolling
+            // back leaves the connection ready for the next command.
+            other => {
+                let rolled_back = tx.rollback().await;
+                lease.release(&rolled_back);
+                return Ok(other);
+            }
+        };
+        // A failing handler drops the transaction, and the lease with it: the
+        // connection, whose rollback is still pending, is closed rather than reused.
+        let events = appended(&mut tx, statements, append, &row).await?;
+        for handler in &self.handlers {
+            trace!(projection = handler.name(), "inline projection");
+            handler.apply(&mut tx, &events).await?;
+        }
+        let committed = tx.commit().await;
+        lease.release(&committed);
+        match committed {
+            Ok(()) => Ok(Ok(Some(row))),
+            // Whether the commit went through is unknown: the append path finds out.
+            Err(error) if connection_lost(&error) => Ok(Err(error)),
+            Err(error) => Err(Error::database("commit", error).into()),
+        }
+    }
+}
+
+/// The events the append wrote, as the log holds them.
+async fn appended(
+    conn: &mut PgConnection,
+    statements: &Statements,
+    append: &Prepared,
+    row: &OutcomeRow,
+) -> cqrs_core::Result<Vec<RecordedEvent>> {
+    let request = &append.request;
+    // A single event sits where the append's outcome says: no need to ask. (Several
+    // events of one append need not have consecutive sequences, so they are looked up.)
+    if let ([event], Some(recorded_at)) = (request.events.as_slice(), row.recorded_at) {
+        return Ok(vec![recorded(
+            append,
+            event,
+            row.stream_version,
+            position(row.transaction_id, row.sequence)?,
+            recorded_at,
+        )?]);
+    }
+    let placed: Vec<(i64, i64, i64, DateTime<Utc>)> = statements
+        .get(Statement::InlinePositions)
+        .bind(request.stream_type.as_ref())
+        .bind(request.stream_id.as_str())
+        .bind(row.first_version)
+        .bind(row.stream_version)
+        .fetch_all(&mut *conn)
+        .await?;
+    if placed.len() != request.events.len() {
+        return Err(Error::UnexpectedRow {
+            statement: Statement::InlinePositions.name(),
+            problem: format!(
+                "found {} of the {} events just appended",
+                placed.len(),
+                request.events.len()
+            ),
+        }
+        .into());
+    }
+    let mut events = Vec::with_capacity(request.events.len());
+    for (event, (stream_version, sequence, transaction_id, recorded_at)) in
+        request.events.iter().zip(placed)
+    {
+        events.push(recorded(
+            append,
+            event,
+            stream_version,
+            position(transaction_id, sequence)?,
+            recorded_at,
+        )?);
+    }
+    Ok(events)
+}
+
+/// One appended event as the log holds it.
+fn recorded(
+    append: &Prepared,
+    event: &NewEvent,
+    stream_version: i64,
+    position: Position,
+    recorded_at: DateTime<Utc>,
+) -> cqrs_core::Result<RecordedEvent> {
+    Ok(RecordedEvent {
+        event_id: event.event_id,
+        stream_type: append.request.stream_type.clone().into_owned(),
+        stream_id: append.request.stream_id.clone(),
+        stream_version: to_u64("stream_version", stream_version)?,
+        position,
+        event_type: event.event_type.clone().into_owned(),
+        schema_version: event.schema_version,
+        metadata: event.metadata.clone(),
+        recorded_at,
+        payload: event.payload.clone(),
+    })
+}
