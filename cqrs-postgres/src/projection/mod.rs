@@ -4,18 +4,21 @@
 //! - `builder`: registering projections and starting a runner;
 //! - `runner`: a started runner: status, waits, operators' requests, shutdown;
 //! - `ownership`: one owner per projection across processes (advisory locks);
-//! - `worker`: the loop that applies batches to one projection;
+//! - `worker`: the loop that runs one projection: reads a batch, decides what to do with
+//!   it (`plan`, a pure function), does it (`batch`);
 //! - `guard`: running handlers and hooks without letting an error or a panic escape;
 //! - `listener`: one `LISTEN` connection per runner, fanned out;
 //! - `shared`: what the parts of one runner share;
 //! - `view`, `document`: views in PostgreSQL tables, and JSON documents per key;
 //! - `status`: what the runner reports.
 
+mod batch;
 mod builder;
 mod document;
 mod guard;
 mod listener;
 mod ownership;
+mod plan;
 mod runner;
 mod shared;
 mod status;

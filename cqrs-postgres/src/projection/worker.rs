@@ -1,20 +1,19 @@
-//! The loop that runs one projection while its runner owns it.
+//! The loop that runs one projection while its runner owns it: read a batch, decide
+//! what to do with it (`plan.rs`), do it (`batch.rs`), wait for more.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_core::{BoxError, Event, EventEnvelope, EventFilter, Position, Projection};
-use sqlx::{Postgres, Transaction};
+use cqrs_core::{BoxError, EventFilter, Position, ProjectionError};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, warn};
 
+use super::batch::{self, Abandon, Ahead, Applied, Decoded, hook_failed};
 use super::guard::{chain, guarded};
+use super::plan::{self, Commit, Plan, Row};
 use super::shared::Shared;
 use super::view::PgView;
-use crate::db::{Advance, Error, Header, Window};
-
-type Result<T, E = Error> = std::result::Result<T, E>;
+use crate::db::{Advance, Error, Result, Window};
 
 /// What one step of the loop found.
 #[derive(Debug)]
@@ -46,58 +45,6 @@ pub(crate) struct Worker<V: PgView> {
     attempts: u32,
     /// The next batch, read while the current one is applied.
     ahead: Option<Ahead<V::Event>>,
-}
-
-/// A batch of decoded events with the projection's row, as read in one snapshot.
-struct Decoded<E> {
-    header: Option<Header>,
-    events: Vec<(Position, Result<EventEnvelope<E>, BoxError>)>,
-}
-
-/// A batch being read ahead, after `after`. Dropping it stops the read.
-struct Ahead<E> {
-    after: Position,
-    task: JoinHandle<Result<Decoded<E>>>,
-}
-
-impl<E> Drop for Ahead<E> {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Reads a batch on a connection of its own and decodes it.
-async fn read<E: Event>(
-    shared: Arc<Shared>,
-    filter: Arc<EventFilter>,
-    name: &'static str,
-    version: u32,
-    window: Window,
-) -> Result<Decoded<E>> {
-    let mut conn = shared
-        .pool
-        .acquire()
-        .await
-        .map_err(|e| Error::database("acquire", e))?;
-    let batch = shared
-        .projections
-        .read_batch(&mut conn, name, version, &filter, window)
-        .await?;
-    drop(conn);
-    let events = batch
-        .events
-        .into_iter()
-        .map(|(position, event)| {
-            let event = event
-                .and_then(EventEnvelope::into_decoded_json::<E>)
-                .map_err(|error| Box::new(error) as BoxError);
-            (position, event)
-        })
-        .collect();
-    Ok(Decoded {
-        header: batch.header,
-        events,
-    })
 }
 
 impl<V: PgView> Worker<V> {
@@ -132,6 +79,13 @@ impl<V: PgView> Worker<V> {
             _ = self.shutdown.changed() => {}
         }
         self.owned()
+    }
+
+    /// Goes on from `position`, with a fresh set of attempts.
+    fn go_on_from(&mut self, position: Position) {
+        self.position = position;
+        self.until = None;
+        self.attempts = 0;
     }
 
     pub(crate) async fn run(mut self) {
@@ -176,9 +130,9 @@ impl<V: PgView> Worker<V> {
     /// Records the new owner, prepares the view and loads the checkpoint.
     async fn claim(&mut self) -> Result<()> {
         let shared = Arc::clone(&self.shared);
-        let mut tx = begin(&shared).await?;
-        let mut claimed = shared
-            .projections
+        let projections = &shared.projections;
+        let mut tx = batch::begin(&shared).await?;
+        let mut claimed = projections
             .claim(&mut tx, V::NAME, V::VERSION, &shared.owner)
             .await?;
         if claimed.is_none() {
@@ -189,14 +143,12 @@ impl<V: PgView> Worker<V> {
                 .acquire()
                 .await
                 .map_err(|e| Error::database("acquire", e))?;
-            shared
-                .projections
+            projections
                 .register(&mut conn, V::NAME, V::VERSION, &self.filter, false)
                 .await?;
             drop(conn);
-            tx = begin(&shared).await?;
-            claimed = shared
-                .projections
+            tx = batch::begin(&shared).await?;
+            claimed = projections
                 .claim(&mut tx, V::NAME, V::VERSION, &shared.owner)
                 .await?;
         }
@@ -207,20 +159,18 @@ impl<V: PgView> Worker<V> {
                     .to_owned(),
             });
         };
-        if let Err(source) = guarded(self.view.setup(&mut tx)).await {
-            self.view.discard();
+        let setup = Abandon::new(&mut self.view, &mut self.ahead);
+        if let Err(source) = guarded(setup.view.setup(&mut tx)).await {
             return Err(hook_failed::<V>("setup", source));
         }
-        if active && let Err(source) = guarded(self.view.activate(&mut tx)).await {
-            self.view.discard();
+        if active && let Err(source) = guarded(setup.view.activate(&mut tx)).await {
             return Err(hook_failed::<V>("activate", source));
         }
         tx.commit()
             .await
             .map_err(|e| Error::database("commit", e))?;
-        self.position = position;
-        self.until = None;
-        self.attempts = 0;
+        setup.disarm();
+        self.go_on_from(position);
         Ok(())
     }
 
@@ -303,10 +253,9 @@ impl<V: PgView> Worker<V> {
         }
     }
 
-    /// One batch: read a window of the log, apply the events it wants, move the
-    /// checkpoint, commit.
+    /// One batch: read a window of the log, decide, apply the events it wants and move
+    /// the checkpoint.
     async fn step(&mut self) -> Result<Step> {
-        let shared = Arc::clone(&self.shared);
         let span = tracing::debug_span!(
             "cqrs_postgres.projection.batch",
             projection = V::NAME,
@@ -314,234 +263,163 @@ impl<V: PgView> Worker<V> {
             events = tracing::field::Empty,
         );
         async move {
-            let limit = shared.config.batch_size;
-            let ahead = self.ahead.take();
-            let read_ahead =
-                self.until.is_none() && ahead.as_ref().is_some_and(|a| a.after == self.position);
-            let window = Window {
-                after: self.position,
-                limit,
+            let (batch, read_ahead) = self.next_batch().await?;
+            let header = batch.header.as_ref();
+            let window = plan::Window {
+                at: self.position,
                 until: self.until,
+                read_ahead,
+                scanned: header.map_or(0, |h| h.scanned),
+                covered: header.and_then(|h| h.covered),
+                wanted: batch.events.len(),
+                limit: self.shared.config.batch_size,
             };
-            let read_now = || {
-                read::<V::Event>(
-                    Arc::clone(&shared),
-                    Arc::clone(&self.filter),
-                    V::NAME,
-                    V::VERSION,
-                    window,
-                )
-            };
-            let batch = match ahead {
-                Some(mut ahead) if read_ahead => match (&mut ahead.task).await {
-                    Ok(batch) => batch?,
-                    // The read ahead was cancelled or panicked: read the window now.
-                    Err(_) => read_now().await?,
-                },
-                _ => read_now().await?,
-            };
-            let Some(header) = batch.header else {
-                return Ok(Step::Missing);
-            };
-            if header.rebuild_requested {
-                return self.rebuild().await;
-            }
-            if header.failed {
-                return Ok(Step::Failed);
-            }
-            // A batch read ahead saw the row before the previous batch committed; the
-            // fence below still catches a checkpoint moved by someone else.
-            if !read_ahead && header.position != self.position {
-                // Moved by someone else: an operator's skip, or another owner.
-                debug!(position = %header.position, "checkpoint moved elsewhere");
-                self.position = header.position;
-                self.until = None;
-                self.attempts = 0;
-                return Ok(Step::Progress);
-            }
-            let count = batch.events.len();
-            tracing::Span::current().record("events", count);
-            let full = usize::try_from(header.scanned).unwrap_or(usize::MAX) >= limit;
-            // Not cut short by the window's size or bound: it covered the log up to the
-            // head, and the view is current up to there.
-            let caught_up = !full && self.until.is_none();
-            let covered = header.covered.unwrap_or(self.position).max(self.position);
-            let to = if caught_up {
-                covered.max(header.head)
-            } else {
-                covered
-            };
-            let version = i32::try_from(V::VERSION).unwrap_or(i32::MAX);
-            let switch = caught_up
-                && !header.active
-                && header.active_version.is_none_or(|served| served < version);
-            let finish_rebuild = caught_up && header.rebuilding;
-            let rebuilding = header.rebuilding && !caught_up;
-            let state = if rebuilding || (!header.active && !switch) {
-                "rebuilding"
-            } else if caught_up {
-                "caught_up"
-            } else {
-                "running"
-            };
-            let advance = Advance {
-                name: V::NAME,
-                version: V::VERSION,
-                from: self.position,
-                to,
-                state,
-                rebuilding,
-            };
-            if count == 0 && to == self.position && !switch && !finish_rebuild {
-                return Ok(Step::Idle {
-                    head: header.head,
-                    applied: false,
-                });
-            }
-            if full && self.until.is_none() {
-                // Read the next window while this one is applied.
-                self.ahead = Some(Ahead {
-                    after: to,
-                    task: tokio::spawn(read::<V::Event>(
-                        Arc::clone(&shared),
-                        Arc::clone(&self.filter),
-                        V::NAME,
-                        V::VERSION,
-                        Window {
-                            after: to,
-                            limit,
-                            until: None,
-                        },
-                    )),
-                });
-            }
-            if count == 0 && !switch {
-                // Nothing to apply: the checkpoint moves on its own.
-                return match shared.projections.advance(&shared.pool, advance).await {
-                    Ok(Some(_)) => Ok(self.committed(to, caught_up, header.head, finish_rebuild)),
-                    Ok(None) => {
-                        self.abandon();
-                        Ok(Step::Progress)
-                    }
-                    Err(error) => {
-                        self.abandon();
-                        Err(error)
-                    }
-                };
-            }
-            let positions: Vec<Position> = batch.events.iter().map(|(p, _)| *p).collect();
-            let mut tx = begin(&shared).await?;
-            for (index, (position, event)) in batch.events.into_iter().enumerate() {
-                let outcome = match event {
-                    Ok(event) => guarded(self.view.handle(&mut tx, &event)).await,
-                    Err(error) => Err(error),
-                };
-                if let Err(source) = outcome {
-                    drop(tx);
-                    self.abandon();
-                    let before = index.checked_sub(1).map(|i| positions[i]);
-                    return self.handler_failed(before, position, source).await;
-                }
-            }
-            if let Err(source) = guarded(self.view.flush(&mut tx)).await {
-                drop(tx);
-                self.abandon();
-                return if count > 1 {
-                    // Narrow the batch down to the event the flush fails on.
-                    self.until = Some(positions[count / 2 - 1]);
+            match plan::plan(Row::of(header), window, V::VERSION) {
+                Plan::Missing => Ok(Step::Missing),
+                Plan::Rebuild => self.rebuild().await,
+                Plan::Failed => Ok(Step::Failed),
+                Plan::Moved(position) => {
+                    debug!(%position, "checkpoint moved elsewhere");
+                    self.go_on_from(position);
                     Ok(Step::Progress)
-                } else {
-                    self.handler_failed(None, positions[0], source).await
-                };
-            }
-            if switch {
-                if let Err(source) = guarded(self.view.activate(&mut tx)).await {
-                    drop(tx);
-                    self.abandon();
-                    return Err(hook_failed::<V>("activate", source));
                 }
-                if let Err(error) = shared
-                    .projections
-                    .switch(&mut tx, V::NAME, V::VERSION)
-                    .await
-                {
-                    drop(tx);
-                    self.abandon();
-                    return Err(error);
-                }
-                info!(position = %to, "new version caught up; now served");
-            }
-            match shared.projections.advance(&mut *tx, advance).await {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    // Fenced off: the checkpoint moved under us. Nothing commits; the
-                    // next read (not read ahead) finds out why.
-                    drop(tx);
-                    self.abandon();
-                    warn!("checkpoint moved during the batch; batch dropped");
-                    return Ok(Step::Progress);
-                }
-                Err(error) => {
-                    drop(tx);
-                    self.abandon();
-                    return Err(error);
+                Plan::Idle { head } => Ok(Step::Idle {
+                    head,
+                    applied: false,
+                }),
+                Plan::Commit(commit) => {
+                    tracing::Span::current().record("events", batch.events.len());
+                    self.commit(batch, commit).await
                 }
             }
-            if let Err(error) = tx.commit().await {
-                self.abandon();
-                return Err(Error::database("commit", error));
-            }
-            debug!(position = %to, events = count, "projection batch committed");
-            Ok(self.committed(to, caught_up, header.head, finish_rebuild))
         }
         .instrument(span)
         .await
     }
 
-    /// The batch up to `to` committed.
-    fn committed(
-        &mut self,
-        to: Position,
-        caught_up: bool,
-        head: Position,
-        finish_rebuild: bool,
-    ) -> Step {
-        if finish_rebuild {
-            info!(position = %to, "rebuild caught up");
-        }
-        self.position = to;
-        self.until = None;
-        self.attempts = 0;
-        if caught_up {
-            Step::Idle {
-                head,
-                applied: true,
+    /// The batch after the checkpoint: the one read ahead if it starts there (and the
+    /// window is not cut short), else one read now; and whether it was read ahead.
+    async fn next_batch(&mut self) -> Result<(Decoded<V::Event>, bool)> {
+        let ahead = self.ahead.take();
+        let read_ahead =
+            self.until.is_none() && ahead.as_ref().is_some_and(|a| a.after == self.position);
+        let window = Window {
+            after: self.position,
+            limit: self.shared.config.batch_size,
+            until: self.until,
+        };
+        if let Some(mut ahead) = ahead.filter(|_| read_ahead) {
+            match (&mut ahead.task).await {
+                Ok(batch) => return Ok((batch?, true)),
+                // The read ahead was cancelled or panicked: read the window now.
+                Err(_) => debug!("the batch read ahead is lost; reading it again"),
             }
-        } else {
-            Step::Progress
         }
+        let batch = self.read(window).await?;
+        Ok((batch, false))
     }
 
-    /// Forgets a batch that did not commit: what the view buffered, and the batch read
-    /// ahead of it.
-    fn abandon(&mut self) {
-        self.view.discard();
-        self.ahead = None;
+    fn read(&self, window: Window) -> impl Future<Output = Result<Decoded<V::Event>>> + use<V> {
+        batch::read::<V::Event>(
+            Arc::clone(&self.shared),
+            Arc::clone(&self.filter),
+            V::NAME,
+            V::VERSION,
+            window,
+        )
+    }
+
+    /// Commits a batch as `commit` says.
+    async fn commit(&mut self, batch: Decoded<V::Event>, commit: Commit) -> Result<Step> {
+        let shared = Arc::clone(&self.shared);
+        if commit.read_next {
+            // Read the next window while this one is applied.
+            let window = Window {
+                after: commit.to,
+                limit: shared.config.batch_size,
+                until: None,
+            };
+            self.ahead = Some(Ahead {
+                after: commit.to,
+                task: tokio::spawn(self.read(window)),
+            });
+        }
+        let advance = Advance {
+            name: V::NAME,
+            version: V::VERSION,
+            from: self.position,
+            to: commit.to,
+            state: commit.state.as_str(),
+            rebuilding: commit.rebuilding,
+        };
+        let applied = {
+            let batch_of = Abandon::new(&mut self.view, &mut self.ahead);
+            if commit.needs_view(batch.events.len()) {
+                batch::apply(&shared, batch_of, batch.events, commit.serve, advance).await?
+            } else {
+                // Nothing to apply: the checkpoint moves on its own.
+                match shared.projections.advance(&shared.pool, advance).await? {
+                    Some(_) => {
+                        batch_of.disarm();
+                        Applied::Committed
+                    }
+                    None => Applied::Fenced,
+                }
+            }
+        };
+        match applied {
+            Applied::Committed => {
+                if commit.serve {
+                    info!(position = %commit.to, "new version caught up; now served");
+                }
+                if commit.ends_rebuild {
+                    info!(position = %commit.to, "rebuild caught up");
+                }
+                debug!(position = %commit.to, "projection batch committed");
+                self.go_on_from(commit.to);
+                Ok(if commit.caught_up {
+                    Step::Idle {
+                        head: commit.head,
+                        applied: true,
+                    }
+                } else {
+                    Step::Progress
+                })
+            }
+            Applied::Fenced => {
+                // The checkpoint moved under the batch; the next read (not read ahead)
+                // finds out why.
+                warn!("checkpoint moved during the batch; batch dropped");
+                Ok(Step::Progress)
+            }
+            Applied::HandlerFailed {
+                before,
+                position,
+                source,
+            } => self.handler_failed(before, position, source).await,
+            Applied::FlushFailed { positions, source } => match positions.as_slice() {
+                [] => Err(hook_failed::<V>("flush", source)),
+                [only] => self.handler_failed(None, *only, source).await,
+                several => {
+                    // Narrow the batch down to the event the flush fails on.
+                    self.until = Some(several[several.len() / 2 - 1]);
+                    Ok(Step::Progress)
+                }
+            },
+        }
     }
 
     /// Resets the view and the checkpoint, as an operator asked.
     async fn rebuild(&mut self) -> Result<Step> {
-        self.abandon();
-        let mut tx = begin(&self.shared).await?;
-        if let Err(source) = guarded(self.view.reset(&mut tx)).await {
-            drop(tx);
-            self.abandon();
+        let shared = Arc::clone(&self.shared);
+        let reset = Abandon::new(&mut self.view, &mut self.ahead);
+        let mut tx = batch::begin(&shared).await?;
+        if let Err(source) = guarded(reset.view.reset(&mut tx)).await {
             let error = hook_failed::<V>("reset", source);
             warn!(error = %chain(&error), "resetting the view for a rebuild failed; retrying");
-            return Ok(Step::Retry(self.shared.config.poll_interval));
+            return Ok(Step::Retry(shared.config.poll_interval));
         }
-        if !self
-            .shared
+        if !shared
             .projections
             .reset(&mut tx, V::NAME, V::VERSION)
             .await?
@@ -551,10 +429,10 @@ impl<V: PgView> Worker<V> {
         tx.commit()
             .await
             .map_err(|e| Error::database("commit", e))?;
+        // Nothing read before the reset is of use: the view starts over.
+        drop(reset);
         info!("view reset; rebuilding from the start of the log");
-        self.position = Position::START;
-        self.until = None;
-        self.attempts = 0;
+        self.go_on_from(Position::START);
         Ok(Step::Progress)
     }
 
@@ -572,7 +450,7 @@ impl<V: PgView> Worker<V> {
             return Ok(Step::Progress);
         }
         self.attempts += 1;
-        let error = cqrs_core::ProjectionError::Handler {
+        let error = ProjectionError::Handler {
             projection: V::NAME,
             position,
             source,
@@ -610,30 +488,6 @@ impl<V: PgView> Worker<V> {
             .await?;
         Ok(Step::Failed)
     }
-}
-
-fn hook_failed<V: Projection>(hook: &'static str, source: BoxError) -> Error {
-    Error::Hook {
-        projection: V::NAME,
-        hook,
-        source,
-    }
-}
-
-/// Opens a batch's transaction. Unless configured otherwise, its commit does not wait
-/// for the WAL flush: a server crash can only lose a batch together with its
-/// checkpoint, which the worker then applies again (see
-/// [`PgProjectionRunnerBuilder::synchronous_commit`](crate::PgProjectionRunnerBuilder::synchronous_commit)).
-async fn begin(shared: &Shared) -> Result<Transaction<'static, Postgres>> {
-    let begun = if shared.config.synchronous_commit {
-        shared.pool.begin().await
-    } else {
-        shared
-            .pool
-            .begin_with("BEGIN; SET LOCAL synchronous_commit TO off")
-            .await
-    };
-    begun.map_err(|e| Error::database("begin", e))
 }
 
 /// Makes a worker for `view` and runs it as a task.

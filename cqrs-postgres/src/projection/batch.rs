@@ -1,0 +1,198 @@
+//! One batch of a projection: read (now, or ahead while the previous one is applied),
+//! then applied to the view in one transaction with the checkpoint's move.
+
+use std::sync::Arc;
+
+use cqrs_core::{BoxError, Event, EventEnvelope, EventFilter, Position, Projection};
+use sqlx::{Postgres, Transaction};
+use tokio::task::JoinHandle;
+
+use super::guard::guarded;
+use super::shared::Shared;
+use super::view::PgView;
+use crate::db::{Advance, Error, Header, Result, Window};
+
+/// The events of a batch, each with its position, decoded (or why not).
+pub(super) type Events<E> = Vec<(Position, Result<EventEnvelope<E>, BoxError>)>;
+
+/// A batch of decoded events with the projection's row, as read in one snapshot.
+pub(super) struct Decoded<E> {
+    pub(super) header: Option<Header>,
+    pub(super) events: Events<E>,
+}
+
+/// Reads a batch on a connection of its own and decodes it.
+pub(super) async fn read<E: Event>(
+    shared: Arc<Shared>,
+    filter: Arc<EventFilter>,
+    name: &'static str,
+    version: u32,
+    window: Window,
+) -> Result<Decoded<E>> {
+    let mut conn = shared
+        .pool
+        .acquire()
+        .await
+        .map_err(|e| Error::database("acquire", e))?;
+    let batch = shared
+        .projections
+        .read_batch(&mut conn, name, version, &filter, window)
+        .await?;
+    drop(conn);
+    let events = batch
+        .events
+        .into_iter()
+        .map(|(position, event)| {
+            let event = event
+                .and_then(EventEnvelope::into_decoded_json::<E>)
+                .map_err(|error| Box::new(error) as BoxError);
+            (position, event)
+        })
+        .collect();
+    Ok(Decoded {
+        header: batch.header,
+        events,
+    })
+}
+
+/// A batch being read ahead, after `after`. Dropping it stops the read.
+pub(super) struct Ahead<E> {
+    pub(super) after: Position,
+    pub(super) task: JoinHandle<Result<Decoded<E>>>,
+}
+
+impl<E> Drop for Ahead<E> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Forgets a batch that did not commit when dropped armed: what the view buffered, and
+/// the batch read ahead of it (which read past a checkpoint that did not move).
+pub(super) struct Abandon<'w, V: PgView> {
+    pub(super) view: &'w mut V,
+    ahead: &'w mut Option<Ahead<V::Event>>,
+    armed: bool,
+}
+
+impl<'w, V: PgView> Abandon<'w, V> {
+    pub(super) fn new(view: &'w mut V, ahead: &'w mut Option<Ahead<V::Event>>) -> Self {
+        Self {
+            view,
+            ahead,
+            armed: true,
+        }
+    }
+
+    /// The batch committed: nothing to forget.
+    pub(super) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl<V: PgView> Drop for Abandon<'_, V> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.view.discard();
+            *self.ahead = None;
+        }
+    }
+}
+
+/// How applying a batch ended.
+pub(super) enum Applied {
+    /// The view's changes and the checkpoint committed.
+    Committed,
+    /// The handler (or the decoding before it) failed on the event at `position`;
+    /// `before` is the batch's event just before it, if any.
+    HandlerFailed {
+        before: Option<Position>,
+        position: Position,
+        source: BoxError,
+    },
+    /// The view's `flush` failed on the batch of `positions`.
+    FlushFailed {
+        positions: Vec<Position>,
+        source: BoxError,
+    },
+    /// The checkpoint moved under the batch: nothing committed.
+    Fenced,
+}
+
+/// Applies `events` to the view in one transaction, makes the version the served one if
+/// `serve`, moves the checkpoint as `advance` says and commits. Whatever does not
+/// commit is forgotten (see [`Abandon`]).
+pub(super) async fn apply<V: PgView>(
+    shared: &Shared,
+    batch: Abandon<'_, V>,
+    events: Events<V::Event>,
+    serve: bool,
+    advance: Advance<'_>,
+) -> Result<Applied> {
+    let positions: Vec<Position> = events.iter().map(|(p, _)| *p).collect();
+    let mut tx = begin(shared).await?;
+    for (index, (position, event)) in events.into_iter().enumerate() {
+        let outcome = match event {
+            Ok(event) => guarded(batch.view.handle(&mut tx, &event)).await,
+            Err(error) => Err(error),
+        };
+        if let Err(source) = outcome {
+            let before = index.checked_sub(1).map(|i| positions[i]);
+            return Ok(Applied::HandlerFailed {
+                before,
+                position,
+                source,
+            });
+        }
+    }
+    if let Err(source) = guarded(batch.view.flush(&mut tx)).await {
+        return Ok(Applied::FlushFailed { positions, source });
+    }
+    if serve {
+        if let Err(source) = guarded(batch.view.activate(&mut tx)).await {
+            return Err(hook_failed::<V>("activate", source));
+        }
+        shared
+            .projections
+            .switch(&mut tx, V::NAME, V::VERSION)
+            .await?;
+    }
+    if shared
+        .projections
+        .advance(&mut *tx, advance)
+        .await?
+        .is_none()
+    {
+        return Ok(Applied::Fenced);
+    }
+    tx.commit()
+        .await
+        .map_err(|e| Error::database("commit", e))?;
+    batch.disarm();
+    Ok(Applied::Committed)
+}
+
+/// The error of a view's hook.
+pub(super) fn hook_failed<V: Projection>(hook: &'static str, source: BoxError) -> Error {
+    Error::Hook {
+        projection: V::NAME,
+        hook,
+        source,
+    }
+}
+
+/// Opens a batch's transaction. Unless configured otherwise, its commit does not wait
+/// for the WAL flush: a server crash can only lose a batch together with its
+/// checkpoint, which the worker then applies again (see
+/// [`PgProjectionRunnerBuilder::synchronous_commit`](crate::PgProjectionRunnerBuilder::synchronous_commit)).
+pub(super) async fn begin(shared: &Shared) -> Result<Transaction<'static, Postgres>> {
+    let begun = if shared.config.synchronous_commit {
+        shared.pool.begin().await
+    } else {
+        shared
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit TO off")
+            .await
+    };
+    begun.map_err(|e| Error::database("begin", e))
+}
