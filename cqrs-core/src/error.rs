@@ -79,6 +79,22 @@ pub enum Error {
         source: Box<CodecError>,
     },
 
+    /// A stored stream skips a version: the log was written by something that does not
+    /// keep the store's contract (versions start at 1 and are contiguous).
+    ///
+    /// Repair the data; retrying will not help.
+    #[error("stream `{stream_type}/{stream_id}` jumps to version {found} where {expected} was due")]
+    BrokenStream {
+        /// Type of the stream.
+        stream_type: String,
+        /// Id of the stream.
+        stream_id: String,
+        /// The version due next.
+        expected: u64,
+        /// The version found instead.
+        found: u64,
+    },
+
     /// A domain event could not be serialised into a payload. Nothing was written.
     #[error("cannot encode event `{event_type}`")]
     Encode {

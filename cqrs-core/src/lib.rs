@@ -25,7 +25,11 @@ pub use envelope::{
 };
 pub use error::{BoxError, Error, ProjectionError, Result};
 pub use event::{CodecError, Event, EventType, Upcaster, codec};
-pub use pipeline::{CommandError, CommandOutcome, Cqrs, Loaded, RetryPolicy};
+pub use pipeline::{
+    CommandError, CommandOutcome, Cqrs, CqrsBuilder, CqrsTuning, Loaded, RetryPolicy,
+};
+#[doc(hidden)]
+pub use pipeline::{DefaultServices, GivenServices, ServicesOf};
 pub use projection::Projection;
 pub use store::{AppendOutcome, AppendRequest, EventFilter, EventStore, LoadedStream, Snapshot};
 

@@ -8,16 +8,23 @@ use std::time::Duration;
 
 use common::{Ledger, LedgerCommand, LedgerEvent, fold};
 use cqrs_core::memory::MemoryEventStore;
-use cqrs_core::{CommandError, Cqrs, EventStore, RetryPolicy};
+use cqrs_core::{CommandError, Cqrs, CqrsTuning, EventStore, RetryPolicy};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_tasks_racing_on_one_aggregate_lose_no_update() {
     let store = MemoryEventStore::new();
     // A small retry budget so that some commands do run out of retries: those must be
-    // reported as conflicts and must not have written anything.
-    let cqrs = Arc::new(Cqrs::<Ledger, _>::new(store.clone()).with_retry(
-        RetryPolicy::new(3).with_backoff(Duration::from_micros(50), Duration::from_millis(2)),
-    ));
+    // reported as conflicts and must not have written anything. Without the cache, which
+    // would queue the commands of one aggregate instead of letting them race.
+    let cqrs = Arc::new(
+        Cqrs::<Ledger, _>::builder(store.clone())
+            .retry(
+                RetryPolicy::new(3)
+                    .with_backoff(Duration::from_micros(50), Duration::from_millis(2)),
+            )
+            .tuning(CqrsTuning::default().cache(0))
+            .build(),
+    );
     cqrs.execute(
         "hot",
         LedgerCommand::Add {
