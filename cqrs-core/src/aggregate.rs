@@ -90,3 +90,83 @@ pub trait Aggregate:
     /// Folds an event into the state.
     fn apply(&mut self, event: &Self::Event);
 }
+
+/// How an aggregate decides on one command type: the business logic behind
+/// [`Aggregate::handle`].
+///
+/// Write it as an `async fn` (a plain body is fine when there is nothing to await). It
+/// must not do storage I/O: the pipeline may run it again after a concurrency conflict.
+///
+/// `#[derive(Aggregate)]` forwards [`Aggregate::handle`] to `Handle<Self::Command>`. It is
+/// also the extension point for commands written as separate structs: each gets its own
+/// `impl Handle<ThatCommand> for TheAggregate`, and a command enum derived with
+/// `#[cqrs(aggregate = TheAggregate)]` routes each variant to them.
+///
+/// `Handle::handle` and [`Aggregate::handle`] share a name, so with both traits in scope
+/// call them by path (`Aggregate::handle(&state, ..)`) rather than as methods.
+///
+/// ```
+/// use cqrs_core::prelude::*;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+/// # enum CounterEvent { Incremented { by: u64 } }
+/// # #[derive(Debug, Command)]
+/// # enum CounterCommand { Increment { by: u64 } }
+/// # #[derive(Debug, thiserror::Error)]
+/// # #[error("counter overflow")]
+/// # struct Overflow;
+/// # #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+/// # #[cqrs(command = CounterCommand, event = CounterEvent, error = Overflow)]
+/// # struct Counter { value: u64 }
+/// # impl cqrs_core::Apply<CounterEvent> for Counter {
+/// #     fn apply(&mut self, event: &CounterEvent) {
+/// #         let CounterEvent::Incremented { by } = event;
+/// #         self.value += by;
+/// #     }
+/// # }
+///
+/// impl Handle<CounterCommand> for Counter {
+///     async fn handle(
+///         &self,
+///         command: &CounterCommand,
+///         _: &(),
+///     ) -> Result<Vec<CounterEvent>, Overflow> {
+///         let CounterCommand::Increment { by } = command;
+///         self.value.checked_add(*by).ok_or(Overflow)?;
+///         Ok(vec![CounterEvent::Incremented { by: *by }])
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let full = Counter { value: u64::MAX };
+/// let refused = Aggregate::handle(&full, &CounterCommand::Increment { by: 1 }, &()).await;
+/// assert!(refused.is_err());
+/// # }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not handle `{C}`",
+    note = "write `impl cqrs_core::Handle<{C}> for {Self}` with the command's business logic"
+)]
+pub trait Handle<C>: Aggregate {
+    /// Decides on a command: the events to record, or why not.
+    fn handle(
+        &self,
+        command: &C,
+        services: &Self::Services,
+    ) -> impl Future<Output = Result<Vec<Self::Event>, Self::Error>> + Send;
+}
+
+/// How an aggregate folds one event type into its state: the logic behind
+/// [`Aggregate::apply`], which `#[derive(Aggregate)]` forwards to `Apply<Self::Event>`.
+/// It cannot fail: events are facts.
+///
+/// See [`Handle`] for a complete aggregate.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not apply `{E}`",
+    note = "write `impl cqrs_core::Apply<{E}> for {Self}` folding the event into the state"
+)]
+pub trait Apply<E>: Aggregate {
+    /// Folds an event into the state.
+    fn apply(&mut self, event: &E);
+}

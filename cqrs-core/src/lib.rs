@@ -5,11 +5,11 @@
 mod aggregate;
 mod cache;
 mod command;
-mod derive_support;
 mod envelope;
 mod error;
 mod event;
 mod pipeline;
+mod private;
 mod projection;
 mod store;
 
@@ -17,16 +17,15 @@ pub mod memory;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use aggregate::{Aggregate, SnapshotPolicy};
+pub use aggregate::{Aggregate, Apply, Handle, SnapshotPolicy};
 pub use command::{Command, CommandMetadata};
-pub use derive_support::{Apply, Handle, Project};
 pub use envelope::{
     EventEnvelope, Metadata, NewEvent, ParsePositionError, Position, RecordedEvent, ReplayEvent,
 };
 pub use error::{BoxError, Error, Result};
 pub use event::{CodecError, Event, EventType, Upcaster, codec};
 pub use pipeline::{CommandError, CommandOutcome, Cqrs, Loaded, RetryPolicy};
-pub use projection::Projection;
+pub use projection::{Project, Projection};
 pub use store::{AppendOutcome, AppendRequest, EventFilter, EventStore, LoadedStream, Snapshot};
 
 /// The names most programs need: `use cqrs_core::prelude::*;`.
@@ -45,7 +44,7 @@ pub mod __private {
     pub use serde;
     pub use serde_json;
 
-    pub use crate::derive_support::private::{Unknown, empty_payload, unknown_type};
+    pub use crate::private::{Unknown, empty_payload, unknown_type};
 }
 
 #[cfg(feature = "derive")]

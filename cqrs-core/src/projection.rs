@@ -102,3 +102,45 @@ pub trait Projection: Send + 'static {
         event: &EventEnvelope<Self::Event>,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
+
+/// How a projection applies one event to its view: the logic behind
+/// [`Projection::handle`], which `#[derive(Projection)]` forwards to it.
+///
+/// ```
+/// # #![allow(dead_code)]
+/// use std::collections::HashMap;
+/// use std::convert::Infallible;
+///
+/// use cqrs_core::prelude::*;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+/// # enum CounterEvent { Incremented { by: u64 } }
+///
+/// #[derive(Debug, Default, Projection)]
+/// #[cqrs(name = "counter_totals", event = CounterEvent)]
+/// struct Totals(HashMap<String, u64>);
+///
+/// impl Project for Totals {
+///     async fn project(
+///         &mut self,
+///         _: &mut (),
+///         event: &EventEnvelope<CounterEvent>,
+///     ) -> Result<(), Infallible> {
+///         let CounterEvent::Incremented { by } = &event.payload;
+///         *self.0.entry(event.stream_id.clone()).or_default() += by;
+///         Ok(())
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not project its events",
+    note = "write `impl cqrs_core::Project for {Self}` applying each event to the view"
+)]
+pub trait Project: Projection {
+    /// Applies one event to the view.
+    fn project(
+        &mut self,
+        cx: &mut Self::Context,
+        event: &EventEnvelope<Self::Event>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
