@@ -428,7 +428,7 @@ where
                 Some((state, version)) => Loaded { state, version },
                 None => self.load(id).await?,
             };
-            let events = match loaded.state.handle(command, &self.services).await {
+            let events = match loaded.state.handle_command(command, &self.services).await {
                 Ok(events) => events,
                 Err(rejection) => {
                     self.keep(id, loaded.state, loaded.version);
@@ -491,7 +491,7 @@ where
                     if snapshot_due || self.local.is_some() {
                         let mut state = loaded.state;
                         for event in &events {
-                            state.apply(event);
+                            state.apply_event(event);
                         }
                         if snapshot_due {
                             self.snapshot_in_background(id, &state, outcome.stream_version);
@@ -668,7 +668,7 @@ fn fold<A: Aggregate>(
         }
         version = raw.stream_version;
         let event = raw.decode::<A::Event>(A::TYPE, id)?;
-        state.apply(&event);
+        state.apply_event(&event);
     }
     Ok(Loaded { state, version })
 }

@@ -41,11 +41,11 @@ const FIXTURE_ID: &str = "fixture-aggregate";
 /// #     type Event = Added;
 /// #     type Error = TooBig;
 /// #     type Services = ();
-/// #     async fn handle(&self, c: &Add, _: &()) -> Result<Vec<Added>, TooBig> {
+/// #     async fn handle_command(&self, c: &Add, _: &()) -> Result<Vec<Added>, TooBig> {
 /// #         if self.total + c.0 > 10 { return Err(TooBig) }
 /// #         Ok(vec![Added { n: c.0 }])
 /// #     }
-/// #     fn apply(&mut self, e: &Added) { self.total += e.n }
+/// #     fn apply_event(&mut self, e: &Added) { self.total += e.n }
 /// # }
 /// use cqrs_core::testing::AggregateFixture;
 ///
