@@ -12,35 +12,25 @@ use crate::{Event, EventEnvelope, EventFilter};
 /// a database transaction for a backend's runner, which commits the view's changes with
 /// the checkpoint.
 ///
+/// Usually derived: `#[derive(Projection)]` fills in the name, version and associated
+/// types from `#[cqrs(...)]` and forwards `handle` to the view's [`Project`] impl, which
+/// holds the logic.
+///
 /// ```
 /// use std::collections::HashMap;
 /// use std::convert::Infallible;
 ///
-/// use cqrs_core::{EventEnvelope, Projection};
-/// # use cqrs_core::{CodecError, Event, EventType, codec};
-/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// use cqrs_core::{EventEnvelope, Project, Projection};
+/// # use cqrs_core::Event;
+/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
 /// # struct Deposited { amount: u64 }
-/// # impl Event for Deposited {
-/// #     const TYPES: &'static [EventType] = &[EventType { name: "Deposited", version: 1 }];
-/// #     fn event_type(&self) -> &'static str { "Deposited" }
-/// #     fn schema_version(&self) -> u32 { 1 }
-/// #     fn encode(&self) -> Result<serde_json::Value, CodecError> { codec::encode(self) }
-/// #     fn decode(t: &str, v: u32, p: serde_json::Value) -> Result<Self, CodecError> {
-/// #         codec::check_known::<Self>(t, v)?;
-/// #         codec::decode(t, v, p)
-/// #     }
-/// # }
 ///
-/// #[derive(Debug, Default)]
+/// #[derive(Debug, Default, Projection)]
+/// #[cqrs(name = "totals", event = Deposited)]
 /// struct Totals(HashMap<String, u64>);
 ///
-/// impl Projection for Totals {
-///     const NAME: &'static str = "totals";
-///     type Event = Deposited;
-///     type Context = ();
-///     type Error = Infallible;
-///
-///     async fn handle(
+/// impl Project for Totals {
+///     async fn project(
 ///         &mut self,
 ///         _: &mut (),
 ///         event: &EventEnvelope<Deposited>,
