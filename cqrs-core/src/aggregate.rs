@@ -42,15 +42,17 @@ impl SnapshotPolicy {
 ///
 /// The business logic is two functions and nothing else:
 ///
-/// - [`handle`](Aggregate::handle) decides: given the current state and a command, it
-///   returns the events to record or a domain error. It does no storage I/O (lookups go
-///   through [`Services`](Aggregate::Services)), so the pipeline may run it again after
-///   a concurrency conflict.
-/// - [`apply`](Aggregate::apply) folds one event into the state. It cannot fail: events
-///   are facts.
+/// - [`handle_command`](Aggregate::handle_command) decides: given the current state and a
+///   command, it returns the events to record or a domain error. It does no storage I/O
+///   (lookups go through [`Services`](Aggregate::Services)), so the pipeline may run it
+///   again after a concurrency conflict.
+/// - [`apply_event`](Aggregate::apply_event) folds one event into the state. It cannot
+///   fail: events are facts.
 ///
 /// Usually derived with `#[derive(Aggregate)]`, which fills in the constants and
-/// associated types from `#[cqrs(...)]`.
+/// associated types from `#[cqrs(...)]` and forwards the two functions to the state's
+/// [`Handle`] and [`Apply`] impls, where the logic is written. The names differ from
+/// theirs (`handle`, `apply`), so both sets are plain methods with every trait in scope.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an aggregate",
     note = "add `#[derive(Aggregate)]` to `{Self}`, or implement `cqrs_core::Aggregate` for it"
@@ -71,7 +73,7 @@ pub trait Aggregate:
     type Event: Event;
     /// Why it refuses a command.
     type Error: std::error::Error + Send + Sync + 'static;
-    /// Read-only collaborators `handle` may consult (clocks, price lists, remote
+    /// Read-only collaborators `handle_command` may consult (clocks, price lists, remote
     /// lookups). Use `()` when there are none.
     type Services: Send + Sync + 'static;
 
@@ -81,12 +83,93 @@ pub trait Aggregate:
     }
 
     /// Decides on a command: the events to record, or why not.
-    fn handle(
+    fn handle_command(
         &self,
         command: &Self::Command,
         services: &Self::Services,
     ) -> impl Future<Output = Result<Vec<Self::Event>, Self::Error>> + Send;
 
     /// Folds an event into the state.
-    fn apply(&mut self, event: &Self::Event);
+    fn apply_event(&mut self, event: &Self::Event);
+}
+
+/// How an aggregate decides on one command type: the business logic behind
+/// [`Aggregate::handle_command`].
+///
+/// Write it as an `async fn` (a plain body is fine when there is nothing to await). It
+/// must not do storage I/O: the pipeline may run it again after a concurrency conflict.
+///
+/// `#[derive(Aggregate)]` forwards [`Aggregate::handle_command`] to
+/// `Handle<Self::Command>`. It is also the extension point for commands written as
+/// separate structs: each gets its own `impl Handle<ThatCommand> for TheAggregate`, and a
+/// command enum derived with `#[cqrs(aggregate = TheAggregate)]` routes each variant to
+/// them.
+///
+/// With the prelude in scope, `state.handle(&command, &services)` calls this trait and
+/// `state.handle_command(..)` the [`Aggregate`] method the pipeline calls.
+///
+/// ```
+/// use cqrs_core::prelude::*;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+/// # enum CounterEvent { Incremented { by: u64 } }
+/// # #[derive(Debug, Command)]
+/// # enum CounterCommand { Increment { by: u64 } }
+/// # #[derive(Debug, thiserror::Error)]
+/// # #[error("counter overflow")]
+/// # struct Overflow;
+/// # #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+/// # #[cqrs(command = CounterCommand, event = CounterEvent, error = Overflow)]
+/// # struct Counter { value: u64 }
+/// # impl cqrs_core::Apply<CounterEvent> for Counter {
+/// #     fn apply(&mut self, event: &CounterEvent) {
+/// #         let CounterEvent::Incremented { by } = event;
+/// #         self.value += by;
+/// #     }
+/// # }
+///
+/// impl Handle<CounterCommand> for Counter {
+///     async fn handle(
+///         &self,
+///         command: &CounterCommand,
+///         _: &(),
+///     ) -> Result<Vec<CounterEvent>, Overflow> {
+///         let CounterCommand::Increment { by } = command;
+///         self.value.checked_add(*by).ok_or(Overflow)?;
+///         Ok(vec![CounterEvent::Incremented { by: *by }])
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let full = Counter { value: u64::MAX };
+/// let refused = full.handle(&CounterCommand::Increment { by: 1 }, &()).await;
+/// assert!(refused.is_err());
+/// # }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not handle `{C}`",
+    note = "write `impl cqrs_core::Handle<{C}> for {Self}` with the command's business logic"
+)]
+pub trait Handle<C>: Aggregate {
+    /// Decides on a command: the events to record, or why not.
+    fn handle(
+        &self,
+        command: &C,
+        services: &Self::Services,
+    ) -> impl Future<Output = Result<Vec<Self::Event>, Self::Error>> + Send;
+}
+
+/// How an aggregate folds one event type into its state: the logic behind
+/// [`Aggregate::apply_event`], which `#[derive(Aggregate)]` forwards to `Apply<Self::Event>`.
+/// It cannot fail: events are facts.
+///
+/// See [`Handle`] for a complete aggregate.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not apply `{E}`",
+    note = "write `impl cqrs_core::Apply<{E}> for {Self}` folding the event into the state"
+)]
+pub trait Apply<E>: Aggregate {
+    /// Folds an event into the state.
+    fn apply(&mut self, event: &E);
 }

@@ -178,22 +178,11 @@ impl RecordedEvent {
 /// long stream is dominated by per-event work.
 ///
 /// ```
-/// use cqrs_core::{CodecError, Event, EventType, ReplayEvent, codec};
+/// use cqrs_core::{Event, ReplayEvent};
 ///
-/// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize, Event)]
 /// struct Deposited {
 ///     amount: u64,
-/// }
-///
-/// impl Event for Deposited {
-///     const TYPES: &'static [EventType] = &[EventType { name: "Deposited", version: 1 }];
-///     fn event_type(&self) -> &'static str { "Deposited" }
-///     fn schema_version(&self) -> u32 { 1 }
-///     fn encode(&self) -> Result<serde_json::Value, CodecError> { codec::encode(self) }
-///     fn decode(t: &str, v: u32, payload: serde_json::Value) -> Result<Self, CodecError> {
-///         codec::check_known::<Self>(t, v)?;
-///         codec::decode(t, v, payload)
-///     }
 /// }
 ///
 /// let stored = ReplayEvent {

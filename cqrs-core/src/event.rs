@@ -22,8 +22,11 @@ pub struct EventType {
 /// JSON without the type tag (the name is stored beside it). Stored events of an older
 /// schema version are *upcast* to the current shape by [`Event::decode`].
 ///
-/// Usually derived: `#[derive(Event)]` generates every method from the enum's variants.
-/// Written by hand it looks like this:
+/// The usual way to implement it is `#[derive(Event)]`, which generates every method from
+/// an enum's variants (one stored type each) or a struct, with names, versions and
+/// upcasters from `#[cqrs(...)]` keys (see the `cqrs_core::derive` module). Write it by
+/// hand only where the derive does not fit; the building blocks are in [`codec`], and a
+/// hand-written impl looks like this:
 ///
 /// ```
 /// use cqrs_core::{CodecError, Event, EventType, codec};

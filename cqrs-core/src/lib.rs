@@ -5,11 +5,11 @@
 mod aggregate;
 mod cache;
 mod command;
-mod derive_support;
 mod envelope;
 mod error;
 mod event;
 mod pipeline;
+mod private;
 mod projection;
 mod store;
 
@@ -17,9 +17,8 @@ pub mod memory;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use aggregate::{Aggregate, SnapshotPolicy};
+pub use aggregate::{Aggregate, Apply, Handle, SnapshotPolicy};
 pub use command::{Command, CommandMetadata};
-pub use derive_support::{Apply, Handle, Project};
 pub use envelope::{
     EventEnvelope, Metadata, NewEvent, ParsePositionError, Position, RecordedEvent, ReplayEvent,
 };
@@ -30,7 +29,7 @@ pub use pipeline::{
 };
 #[doc(hidden)]
 pub use pipeline::{DefaultServices, GivenServices, ServicesOf};
-pub use projection::Projection;
+pub use projection::{Project, Projection};
 pub use store::{AppendOutcome, AppendRequest, EventFilter, EventStore, LoadedStream, Snapshot};
 
 /// The names most programs need: `use cqrs_core::prelude::*;`.
@@ -49,7 +48,7 @@ pub mod __private {
     pub use serde;
     pub use serde_json;
 
-    pub use crate::derive_support::private::{Unknown, empty_payload, unknown_type};
+    pub use crate::private::{Unknown, empty_payload, unknown_type};
 }
 
 #[cfg(feature = "derive")]

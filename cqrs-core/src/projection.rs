@@ -12,35 +12,25 @@ use crate::{Event, EventEnvelope, EventFilter};
 /// a database transaction for a backend's runner, which commits the view's changes with
 /// the checkpoint.
 ///
+/// Usually derived: `#[derive(Projection)]` fills in the name, version and associated
+/// types from `#[cqrs(...)]` and forwards `handle` to the view's [`Project`] impl, which
+/// holds the logic.
+///
 /// ```
 /// use std::collections::HashMap;
 /// use std::convert::Infallible;
 ///
-/// use cqrs_core::{EventEnvelope, Projection};
-/// # use cqrs_core::{CodecError, Event, EventType, codec};
-/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// use cqrs_core::{EventEnvelope, Project, Projection};
+/// # use cqrs_core::Event;
+/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
 /// # struct Deposited { amount: u64 }
-/// # impl Event for Deposited {
-/// #     const TYPES: &'static [EventType] = &[EventType { name: "Deposited", version: 1 }];
-/// #     fn event_type(&self) -> &'static str { "Deposited" }
-/// #     fn schema_version(&self) -> u32 { 1 }
-/// #     fn encode(&self) -> Result<serde_json::Value, CodecError> { codec::encode(self) }
-/// #     fn decode(t: &str, v: u32, p: serde_json::Value) -> Result<Self, CodecError> {
-/// #         codec::check_known::<Self>(t, v)?;
-/// #         codec::decode(t, v, p)
-/// #     }
-/// # }
 ///
-/// #[derive(Debug, Default)]
+/// #[derive(Debug, Default, Projection)]
+/// #[cqrs(name = "totals", event = Deposited)]
 /// struct Totals(HashMap<String, u64>);
 ///
-/// impl Projection for Totals {
-///     const NAME: &'static str = "totals";
-///     type Event = Deposited;
-///     type Context = ();
-///     type Error = Infallible;
-///
-///     async fn handle(
+/// impl Project for Totals {
+///     async fn project(
 ///         &mut self,
 ///         _: &mut (),
 ///         event: &EventEnvelope<Deposited>,
@@ -97,6 +87,48 @@ pub trait Projection: Send + 'static {
 
     /// Applies one event to the view.
     fn handle(
+        &mut self,
+        cx: &mut Self::Context,
+        event: &EventEnvelope<Self::Event>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+/// How a projection applies one event to its view: the logic behind
+/// [`Projection::handle`], which `#[derive(Projection)]` forwards to it.
+///
+/// ```
+/// # #![allow(dead_code)]
+/// use std::collections::HashMap;
+/// use std::convert::Infallible;
+///
+/// use cqrs_core::prelude::*;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+/// # enum CounterEvent { Incremented { by: u64 } }
+///
+/// #[derive(Debug, Default, Projection)]
+/// #[cqrs(name = "counter_totals", event = CounterEvent)]
+/// struct Totals(HashMap<String, u64>);
+///
+/// impl Project for Totals {
+///     async fn project(
+///         &mut self,
+///         _: &mut (),
+///         event: &EventEnvelope<CounterEvent>,
+///     ) -> Result<(), Infallible> {
+///         let CounterEvent::Incremented { by } = &event.payload;
+///         *self.0.entry(event.stream_id.clone()).or_default() += by;
+///         Ok(())
+///     }
+/// }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not project its events",
+    note = "write `impl cqrs_core::Project for {Self}` applying each event to the view"
+)]
+pub trait Project: Projection {
+    /// Applies one event to the view.
+    fn project(
         &mut self,
         cx: &mut Self::Context,
         event: &EventEnvelope<Self::Event>,

@@ -88,6 +88,25 @@ pub fn withdrawn_v1(
 #[cqrs(name = "Pinged")]
 pub struct Ping;
 
+/// Events whose payloads the enum's and the variants' `#[serde]` attributes shape.
+#[derive(Debug, Clone, PartialEq, Event)]
+#[serde(rename_all_fields = "camelCase", deny_unknown_fields)]
+pub enum ProfileEvent {
+    /// Renamed by the enum's rule.
+    Registered {
+        /// First name.
+        first_name: String,
+    },
+    /// Renamed by its own rule.
+    #[serde(rename_all(serialize = "kebab-case"))]
+    Moved {
+        /// Street.
+        street_name: String,
+    },
+    /// Without fields, so it reads `{}` only.
+    Closed,
+}
+
 /// Opens an account.
 #[derive(Debug, Command)]
 pub struct Open {
@@ -299,6 +318,13 @@ fn derived_constants() {
         AccountEvent::Closed.event_type().replace("Closed", "Noted")
     );
     assert!(withdrawn_v1(serde_json::json!({})).is_ok());
+    assert_eq!(
+        ProfileEvent::TYPES
+            .iter()
+            .map(|known| known.name)
+            .collect::<List<_>>(),
+        ["Registered", "Moved", "Closed"]
+    );
     let _unused = (
         Result, Option, Box, Vec, Ok, Err, Some, None, Future, Send, Value,
     );

@@ -11,8 +11,8 @@ use common::{Ledger, LedgerCommand, LedgerEvent, fold};
 use cqrs_core::memory::{MemoryEventStore, Projector};
 use cqrs_core::testing::ProjectionFixture;
 use cqrs_core::{
-    AppendRequest, Cqrs, EventEnvelope, EventFilter, EventStore, NewEvent, Position, Projection,
-    ProjectionError,
+    Aggregate, AppendRequest, Cqrs, EventEnvelope, EventFilter, EventStore, NewEvent, Position,
+    Projection, ProjectionError,
 };
 
 /// Folds every ledger stream into its state, recording the positions it saw.
@@ -56,16 +56,6 @@ impl Projection for LedgerView {
             .apply_event(&event.payload);
         self.seen.push(event.position);
         Ok(())
-    }
-}
-
-trait ApplyEvent {
-    fn apply_event(&mut self, event: &LedgerEvent);
-}
-
-impl ApplyEvent for Ledger {
-    fn apply_event(&mut self, event: &LedgerEvent) {
-        cqrs_core::Aggregate::apply(self, event);
     }
 }
 

@@ -11,11 +11,14 @@ use syn::{Attribute, Generics, Ident, Path, Type};
 
 /// `#[derive(Event)]` on an enum (one stored type per variant) or a struct (one type).
 #[derive(Debug, FromDeriveInput)]
-#[darling(attributes(cqrs), supports(enum_any, struct_any))]
+#[darling(attributes(cqrs), supports(enum_any, struct_any), forward_attrs(serde))]
 pub(crate) struct EventInput {
     pub(crate) ident: Ident,
     pub(crate) generics: Generics,
     pub(crate) data: Data<EventVariant, EventField>,
+    /// The `#[serde]` attributes: on an enum, checked and applied to every variant's
+    /// payload (module `payload`); on a struct, left to the struct's own serde derives.
+    pub(crate) attrs: Vec<Attribute>,
     /// `crate = "path"`: where cqrs-core is, for crates that re-export it.
     #[darling(rename = "crate")]
     pub(crate) krate: Option<Path>,
@@ -29,10 +32,12 @@ pub(crate) struct EventInput {
 
 /// One variant of an event enum.
 #[derive(Debug, FromVariant)]
-#[darling(attributes(cqrs))]
+#[darling(attributes(cqrs), forward_attrs(serde))]
 pub(crate) struct EventVariant {
     pub(crate) ident: Ident,
     pub(crate) fields: Fields<EventField>,
+    /// The `#[serde]` attributes, checked and applied to the variant's payload.
+    pub(crate) attrs: Vec<Attribute>,
     /// The stored type name (default: the variant's name).
     pub(crate) name: Option<SpannedValue<String>>,
     /// The current schema version (default 1).

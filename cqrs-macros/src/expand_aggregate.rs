@@ -1,8 +1,9 @@
 //! `#[derive(Aggregate)]`.
 //!
 //! Fills in the aggregate's stored type name, state version, snapshot policy and
-//! associated types from `#[cqrs(...)]`, and forwards `handle` to the type's
-//! `Handle<Command>` impl and `apply` to its `Apply<Event>` impl, which hold the logic.
+//! associated types from `#[cqrs(...)]`, and forwards `handle_command` to the type's
+//! `Handle<Command>` impl and `apply_event` to its `Apply<Event>` impl, which hold the
+//! logic.
 
 use darling::util::SpannedValue;
 use darling::{Error, FromDeriveInput};
@@ -163,7 +164,7 @@ fn generate(model: &Model) -> TokenStream {
 
             #snapshot_policy
 
-            fn handle(
+            fn handle_command(
                 &self,
                 command: &Self::Command,
                 services: &Self::Services,
@@ -173,7 +174,7 @@ fn generate(model: &Model) -> TokenStream {
                 #handle
             }
 
-            fn apply(&mut self, event: &Self::Event) {
+            fn apply_event(&mut self, event: &Self::Event) {
                 #apply
             }
         }
@@ -210,7 +211,7 @@ pub(crate) fn stub(input: &DeriveInput) -> TokenStream {
             type Error = #error;
             type Services = #services;
 
-            fn handle(
+            fn handle_command(
                 &self,
                 command: &Self::Command,
                 services: &Self::Services,
@@ -222,7 +223,7 @@ pub(crate) fn stub(input: &DeriveInput) -> TokenStream {
                 >(::core::unreachable!())
             }
 
-            fn apply(&mut self, event: &Self::Event) {
+            fn apply_event(&mut self, event: &Self::Event) {
                 ::core::unreachable!()
             }
         }
@@ -251,6 +252,8 @@ mod tests {
             "SnapshotPolicy :: every (50u64)",
             "< Self as :: cqrs_core :: Handle < C >> :: handle",
             "< Self as :: cqrs_core :: Apply < E >> :: apply",
+            "fn handle_command (& self",
+            "fn apply_event (& mut self",
         ] {
             assert!(
                 tokens.contains(expected),

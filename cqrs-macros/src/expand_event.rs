@@ -1,11 +1,11 @@
 //! `#[derive(Event)]`.
 //!
 //! An enum stores one type per variant: the payload is the variant's fields, serialised
-//! through private helper structs (so the enum itself needs no serde impls, and no type
-//! tag ends up in the payload). A struct is one type whose payload is the struct's own
-//! serde form.
+//! through private helper structs (module `payload`), so the enum itself needs no serde
+//! impls and no type tag ends up in the payload. A struct is one type whose payload is
+//! the struct's own serde form.
 
-use darling::ast::{Data, Fields, Style};
+use darling::ast::{Data, Fields};
 use darling::{Error, FromDeriveInput};
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
@@ -14,6 +14,8 @@ use syn::{DeriveInput, Ident, Index, Member, Path};
 
 use crate::attr::{self, EventField, EventInput, EventVariant};
 use crate::output;
+use crate::payload;
+use crate::serde_attr::{EnumSerde, PayloadAttrs, VariantSerde};
 use crate::validate::{self, Chain};
 
 /// The validated input.
@@ -39,6 +41,8 @@ struct VariantModel {
     ident: Ident,
     fields: Fields<EventField>,
     ty: TypeModel,
+    /// What its `#[serde]` attributes and the enum's make of its helper structs.
+    payload: PayloadAttrs,
 }
 
 /// Expands `#[derive(Event)]`.
@@ -118,16 +122,19 @@ fn parse(input: &DeriveInput) -> darling::Result<Model> {
                     .with_span(&opts.ident),
                 );
             }
+            let serde = EnumSerde::parse(&opts.attrs, &mut errors);
             let mut names = Vec::new();
             let variants = variants
                 .into_iter()
                 .map(|variant| {
                     let ty = type_model(&variant, &mut errors);
                     names.push(attr::name_of(variant.name.as_ref(), &variant.ident));
+                    let payload = serde.payload(&VariantSerde::parse(&variant.attrs, &mut errors));
                     VariantModel {
                         ident: variant.ident,
                         fields: variant.fields,
                         ty,
+                        payload,
                     }
                 })
                 .collect();
@@ -233,51 +240,12 @@ fn members(fields: &Fields<EventField>) -> Vec<Member> {
         .collect()
 }
 
-/// The helper structs of one variant: a borrowing one to serialise and an owning one to
-/// deserialise, both carrying the fields' `#[serde]` attributes.
-fn helpers(root: &Path, variant: &VariantModel) -> TokenStream {
-    if variant.fields.is_empty() {
-        return TokenStream::new();
-    }
-    let serde = quote!(#root::__private::serde);
-    let serde_path = serde.to_string();
-    let refs = format_ident!("__{}Ref", variant.ident);
-    let owned = format_ident!("__{}Payload", variant.ident);
-    let ref_fields = variant.fields.iter().map(|field| {
-        let (attrs, ty) = (&field.attrs, &field.ty);
-        match &field.ident {
-            Some(ident) => quote!(#(#attrs)* #ident: &'__a #ty),
-            None => quote!(#(#attrs)* &'__a #ty),
-        }
-    });
-    let owned_fields = variant.fields.iter().map(|field| {
-        let (attrs, ty) = (&field.attrs, &field.ty);
-        match &field.ident {
-            Some(ident) => quote!(#(#attrs)* #ident: #ty),
-            None => quote!(#(#attrs)* #ty),
-        }
-    });
-    let (ref_body, owned_body) = match variant.fields.style {
-        Style::Tuple => (quote!((#(#ref_fields),*);), quote!((#(#owned_fields),*);)),
-        Style::Struct | Style::Unit => {
-            (quote!({ #(#ref_fields),* }), quote!({ #(#owned_fields),* }))
-        }
-    };
-    quote! {
-        #[derive(#serde::Serialize)]
-        #[serde(crate = #serde_path)]
-        struct #refs<'__a> #ref_body
-
-        #[derive(#serde::Deserialize)]
-        #[serde(crate = #serde_path)]
-        struct #owned #owned_body
-    }
-}
-
 fn generate_enum(model: &Model, variants: &[VariantModel]) -> TokenStream {
     let Model { root, ident, .. } = model;
     let types = types(root, variants.iter().map(|variant| &variant.ty));
-    let helpers = variants.iter().map(|variant| helpers(root, variant));
+    let helpers = variants
+        .iter()
+        .map(|variant| payload::helpers(root, &variant.ident, &variant.fields, &variant.payload));
     let names = variants.iter().map(|variant| {
         let (variant, name) = (&variant.ident, &variant.ty.name);
         quote!(Self::#variant { .. } => #name)
@@ -295,7 +263,7 @@ fn generate_enum(model: &Model, variants: &[VariantModel]) -> TokenStream {
         }
         let members = members(&variant.fields);
         let bindings: Vec<_> = (0..members.len()).map(|i| format_ident!("__f{i}")).collect();
-        let refs = format_ident!("__{}Ref", variant.ident);
+        let refs = payload::ref_ident(&variant.ident);
         quote! {
             Self::#name { #(#members: #bindings),* } => #root::codec::encode(&#refs { #(#members: #bindings),* })
         }
@@ -304,14 +272,19 @@ fn generate_enum(model: &Model, variants: &[VariantModel]) -> TokenStream {
         let (name, ty) = (&variant.ident, &variant.ty);
         let (type_name, version) = (&ty.name, ty.version);
         let upcast = upcast(root, ty);
-        let build = if variant.fields.is_empty() {
+        let owned = payload::payload_ident(&variant.ident);
+        let build = if !payload::reads_payload(&variant.fields, &variant.payload) {
             quote! {
                 let _ = payload;
                 ::core::result::Result::Ok(Self::#name {})
             }
+        } else if variant.fields.is_empty() {
+            quote! {
+                #root::codec::decode::<#owned>(event_type, #version, payload)?;
+                ::core::result::Result::Ok(Self::#name {})
+            }
         } else {
             let members = members(&variant.fields);
-            let owned = format_ident!("__{}Payload", variant.ident);
             quote! {
                 let __payload: #owned = #root::codec::decode(event_type, #version, payload)?;
                 ::core::result::Result::Ok(Self::#name { #(#members: __payload.#members),* })
@@ -330,13 +303,21 @@ fn generate_enum(model: &Model, variants: &[VariantModel]) -> TokenStream {
     let json_decodes = variants.iter().map(|variant| {
         let (name, ty) = (&variant.ident, &variant.ty);
         let (type_name, version) = (&ty.name, ty.version);
-        if variant.fields.is_empty() {
+        let owned = payload::payload_ident(&variant.ident);
+        if !payload::reads_payload(&variant.fields, &variant.payload) {
             return quote! {
                 (#type_name, #version) => ::core::result::Result::Ok(Self::#name {}),
             };
         }
+        if variant.fields.is_empty() {
+            return quote! {
+                (#type_name, #version) => {
+                    #root::codec::decode_json::<#owned>(event_type, #version, payload)?;
+                    ::core::result::Result::Ok(Self::#name {})
+                }
+            };
+        }
         let members = members(&variant.fields);
-        let owned = format_ident!("__{}Payload", variant.ident);
         quote! {
             (#type_name, #version) => {
                 let __payload: #owned = #root::codec::decode_json(event_type, #version, payload)?;

@@ -5,7 +5,9 @@
 //!
 //! This file holds the entry points only. Each derive parses its input with darling
 //! receivers (module `attr`), checks the rules spanning several keys (module `validate`) and
-//! generates code in its `expand_*` module. The workspace uses syn 3 throughout: darling
+//! generates code in its `expand_*` module. `#[derive(Event)]` also reads an event enum's
+//! `#[serde]` attributes (module `serde_attr`) and stores each variant through helper
+//! structs (module `payload`). The workspace uses syn 3 throughout: darling
 //! 0.24 moved to it, as thiserror and serde_derive had.
 
 use proc_macro::TokenStream;
@@ -17,6 +19,8 @@ mod expand_command;
 mod expand_event;
 mod expand_projection;
 mod output;
+mod payload;
+mod serde_attr;
 mod validate;
 
 /// Implements `cqrs_core::Event`. See `cqrs_core::derive` for the keys.

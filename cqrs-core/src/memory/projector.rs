@@ -20,31 +20,22 @@ use crate::{EventFilter, EventStore, Position, Projection, ProjectionError};
 ///
 /// ```
 /// # use std::convert::Infallible;
-/// # use cqrs_core::{CodecError, Event, EventType, codec};
 /// use cqrs_core::memory::{MemoryEventStore, Projector};
-/// use cqrs_core::{AppendRequest, EventEnvelope, EventStore, NewEvent, Projection};
-/// # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-/// # struct Deposited { amount: u64 }
-/// # impl Event for Deposited {
-/// #     const TYPES: &'static [EventType] = &[EventType { name: "Deposited", version: 1 }];
-/// #     fn event_type(&self) -> &'static str { "Deposited" }
-/// #     fn schema_version(&self) -> u32 { 1 }
-/// #     fn encode(&self) -> Result<serde_json::Value, CodecError> { codec::encode(self) }
-/// #     fn decode(t: &str, v: u32, p: serde_json::Value) -> Result<Self, CodecError> {
-/// #         codec::check_known::<Self>(t, v)?;
-/// #         codec::decode(t, v, p)
-/// #     }
-/// # }
+/// use cqrs_core::{
+///     AppendRequest, Event, EventEnvelope, EventStore, NewEvent, Project, Projection,
+/// };
 ///
-/// #[derive(Debug, Default)]
+/// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
+/// struct Deposited {
+///     amount: u64,
+/// }
+///
+/// #[derive(Debug, Default, Projection)]
+/// #[cqrs(name = "total", event = Deposited)]
 /// struct Total(u64);
 ///
-/// impl Projection for Total {
-///     const NAME: &'static str = "total";
-///     type Event = Deposited;
-///     type Context = ();
-///     type Error = Infallible;
-///     async fn handle(&mut self, _: &mut (), e: &EventEnvelope<Deposited>) -> Result<(), Infallible> {
+/// impl Project for Total {
+///     async fn project(&mut self, _: &mut (), e: &EventEnvelope<Deposited>) -> Result<(), Infallible> {
 ///         self.0 += e.payload.amount;
 ///         Ok(())
 ///     }

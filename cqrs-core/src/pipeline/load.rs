@@ -82,7 +82,7 @@ fn fold<A: Aggregate>(
         }
         version = raw.stream_version;
         let event = raw.decode::<A::Event>(A::TYPE, id)?;
-        state.apply(&event);
+        state.apply_event(&event);
     }
     Ok(Loaded { state, version })
 }

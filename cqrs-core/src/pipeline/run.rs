@@ -81,8 +81,11 @@ where
         let mut retries = 0;
         loop {
             let loaded = self.current(id).await?;
-            let decision: Decision<A::Event, A::Error> =
-                loaded.state.handle(command, &self.services).await.into();
+            let decision: Decision<A::Event, A::Error> = loaded
+                .state
+                .handle_command(command, &self.services)
+                .await
+                .into();
             let events = match decision {
                 Decision::Record(events) => events,
                 Decision::Nothing | Decision::Refuse(_) => {
@@ -182,7 +185,7 @@ where
         if snapshot_due || self.local.is_some() {
             let mut state = loaded.state;
             for event in &events {
-                state.apply(event);
+                state.apply_event(event);
             }
             if snapshot_due {
                 self.snapshot_in_background(id, &state, outcome.stream_version);

@@ -13,38 +13,25 @@ const FIXTURE_ID: &str = "fixture-aggregate";
 /// in-memory store (so events also make the round trip through their encoding).
 ///
 /// ```
-/// # use cqrs_core::{Aggregate, CodecError, Command, Event, EventType, codec};
+/// # use cqrs_core::prelude::*;
 /// # use serde::{Deserialize, Serialize};
-/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
 /// # struct Added { n: u64 }
-/// # impl Event for Added {
-/// #     const TYPES: &'static [EventType] = &[EventType { name: "Added", version: 1 }];
-/// #     fn event_type(&self) -> &'static str { "Added" }
-/// #     fn schema_version(&self) -> u32 { 1 }
-/// #     fn encode(&self) -> Result<serde_json::Value, CodecError> { codec::encode(self) }
-/// #     fn decode(t: &str, v: u32, p: serde_json::Value) -> Result<Self, CodecError> {
-/// #         codec::check_known::<Self>(t, v)?;
-/// #         codec::decode(t, v, p)
-/// #     }
-/// # }
-/// # #[derive(Debug)]
+/// # #[derive(Debug, Command)]
 /// # struct Add(u64);
-/// # impl Command for Add { fn name(&self) -> &'static str { "Add" } }
 /// # #[derive(Debug, PartialEq, thiserror::Error)]
 /// # #[error("too big")]
 /// # struct TooBig;
-/// # #[derive(Debug, Default, Serialize, Deserialize)]
+/// # #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+/// # #[cqrs(name = "counter", command = Add, event = Added, error = TooBig)]
 /// # struct Counter { total: u64 }
-/// # impl Aggregate for Counter {
-/// #     const TYPE: &'static str = "counter";
-/// #     type Command = Add;
-/// #     type Event = Added;
-/// #     type Error = TooBig;
-/// #     type Services = ();
+/// # impl Handle<Add> for Counter {
 /// #     async fn handle(&self, c: &Add, _: &()) -> Result<Vec<Added>, TooBig> {
 /// #         if self.total + c.0 > 10 { return Err(TooBig) }
 /// #         Ok(vec![Added { n: c.0 }])
 /// #     }
+/// # }
+/// # impl Apply<Added> for Counter {
 /// #     fn apply(&mut self, e: &Added) { self.total += e.n }
 /// # }
 /// use cqrs_core::testing::AggregateFixture;
@@ -247,28 +234,19 @@ impl<A: Aggregate> FixtureResult<A> {
 ///
 /// ```
 /// # use std::convert::Infallible;
-/// # use cqrs_core::{CodecError, Event, EventEnvelope, EventType, Projection, codec};
-/// # #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-/// # struct Added { n: u64 }
-/// # impl Event for Added {
-/// #     const TYPES: &'static [EventType] = &[EventType { name: "Added", version: 1 }];
-/// #     fn event_type(&self) -> &'static str { "Added" }
-/// #     fn schema_version(&self) -> u32 { 1 }
-/// #     fn encode(&self) -> Result<serde_json::Value, CodecError> { codec::encode(self) }
-/// #     fn decode(t: &str, v: u32, p: serde_json::Value) -> Result<Self, CodecError> {
-/// #         codec::check_known::<Self>(t, v)?;
-/// #         codec::decode(t, v, p)
-/// #     }
-/// # }
-/// #[derive(Debug, Default)]
+/// use cqrs_core::{Event, EventEnvelope, Project, Projection};
+///
+/// #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, Event)]
+/// struct Added {
+///     n: u64,
+/// }
+///
+/// #[derive(Debug, Default, Projection)]
+/// #[cqrs(name = "sum", event = Added)]
 /// struct Sum(u64);
 ///
-/// impl Projection for Sum {
-///     const NAME: &'static str = "sum";
-///     type Event = Added;
-///     type Context = ();
-///     type Error = Infallible;
-///     async fn handle(&mut self, _: &mut (), e: &EventEnvelope<Added>) -> Result<(), Infallible> {
+/// impl Project for Sum {
+///     async fn project(&mut self, _: &mut (), e: &EventEnvelope<Added>) -> Result<(), Infallible> {
 ///         self.0 += e.payload.n;
 ///         Ok(())
 ///     }

@@ -136,7 +136,7 @@ impl Aggregate for Ledger {
         SnapshotPolicy::Never
     }
 
-    async fn handle(
+    async fn handle_command(
         &self,
         command: &LedgerCommand,
         (): &(),
@@ -180,7 +180,7 @@ impl Aggregate for Ledger {
         })
     }
 
-    fn apply(&mut self, event: &LedgerEvent) {
+    fn apply_event(&mut self, event: &LedgerEvent) {
         self.events += 1;
         match event {
             LedgerEvent::Added { amount, tag } => {
@@ -208,7 +208,7 @@ impl Aggregate for Ledger {
 pub(crate) fn fold<'a>(events: impl IntoIterator<Item = &'a LedgerEvent>) -> Ledger {
     let mut state = Ledger::default();
     for event in events {
-        state.apply(event);
+        state.apply_event(event);
     }
     state
 }

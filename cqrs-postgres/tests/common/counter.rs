@@ -78,14 +78,14 @@ impl Aggregate for Counter {
         SnapshotPolicy::Never
     }
 
-    async fn handle(&self, command: &Add, _: &()) -> Result<Vec<Added>, Refused> {
+    async fn handle_command(&self, command: &Add, _: &()) -> Result<Vec<Added>, Refused> {
         if command.0 == 0 {
             return Err(Refused);
         }
         Ok(vec![Added { amount: command.0 }])
     }
 
-    fn apply(&mut self, event: &Added) {
+    fn apply_event(&mut self, event: &Added) {
         self.total += event.amount;
         self.events += 1;
     }

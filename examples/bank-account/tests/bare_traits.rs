@@ -175,7 +175,7 @@ mod bare {
         type Error = AccountError;
         type Services = ();
 
-        async fn handle(
+        async fn handle_command(
             &self,
             command: &AccountCommand,
             (): &(),
@@ -206,7 +206,7 @@ mod bare {
             }
         }
 
-        fn apply(&mut self, event: &AccountEvent) {
+        fn apply_event(&mut self, event: &AccountEvent) {
             match event {
                 AccountEvent::Opened { .. } => self.open = true,
                 AccountEvent::Deposited { amount } => self.balance += amount,
