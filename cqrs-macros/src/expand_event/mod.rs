@@ -8,13 +8,14 @@
 use darling::ast::{Data, Fields};
 use darling::{Error, FromDeriveInput};
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{DeriveInput, Ident, Index, Member, Path};
 
+mod enums;
+
 use crate::attr::{self, EventField, EventInput, EventVariant};
 use crate::output;
-use crate::payload;
 use crate::serde_attr::{EnumSerde, PayloadAttrs, VariantSerde};
 use crate::validate::{self, Chain};
 
@@ -174,7 +175,7 @@ fn type_model(variant: &EventVariant, errors: &mut darling::error::Accumulator) 
 
 fn generate(model: &Model) -> TokenStream {
     match &model.shape {
-        Shape::Enum(variants) => generate_enum(model, variants),
+        Shape::Enum(variants) => enums::generate_enum(model, variants),
         Shape::Struct(ty) => generate_struct(model, ty),
     }
 }
@@ -240,144 +241,6 @@ fn members(fields: &Fields<EventField>) -> Vec<Member> {
         .collect()
 }
 
-fn generate_enum(model: &Model, variants: &[VariantModel]) -> TokenStream {
-    let Model { root, ident, .. } = model;
-    let types = types(root, variants.iter().map(|variant| &variant.ty));
-    let helpers = variants
-        .iter()
-        .map(|variant| payload::helpers(root, &variant.ident, &variant.fields, &variant.payload));
-    let names = variants.iter().map(|variant| {
-        let (variant, name) = (&variant.ident, &variant.ty.name);
-        quote!(Self::#variant { .. } => #name)
-    });
-    let versions = variants.iter().map(|variant| {
-        let (variant, version) = (&variant.ident, variant.ty.version);
-        quote!(Self::#variant { .. } => #version)
-    });
-    let encodes = variants.iter().map(|variant| {
-        let name = &variant.ident;
-        if variant.fields.is_empty() {
-            return quote! {
-                Self::#name { .. } => ::core::result::Result::Ok(#root::__private::empty_payload())
-            };
-        }
-        let members = members(&variant.fields);
-        let bindings: Vec<_> = (0..members.len()).map(|i| format_ident!("__f{i}")).collect();
-        let refs = payload::ref_ident(&variant.ident);
-        quote! {
-            Self::#name { #(#members: #bindings),* } => #root::codec::encode(&#refs { #(#members: #bindings),* })
-        }
-    });
-    let decodes = variants.iter().map(|variant| {
-        let (name, ty) = (&variant.ident, &variant.ty);
-        let (type_name, version) = (&ty.name, ty.version);
-        let upcast = upcast(root, ty);
-        let owned = payload::payload_ident(&variant.ident);
-        let build = if !payload::reads_payload(&variant.fields, &variant.payload) {
-            quote! {
-                let _ = payload;
-                ::core::result::Result::Ok(Self::#name {})
-            }
-        } else if variant.fields.is_empty() {
-            quote! {
-                #root::codec::decode::<#owned>(event_type, #version, payload)?;
-                ::core::result::Result::Ok(Self::#name {})
-            }
-        } else {
-            let members = members(&variant.fields);
-            quote! {
-                let __payload: #owned = #root::codec::decode(event_type, #version, payload)?;
-                ::core::result::Result::Ok(Self::#name { #(#members: __payload.#members),* })
-            }
-        };
-        quote! {
-            #type_name => {
-                #upcast
-                #build
-            }
-        }
-    });
-    // Payloads at their type's current version deserialise straight from the text; older
-    // ones go through `decode` and its upcasters.
-    let older = decode_older(root);
-    let json_decodes = variants.iter().map(|variant| {
-        let (name, ty) = (&variant.ident, &variant.ty);
-        let (type_name, version) = (&ty.name, ty.version);
-        let owned = payload::payload_ident(&variant.ident);
-        if !payload::reads_payload(&variant.fields, &variant.payload) {
-            return quote! {
-                (#type_name, #version) => ::core::result::Result::Ok(Self::#name {}),
-            };
-        }
-        if variant.fields.is_empty() {
-            return quote! {
-                (#type_name, #version) => {
-                    #root::codec::decode_json::<#owned>(event_type, #version, payload)?;
-                    ::core::result::Result::Ok(Self::#name {})
-                }
-            };
-        }
-        let members = members(&variant.fields);
-        quote! {
-            (#type_name, #version) => {
-                let __payload: #owned = #root::codec::decode_json(event_type, #version, payload)?;
-                ::core::result::Result::Ok(Self::#name { #(#members: __payload.#members),* })
-            }
-        }
-    });
-    quote! {
-        #(#helpers)*
-
-        #[automatically_derived]
-        #[allow(unused_qualifications)]
-        impl #root::Event for #ident {
-            const TYPES: &'static [#root::EventType] = #types;
-
-            fn event_type(&self) -> &'static str {
-                match self {
-                    #(#names,)*
-                }
-            }
-
-            fn schema_version(&self) -> u32 {
-                match self {
-                    #(#versions,)*
-                }
-            }
-
-            fn encode(
-                &self,
-            ) -> ::core::result::Result<#root::__private::serde_json::Value, #root::CodecError> {
-                match self {
-                    #(#encodes,)*
-                }
-            }
-
-            fn decode(
-                event_type: &str,
-                schema_version: u32,
-                payload: #root::__private::serde_json::Value,
-            ) -> ::core::result::Result<Self, #root::CodecError> {
-                match event_type {
-                    #(#decodes)*
-                    _ => ::core::result::Result::Err(#root::__private::unknown_type(event_type)),
-                }
-            }
-
-            fn decode_json(
-                event_type: &str,
-                schema_version: u32,
-                payload: &str,
-            ) -> ::core::result::Result<Self, #root::CodecError> {
-                match (event_type, schema_version) {
-                    #(#json_decodes)*
-                    _ => #older,
-                }
-            }
-        }
-    }
-}
-
 fn generate_struct(model: &Model, ty: &TypeModel) -> TokenStream {
     let Model { root, ident, .. } = model;
     let types = types(root, [ty]);
@@ -436,147 +299,4 @@ fn generate_struct(model: &Model, ty: &TypeModel) -> TokenStream {
 }
 
 #[cfg(test)]
-mod tests {
-    use syn::parse_quote;
-
-    use super::*;
-
-    /// Every message, one a line.
-    fn error_of(input: &DeriveInput) -> String {
-        match expand(input) {
-            Ok(tokens) => panic!("expected an error, got {tokens}"),
-            Err(error) => error.into_iter().map(|e| e.to_string() + "\n").collect(),
-        }
-    }
-
-    #[test]
-    fn names_default_to_variants_and_versions_to_one() {
-        let model = parse(&parse_quote! {
-            enum E {
-                Opened { owner: String },
-                #[cqrs(name = "MoneyWithdrawn", version = 2, upcast(v1 = up))]
-                Withdrawn(u64),
-                Closed,
-            }
-        })
-        .expect("valid input");
-        let Shape::Enum(variants) = model.shape else {
-            panic!("an enum")
-        };
-        let summary: Vec<_> = variants
-            .iter()
-            .map(|v| {
-                (
-                    v.ty.name.as_str(),
-                    v.ty.version,
-                    v.ty.chain.first,
-                    v.ty.chain.steps.len(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            [
-                ("Opened", 1, 1, 0),
-                ("MoneyWithdrawn", 2, 1, 1),
-                ("Closed", 1, 1, 0)
-            ]
-        );
-    }
-
-    #[test]
-    fn expansion_lists_types_and_uses_absolute_paths() {
-        let tokens = expand(&parse_quote! {
-            enum E { A { x: u8 }, #[cqrs(version = 3, upcast(v2 = b))] B }
-        })
-        .expect("valid input")
-        .to_string();
-        assert!(tokens.starts_with("const _ : () ="), "{tokens}");
-        assert!(tokens.contains("name : \"A\" , version : 1u32"), "{tokens}");
-        assert!(tokens.contains("name : \"B\" , version : 3u32"), "{tokens}");
-        assert!(
-            tokens.contains(":: cqrs_core :: codec :: upcast (event_type , schema_version , 2u32")
-        );
-        let unqualified = tokens.replace(":: core :: result :: Result", "");
-        assert!(
-            !unqualified.contains("Result"),
-            "unqualified path in {tokens}"
-        );
-    }
-
-    #[test]
-    fn crate_override_changes_the_root() {
-        let tokens = expand(&parse_quote! {
-            #[cqrs(crate = "my::cqrs")]
-            struct Ping;
-        })
-        .expect("valid input")
-        .to_string();
-        assert!(
-            tokens.contains("impl my :: cqrs :: Event for Ping"),
-            "{tokens}"
-        );
-        assert!(!tokens.contains("cqrs_core"), "{tokens}");
-    }
-
-    #[test]
-    fn duplicate_names_and_version_zero_are_all_reported() {
-        let message = error_of(&parse_quote! {
-            enum E {
-                A,
-                #[cqrs(name = "A", version = 0)]
-                B,
-            }
-        });
-        assert!(
-            message.contains("duplicate event type name `A`"),
-            "{message}"
-        );
-        assert!(message.contains("version = 0"), "{message}");
-        assert_eq!(message.lines().count(), 2, "{message}");
-    }
-
-    #[test]
-    fn upcast_gaps_and_misfits_are_errors() {
-        let message = error_of(&parse_quote! {
-            enum E { #[cqrs(version = 4, upcast(v1 = a, v3 = c))] A }
-        });
-        assert!(message.contains("no `v2` upcaster"), "{message}");
-        let message = error_of(&parse_quote! {
-            enum E { #[cqrs(version = 2, upcast(v2 = a))] A }
-        });
-        assert!(message.contains("upcaster `v2` does not fit"), "{message}");
-        let message = error_of(&parse_quote! {
-            enum E { #[cqrs(upcast(v1 = a))] A }
-        });
-        assert!(message.contains("above 1"), "{message}");
-        let message = error_of(&parse_quote! {
-            enum E { #[cqrs(version = 2, upcast(one = a))] A }
-        });
-        assert!(message.contains("like `v1`"), "{message}");
-    }
-
-    #[test]
-    fn shapes_and_generics_are_checked() {
-        assert!(
-            error_of(&parse_quote!(
-                enum E {}
-            ))
-            .contains("at least one variant")
-        );
-        assert!(
-            error_of(&parse_quote!(
-                enum E<T> {
-                    A(T),
-                }
-            ))
-            .contains("generic")
-        );
-        assert!(error_of(&parse_quote!(union U { a: u8 })).contains("union"));
-        let message = error_of(&parse_quote! {
-            #[cqrs(version = 2)]
-            enum E { A }
-        });
-        assert!(message.contains("goes on each variant"), "{message}");
-    }
-}
+mod tests;
