@@ -11,8 +11,8 @@ use common::{Ledger, LedgerCommand, LedgerEvent, fold};
 use cqrs_core::memory::{MemoryEventStore, Projector};
 use cqrs_core::testing::ProjectionFixture;
 use cqrs_core::{
-    AppendRequest, Cqrs, Error, EventEnvelope, EventFilter, EventStore, NewEvent, Position,
-    Projection,
+    AppendRequest, Cqrs, EventEnvelope, EventFilter, EventStore, NewEvent, Position, Projection,
+    ProjectionError,
 };
 
 /// Folds every ledger stream into its state, recording the positions it saw.
@@ -140,7 +140,7 @@ async fn a_failing_handler_stops_at_the_event_and_the_retry_applies_it_once() {
         .await
         .expect("log");
     match error {
-        Error::Projection {
+        ProjectionError::Handler {
             projection,
             position,
             ..
@@ -213,7 +213,7 @@ async fn waiting_for_a_position_not_yet_written_times_out_with_a_typed_error() {
     let projector = Projector::new(store, LedgerView::default());
     let future = Position::new(99, 99);
     match projector.wait_for(future, Duration::from_millis(50)).await {
-        Err(Error::Timeout {
+        Err(ProjectionError::Timeout {
             projection,
             target,
             reached,
