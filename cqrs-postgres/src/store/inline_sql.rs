@@ -113,7 +113,7 @@ impl PgInlineSql {
     }
 
     /// The same projection with another version (reported in status, as
-    /// [`Projection::VERSION`] is).
+    /// [`Projection::VERSION`](cqrs_core::Projection::VERSION) is).
     #[must_use]
     pub fn with_version(mut self, version: u32) -> Self {
         self.version = version;
