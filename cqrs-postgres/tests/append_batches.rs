@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::TestStore;
 use cqrs_core::{AppendOutcome, AppendRequest, EventStore, NewEvent};
-use cqrs_postgres::{PgEventStore, PgInlineSql, PgProjectionError};
+use cqrs_postgres::{PgEventStore, PgInlineSql};
 use serde_json::json;
 use sqlx::{Postgres, Transaction};
 use tokio::task::JoinHandle;
@@ -32,7 +32,7 @@ fn deposit(amount: i64) -> NewEvent {
 
 /// The test's store, sending at most one statement at a time.
 fn one_at_a_time(t: &TestStore) -> PgEventStore {
-    t.store.clone().with_append_batches(1)
+    common::reconfigured(&t.store, |b| b.tuning(t.store.tuning().append_batches(1)))
 }
 
 /// Holds the store's only statement slot: a transaction of the test's own writes version
@@ -224,7 +224,7 @@ async fn an_inline_sql_failure_refuses_only_the_append_it_came_from() {
         ),
     )
     .expect("valid inline SQL");
-    let store = one_at_a_time(&t).with_inline_sql(balances);
+    let store = common::reconfigured(&one_at_a_time(&t), |b| b.inline_sql(balances));
     let (blocker, held) = hold(&t, &store).await;
     let a = queue(&store, account("a", 0, vec![deposit(5)])).await;
     let lots = NewEvent::new("Deposited", 1, json!({ "amount": "lots" }));
@@ -239,15 +239,12 @@ async fn an_inline_sql_failure_refuses_only_the_append_it_came_from() {
         .await
         .expect("join")
         .expect_err("its payload cannot be cast");
-    let cqrs_core::Error::Backend(source) = &bad else {
-        panic!("not the inline SQL's failure: {bad:?}");
-    };
     assert!(
         matches!(
-            source.downcast_ref::<PgProjectionError>(),
-            Some(PgProjectionError::InlineSql { .. })
+            cqrs_postgres::Error::from_store(&bad),
+            Some(cqrs_postgres::Error::InlineSql { .. })
         ),
-        "{bad:?}"
+        "not the inline SQL's failure: {bad:?}"
     );
     check_written(&t, "a", &a, 1, 1).await;
     check_written(&t, "c", &c, 1, 2).await;
@@ -284,7 +281,7 @@ async fn an_append_whose_caller_gave_up_while_it_waited_is_not_sent() {
 async fn concurrent_writers_on_their_own_streams_are_batched_and_exact() {
     let t = TestStore::new("batch_writers").await;
     let store = t.store.clone();
-    assert_eq!(store.append_batches(), 1, "the default");
+    assert_eq!(store.tuning().append_batches, 1, "the default");
     let mut writers = tokio::task::JoinSet::new();
     for writer in 0..32 {
         let store = store.clone();

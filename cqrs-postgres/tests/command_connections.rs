@@ -38,12 +38,14 @@ async fn until_no_command_backends(t: &TestStore, application_name: &str) {
 async fn store(schema: &str, command_connections: usize) -> (TestStore, PgEventStore) {
     let pool = common::pool(1, schema).await;
     let t = TestStore::on_pool(pool, schema).await;
-    let store = t
-        .store
-        .clone()
-        .with_notify(PgNotify::Off)
-        .with_command_connections(command_connections);
-    assert_eq!(store.command_connections(), command_connections);
+    let store = common::reconfigured(&t.store, |b| {
+        b.notify(PgNotify::Off)
+            .tuning(t.store.tuning().command_connections(command_connections))
+    });
+    assert_eq!(
+        store.tuning().command_connections,
+        Some(command_connections)
+    );
     (t, store)
 }
 
@@ -120,7 +122,7 @@ async fn connections_the_server_ended_are_replaced_without_failing_a_command() {
     let (t, store) = store(&schema, 4).await;
     // Four connections open and idle: four appends at once, each on a statement of its
     // own.
-    let store = store.with_append_batches(0);
+    let store = common::reconfigured(&store, |b| b.tuning(store.tuning().append_batches(0)));
     let mut writers = tokio::task::JoinSet::new();
     for w in 0..4 {
         let store = store.clone();
@@ -166,7 +168,9 @@ async fn a_store_on_the_pool_alone_opens_no_connection_of_its_own() {
     let schema = common::unique_schema("cmdpool");
     let (t, _) = store(&schema, 0).await;
     // Notifications on (after commit), everything on the pool of one connection.
-    let store = t.store.clone().with_command_connections(0);
+    let store = common::reconfigured(&t.store, |b| {
+        b.tuning(t.store.tuning().command_connections(0))
+    });
     let mut listener = sqlx::postgres::PgListener::connect(&common::database_url())
         .await
         .expect("listener");

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::TestStore;
 use cqrs_core::{AppendRequest, EventEnvelope, EventStore, NewEvent, Projection};
-use cqrs_postgres::{PgEventStore, PgNotify};
+use cqrs_postgres::{PgEventStore, PgEventStoreBuilder, PgNotify, PgStoreTuning};
 use serde_json::json;
 use sqlx::PgConnection;
 use sqlx::postgres::PgPoolOptions;
@@ -77,19 +77,23 @@ async fn forward(client: TcpStream, server: TcpStream, cut: Arc<AtomicBool>) {
 
 /// A store in `t`'s schema whose connections go through `proxy`; one command connection,
 /// so that its statements are prepared by the first append and the cut reply is the one
-/// of the append itself (sent after its commit).
-async fn through(t: &TestStore, proxy: &Proxy) -> PgEventStore {
+/// of the append itself (sent after its commit); `configure` adds to its settings.
+async fn through(
+    t: &TestStore,
+    proxy: &Proxy,
+    configure: impl FnOnce(PgEventStoreBuilder) -> PgEventStoreBuilder,
+) -> PgEventStore {
     let options = common::connect_options(t.store.schema()).port(proxy.port);
     let pool = PgPoolOptions::new()
         .max_connections(2)
         .connect_with(options)
         .await
         .expect("connect through the proxy");
-    PgEventStore::new(pool)
-        .with_schema(t.store.schema())
-        .expect("valid schema")
-        .with_notify(PgNotify::Off)
-        .with_command_connections(1)
+    let builder = PgEventStore::builder(pool)
+        .schema(t.store.schema())
+        .notify(PgNotify::Off)
+        .tuning(PgStoreTuning::default().command_connections(1));
+    configure(builder).build().expect("valid schema")
 }
 
 fn server() -> SocketAddr {
@@ -122,7 +126,7 @@ async fn stored_ids(t: &TestStore, stream: &str) -> Vec<uuid::Uuid> {
 async fn an_append_whose_reply_is_lost_is_reported_written_once() {
     let t = TestStore::new("lostreply").await;
     let proxy = Proxy::start(server()).await;
-    let store = through(&t, &proxy).await;
+    let store = through(&t, &proxy, |b| b).await;
 
     let first = one(1);
     store
@@ -212,7 +216,7 @@ async fn an_inline_append_whose_commit_reply_is_lost_is_reported_written_once() 
         cut: Arc::clone(&proxy.cut),
         armed: Arc::default(),
     };
-    let store = through(&t, &proxy).await.with_inline(projection.clone());
+    let store = through(&t, &proxy, |b| b.inline(projection.clone())).await;
     let added = |amount: u64| NewEvent::new("Added", 2, json!({ "amount": amount }));
 
     store
@@ -244,7 +248,7 @@ async fn an_inline_append_whose_commit_reply_is_lost_is_reported_written_once() 
 async fn a_repeated_command_id_after_a_lost_reply_returns_the_original() {
     let t = TestStore::new("lostcmd").await;
     let proxy = Proxy::start(server()).await;
-    let store = through(&t, &proxy).await;
+    let store = through(&t, &proxy, |b| b).await;
     store
         .append(AppendRequest::new("lost", "l-1", 0, vec![one(1)]))
         .await
@@ -298,7 +302,7 @@ async fn an_inline_sql_view_counts_an_append_whose_reply_is_lost_once() {
         ),
     )
     .expect("a valid statement");
-    let store = through(&t, &proxy).await.with_inline_sql(counted);
+    let store = through(&t, &proxy, |b| b.inline_sql(counted)).await;
 
     store
         .append(AppendRequest::new("lost", "l-1", 0, vec![one(1)]))
@@ -328,7 +332,14 @@ async fn appends_sent_together_whose_reply_is_lost_are_each_reported_written_onc
     let proxy = Proxy::start(server()).await;
     // One statement at a time: while one append waits on the server, the next ones queue
     // and go out together.
-    let store = through(&t, &proxy).await.with_append_batches(1);
+    let store = through(&t, &proxy, |b| {
+        b.tuning(
+            PgStoreTuning::default()
+                .command_connections(1)
+                .append_batches(1),
+        )
+    })
+    .await;
     let append = |stream_id: &'static str, expected: u64, events: Vec<NewEvent>| {
         let store = store.clone();
         let mut request = AppendRequest::new("torture", stream_id, expected, events);

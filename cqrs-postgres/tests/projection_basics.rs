@@ -97,7 +97,7 @@ async fn events_it_does_not_want_still_count_as_passed() {
         .await
         .expect_err("cannot pass a position that does not exist");
     assert!(
-        matches!(error, cqrs_core::Error::Timeout { ref projection, target, reached }
+        matches!(error, cqrs_core::ProjectionError::Timeout { ref projection, target, reached }
             if projection == "balances" && target == beyond && reached >= other.position),
         "{error:?}"
     );
@@ -252,6 +252,6 @@ fn runner_types_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<PgProjectionRunner>();
     assert_send_sync::<cqrs_postgres::PgProjectionStatus>();
-    assert_send_sync::<cqrs_postgres::PgProjectionError>();
+    assert_send_sync::<cqrs_postgres::Error>();
     assert_send_sync::<PgDocumentView<CounterSummary>>();
 }

@@ -99,8 +99,9 @@ async fn twenty_random_crashes_never_skip_or_repeat_an_event() {
                 .expect("runtime");
             let runner = runtime.block_on(async {
                 let pool = common::pool(3, &worker_schema).await;
-                let store = PgEventStore::new(pool)
-                    .with_schema(&worker_schema)
+                let store = PgEventStore::builder(pool)
+                    .schema(&worker_schema)
+                    .build()
                     .expect("schema");
                 let runner = PgProjectionRunner::builder(store)
                     .batch_size(batch)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestStore;
-use cqrs_core::{AppendRequest, Error, EventStore, NewEvent, Position};
+use cqrs_core::{AppendRequest, EventStore, NewEvent, Position};
 use cqrs_postgres::{PgProjectionRunner, ProjectionState};
 use projection_support::{
     Balances, Faults, add, fold, rows, table, writers_see_each_append_at_once,
@@ -29,7 +29,7 @@ async fn the_view_is_current_when_the_append_returns() {
     let t = TestStore::with_pool_size("proj_inline", 20).await;
     let schema = t.store.schema().to_owned();
     create_table(&t, &table::<1>(&schema)).await;
-    let store = t.store.clone().with_inline(Balances::<1>::new(&schema));
+    let store = common::reconfigured(&t.store, |b| b.inline(Balances::<1>::new(&schema)));
 
     // No wait after an append: its statement carried the view's change.
     writers_see_each_append_at_once(&store, &table::<1>(&schema), "i").await;
@@ -77,10 +77,9 @@ async fn a_failing_inline_handler_refuses_the_append() {
     create_table(&t, &table::<1>(&schema)).await;
     let faults = Arc::new(Faults::default());
     faults.fail_always("bad", 2);
-    let store = t
-        .store
-        .clone()
-        .with_inline(Balances::<1>::new(&schema).with_faults(Arc::clone(&faults)));
+    let store = common::reconfigured(&t.store, |b| {
+        b.inline(Balances::<1>::new(&schema).with_faults(Arc::clone(&faults)))
+    });
 
     add(&store, "bad", 0, 1).await;
     let two = vec![
@@ -93,11 +92,11 @@ async fn a_failing_inline_handler_refuses_the_append() {
         .expect_err("the handler fails on version 2");
     assert!(
         matches!(
-            error,
-            Error::Projection {
+            cqrs_postgres::Error::from_store(&error),
+            Some(cqrs_postgres::Error::InlineHandler {
                 projection: "balances",
                 ..
-            }
+            })
         ),
         "{error:?}"
     );
@@ -159,7 +158,7 @@ impl cqrs_core::Projection for Recorder {
 async fn handlers_see_each_event_as_the_log_stores_it() {
     let t = TestStore::new("proj_inline_env").await;
     let recorder = Recorder::default();
-    let store = t.store.clone().with_inline(recorder.clone());
+    let store = common::reconfigured(&t.store, |b| b.inline(recorder.clone()));
     // Single-event appends (their place comes with the append's outcome) and appends
     // of several events (looked up), on two streams.
     add(&store, "one", 0, 1).await;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::TestStore;
 use cqrs_core::{AppendRequest, Error, EventStore, NewEvent};
-use cqrs_postgres::{PgInlineSql, PgProjectionError, PgProjectionRunner, ProjectionState};
+use cqrs_postgres::{PgInlineSql, PgProjectionRunner, ProjectionState};
 use projection_support::{
     Balances, Rows, add, add_many, fold, rows, table, writers_see_each_append_at_once,
 };
@@ -52,13 +52,9 @@ async fn balance(t: &TestStore, table: &str, account: &str) -> Option<(i64, i64)
     .expect("read the view")
 }
 
-fn inline_sql_error(error: &Error) -> Option<&PgProjectionError> {
-    let Error::Backend(source) = error else {
-        return None;
-    };
-    source
-        .downcast_ref::<PgProjectionError>()
-        .filter(|e| matches!(e, PgProjectionError::InlineSql { .. }))
+fn inline_sql_error(error: &Error) -> Option<&cqrs_postgres::Error> {
+    cqrs_postgres::Error::from_store(error)
+        .filter(|e| matches!(e, cqrs_postgres::Error::InlineSql { .. }))
 }
 
 async fn events_in_log(t: &TestStore) -> i64 {
@@ -77,7 +73,7 @@ async fn the_view_is_current_when_the_append_returns() {
     let schema = t.store.schema().to_owned();
     let table = table::<1>(&schema);
     create_table(&t, &table, "").await;
-    let store = t.store.clone().with_inline_sql(balances_sql(&table));
+    let store = common::reconfigured(&t.store, |b| b.inline_sql(balances_sql(&table)));
 
     // No wait after an append: its statement carried the view's change.
     writers_see_each_append_at_once(&store, &table, "s").await;
@@ -118,7 +114,7 @@ async fn an_append_that_writes_nothing_changes_nothing() {
     let schema = t.store.schema().to_owned();
     let table = table::<1>(&schema);
     create_table(&t, &table, "").await;
-    let store = t.store.clone().with_inline_sql(balances_sql(&table));
+    let store = common::reconfigured(&t.store, |b| b.inline_sql(balances_sql(&table)));
     let one = |amount: u64| vec![NewEvent::new("Added", 2, json!({ "amount": amount }))];
 
     add(&store, "acc", 0, 5).await;
@@ -171,7 +167,7 @@ async fn a_failing_statement_refuses_the_append() {
     let table = table::<1>(&schema);
     // The view refuses a balance above 10.
     create_table(&t, &table, "CHECK (balance <= 10)").await;
-    let store = t.store.clone().with_inline_sql(balances_sql(&table));
+    let store = common::reconfigured(&t.store, |b| b.inline_sql(balances_sql(&table)));
 
     add(&store, "acc", 0, 4).await;
     let two = vec![
@@ -183,7 +179,7 @@ async fn a_failing_statement_refuses_the_append() {
         .await
         .expect_err("the view's check refuses 11");
     match inline_sql_error(&error) {
-        Some(PgProjectionError::InlineSql { projection, .. }) => {
+        Some(cqrs_postgres::Error::InlineSql { projection, .. }) => {
             assert_eq!(projection, "balances_sql");
         }
         _ => panic!("not an inline SQL failure: {error:?}"),
@@ -228,9 +224,9 @@ async fn a_statement_the_server_refuses_is_reported_before_anything_is_written()
         format!("INSERT INTO {table} VALUES (SELECT FROM appended"),
     ];
     for sql in cases {
-        let store = t.store.clone().with_inline_sql(
-            PgInlineSql::new("broken", sql.as_str()).expect("passes the local checks"),
-        );
+        let store = common::reconfigured(&t.store, |b| {
+            b.inline_sql(PgInlineSql::new("broken", sql.as_str()).expect("passes the local checks"))
+        });
         let error = store
             .append(AppendRequest::new(
                 "counter",
@@ -241,7 +237,7 @@ async fn a_statement_the_server_refuses_is_reported_before_anything_is_written()
             .await
             .expect_err("the server refuses the statement");
         match inline_sql_error(&error) {
-            Some(PgProjectionError::InlineSql { projection, .. }) => {
+            Some(cqrs_postgres::Error::InlineSql { projection, .. }) => {
                 assert_eq!(projection, "broken", "{sql}");
             }
             _ => panic!("not an inline SQL failure for {sql}: {error:?}"),
@@ -259,11 +255,10 @@ async fn sql_and_rust_inline_projections_share_the_append() {
     create_table(&t, &table::<1>(&schema), "").await;
     create_table(&t, &by_sql, "").await;
     let faults = std::sync::Arc::new(projection_support::Faults::default());
-    let store = t
-        .store
-        .clone()
-        .with_inline(Balances::<1>::new(&schema).with_faults(std::sync::Arc::clone(&faults)))
-        .with_inline_sql(balances_sql(&by_sql));
+    let store = common::reconfigured(&t.store, |b| {
+        b.inline(Balances::<1>::new(&schema).with_faults(std::sync::Arc::clone(&faults)))
+            .inline_sql(balances_sql(&by_sql))
+    });
 
     add_many(&store, "a", 0, 9, 4, 2).await;
     add_many(&store, "b", 0, 3, 1, 5).await;
@@ -278,7 +273,13 @@ async fn sql_and_rust_inline_projections_share_the_append() {
         ))
         .await
         .expect_err("the handler fails");
-    assert!(matches!(refused, Error::Projection { .. }), "{refused:?}");
+    assert!(
+        matches!(
+            cqrs_postgres::Error::from_store(&refused),
+            Some(cqrs_postgres::Error::InlineHandler { .. })
+        ),
+        "{refused:?}"
+    );
     faults.heal("b", 4);
     add(&store, "b", 3, 1).await;
 
@@ -295,11 +296,13 @@ async fn a_store_moved_to_another_schema_registers_its_inline_projections_there(
     let second = TestStore::new("proj_sql_second").await;
     let table = table::<1>(first.store.schema());
     create_table(&first, &table, "").await;
-    let store = first.store.clone().with_inline_sql(balances_sql(&table));
+    let store = common::reconfigured(&first.store, |b| b.inline_sql(balances_sql(&table)));
     add(&store, "a", 0, 1).await;
 
     let moved = store
-        .with_schema(second.store.schema())
+        .to_builder()
+        .schema(second.store.schema())
+        .build()
         .expect("valid schema");
     add(&moved, "b", 0, 2).await;
     let runner = PgProjectionRunner::builder(second.store.clone())
@@ -321,11 +324,10 @@ async fn an_append_that_notifies_in_its_statement_keeps_the_view_too() {
     let schema = t.store.schema().to_owned();
     let table = table::<1>(&schema);
     create_table(&t, &table, "").await;
-    let store = t
-        .store
-        .clone()
-        .with_notify(cqrs_postgres::PgNotify::InTransaction)
-        .with_inline_sql(balances_sql(&table));
+    let store = common::reconfigured(&t.store, |b| {
+        b.notify(cqrs_postgres::PgNotify::InTransaction)
+            .inline_sql(balances_sql(&table))
+    });
     let mut listener = sqlx::postgres::PgListener::connect(&common::database_url())
         .await
         .expect("listener");

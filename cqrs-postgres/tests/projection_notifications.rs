@@ -125,7 +125,7 @@ async fn a_terminated_listener_delays_a_projection_by_at_most_the_poll_interval(
 async fn without_notifications_polling_alone_keeps_the_projection_going() {
     let t = TestStore::new("proj_poll").await;
     let schema = t.store.schema().to_owned();
-    let store = t.store.clone().with_notify(PgNotify::Off);
+    let store = common::reconfigured(&t.store, |b| b.notify(PgNotify::Off));
     let runner = PgProjectionRunner::builder(store.clone())
         .poll_interval(POLL)
         .view(Balances::<1>::new(&schema))

@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use cqrs_core::testing::conformance;
-use cqrs_postgres::{PgEventStore, PgInlineSql};
+use cqrs_postgres::{PgEventStore, PgEventStoreBuilder, PgInlineSql, PgStoreTuning};
 use sqlx::{AssertSqlSafe, PgPool};
 
 /// The suite; again with every statement on the pool (no connections of the store's own);
@@ -18,7 +18,7 @@ async fn postgres_store_passes_the_conformance_suite() {
     run_suite("conformance", |store| store, false).await;
     run_suite(
         "conformance-pool",
-        |store| store.with_command_connections(0),
+        |store| store.tuning(PgStoreTuning::default().command_connections(0)),
         false,
     )
     .await;
@@ -52,7 +52,7 @@ async fn with_counting_view(store: PgEventStore) -> PgEventStore {
         ),
     )
     .expect("a valid inline statement");
-    store.with_inline_sql(count)
+    common::reconfigured(&store, |b| b.inline_sql(count))
 }
 
 async fn per_stream(pool: &PgPool, sql: &str, schema: &str) -> Vec<(String, String, i64)> {
@@ -64,9 +64,15 @@ async fn per_stream(pool: &PgPool, sql: &str, schema: &str) -> Vec<(String, Stri
     .expect("count events per stream")
 }
 
-async fn run_suite(label: &str, configure: fn(PgEventStore) -> PgEventStore, counted: bool) {
+async fn run_suite(
+    label: &str,
+    configure: fn(PgEventStoreBuilder) -> PgEventStoreBuilder,
+    counted: bool,
+) {
     let pool = common::pool(16, label).await;
-    let base = configure(PgEventStore::new(pool.clone()));
+    let base = configure(PgEventStore::builder(pool.clone()))
+        .build()
+        .expect("a valid store configuration");
     let schemas = Arc::new(Mutex::new(Vec::new()));
     let made = Arc::clone(&schemas);
     let suite = common::catch_unwind(async move {
@@ -76,7 +82,11 @@ async fn run_suite(label: &str, configure: fn(PgEventStore) -> PgEventStore, cou
             async move {
                 let schema = common::unique_schema("conf");
                 made.lock().expect("schema list").push(schema.clone());
-                let store = base.with_schema(&schema).expect("valid schema name");
+                let store = base
+                    .to_builder()
+                    .schema(&schema)
+                    .build()
+                    .expect("valid schema name");
                 store.migrate().await.expect("migrate");
                 if counted {
                     with_counting_view(store).await

@@ -28,14 +28,15 @@ async fn next_announced(listener: &mut PgListener, channel: &str) -> Position {
 async fn migrate_is_explicit_repeatable_and_tracked_in_its_own_table() {
     let schema = common::unique_schema("mig");
     let pool = common::pool(2, &schema).await;
-    let store = PgEventStore::new(pool.clone())
-        .with_schema(&schema)
+    let store = PgEventStore::builder(pool.clone())
+        .schema(&schema)
+        .build()
         .expect("valid schema");
 
     // Before migrate, nothing exists: a typed backend error, no panic.
     match store.load("s", "1", 0).await {
-        Err(CoreError::Backend(source)) => {
-            assert!(source.downcast_ref::<Error>().is_some(), "{source:?}");
+        Err(error @ CoreError::Backend(_)) => {
+            assert!(Error::from_store(&error).is_some(), "{error:?}");
         }
         other => panic!("expected a backend error, got {other:?}"),
     }
@@ -113,8 +114,8 @@ async fn invalid_schema_names_are_refused() {
         "pg_toast",
         "1st",
     ] {
-        match PgEventStore::new(pool.clone()).with_schema(name) {
-            Err(Error::InvalidSchema { .. }) => {}
+        match PgEventStore::builder(pool.clone()).schema(name).build() {
+            Err(Error::InvalidName { what: "schema", .. }) => {}
             other => panic!("{name:?} accepted: {other:?}"),
         }
     }
@@ -167,7 +168,7 @@ async fn a_notifier_connection_the_server_ended_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_can_be_turned_off() {
     let mut t = TestStore::new("quiet").await;
-    t.store = t.store.clone().with_notify(PgNotify::Off);
+    t.store = common::reconfigured(&t.store, |b| b.notify(PgNotify::Off));
     let mut listener = PgListener::connect(&common::database_url())
         .await
         .expect("listener");
@@ -183,7 +184,7 @@ async fn notifications_can_be_turned_off() {
 
 async fn notifies_appends(mode: PgNotify) {
     let mut t = TestStore::new("notify").await;
-    t.store = t.store.clone().with_notify(mode);
+    t.store = common::reconfigured(&t.store, |b| b.notify(mode));
     let mut listener = PgListener::connect(&common::database_url())
         .await
         .expect("listener");

@@ -87,7 +87,7 @@ impl PgProjectionRunnerBuilder {
     }
 
     /// How this process is named in the projections' `owner` column and in
-    /// [`PgProjectionStatus::owner`]. Default: `pid-<process id>-<random>`.
+    /// [`PgProjectionStatus::owner`](crate::PgProjectionStatus::owner). Default: `pid-<process id>-<random>`.
     #[must_use]
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());

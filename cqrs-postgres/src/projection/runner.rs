@@ -40,7 +40,7 @@ impl Drop for Inner {
     }
 }
 
-/// Runs projections of a [`PgEventStore`]'s log into PostgreSQL views, exactly once,
+/// Runs projections of a [`PgEventStore`](crate::PgEventStore)'s log into PostgreSQL views, exactly once,
 /// in any number of processes.
 ///
 /// - **Exactly once.** Each batch is one transaction: the handlers write the view
@@ -50,19 +50,19 @@ impl Drop for Inner {
 /// - **Never skips.** Batches come from the store's commit-safe log, filtered in SQL to
 ///   the projection's event types.
 /// - **Live.** Every append is announced with `NOTIFY`; a projection wakes up at once,
-///   and polls every [`poll_interval`](PgProjectionRunnerBuilder::poll_interval) in case
+///   and polls every [`poll_interval`](crate::PgProjectionRunnerBuilder::poll_interval) in case
 ///   a notification was lost.
 /// - **One owner.** Any number of processes may run the same projections. Each holds a
 ///   session advisory lock per projection it owns, on a connection of its own; when a
 ///   process dies, PostgreSQL releases its locks and another process takes over within
-///   the [`claim_interval`](PgProjectionRunnerBuilder::claim_interval).
+///   the [`claim_interval`](crate::PgProjectionRunnerBuilder::claim_interval).
 /// - **Failures.** A failing handler is retried with a growing delay, then the
 ///   projection stops at that event, with the error recorded in its row and shown by
 ///   [`status`](Self::status); the other projections keep running. Resume with
 ///   [`retry`](Self::retry) or [`skip`](Self::skip).
 /// - **Rebuilds.** [`rebuild`](Self::rebuild) resets a view and replays the log. A new
-///   [`VERSION`](Projection::VERSION) of a projection is built beside the served one and
-///   replaces it once caught up (see [`PgView`]).
+///   [`VERSION`](cqrs_core::Projection::VERSION) of a projection is built beside the
+///   served one and replaces it once caught up (see [`PgView`](crate::PgView)).
 /// - **Read your writes.** [`wait_for`](Self::wait_for) returns once a projection has
 ///   passed a command's position token.
 ///
@@ -269,11 +269,11 @@ impl PgProjectionRunner {
     }
 
     /// Asks the owner of projection `name` at `version` to empty its view (with
-    /// [`PgView::reset`]) and replay the log from the start. Its status is
-    /// [`Rebuilding`](crate::ProjectionState::Rebuilding) until it has caught up; its
-    /// view is partial meanwhile (a new [`VERSION`](Projection::VERSION) is the way to
-    /// rebuild without readers seeing that). Returns `false` when there is no such
-    /// projection.
+    /// [`PgView::reset`](crate::PgView::reset)) and replay the log from the start. Its
+    /// status is [`Rebuilding`](crate::ProjectionState::Rebuilding) until it has caught
+    /// up; its view is partial meanwhile (a new
+    /// [`VERSION`](cqrs_core::Projection::VERSION) is the way to rebuild without readers
+    /// seeing that). Returns `false` when there is no such projection.
     ///
     /// # Errors
     ///

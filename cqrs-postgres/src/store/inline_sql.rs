@@ -9,7 +9,8 @@ use crate::db::{Error, SchemaName};
 
 /// An inline projection written as one SQL statement, which the store runs as part of
 /// the append statement itself: the view changes in the same statement as the log, at no
-/// extra round trip. Add it with [`PgEventStore::with_inline_sql`].
+/// extra round trip. Add it with
+/// [`PgEventStoreBuilder::inline_sql`](crate::PgEventStoreBuilder::inline_sql).
 ///
 /// The statement reads the events of the append from `appended`, one row per event, with
 /// the columns of the log (name them: their order is not part of the contract): `event_id` (uuid), `stream_type`, `stream_id`, `event_type`
@@ -26,9 +27,9 @@ use crate::db::{Error, SchemaName};
 ///   does must come from those rows.
 /// - **`appended` may hold several appends, of different streams.** Appends that wait
 ///   at the same time are sent as one statement (see
-///   [`PgEventStore::with_append_batches`]), which runs the projection once for all of
-///   their events: never assume one stream, and take each row's stream from its own
-///   columns.
+///   [`PgStoreTuning::append_batches`](crate::PgStoreTuning::append_batches)), which
+///   runs the projection once for all of their events: never assume one stream, and
+///   take each row's stream from its own columns.
 /// - **One statement touches a row of the view once.** Several events for the same row
 ///   must be folded first (`GROUP BY`), or the server refuses the statement with
 ///   "command cannot affect row a second time" (for appends sent together, they are then
@@ -112,7 +113,7 @@ impl PgInlineSql {
     }
 
     /// The same projection with another version (reported in status, as
-    /// [`Projection::VERSION`] is).
+    /// [`Projection::VERSION`](cqrs_core::Projection::VERSION) is).
     #[must_use]
     pub fn with_version(mut self, version: u32) -> Self {
         self.version = version;

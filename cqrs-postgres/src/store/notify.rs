@@ -40,7 +40,7 @@ pub enum PgNotify {
     /// it waits share the next one. It sends on a connection it keeps (opened with the
     /// pool's options, replaced if it is closed), or on the pool for a store that keeps
     /// no connections of its own
-    /// ([`with_command_connections(0)`](crate::PgEventStore::with_command_connections)).
+    /// ([`command_connections(0)`](crate::PgStoreTuning::command_connections)).
     /// The default.
     ///
     /// Appends stay fully concurrent. A process that dies between an append's commit and

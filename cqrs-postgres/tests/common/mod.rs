@@ -12,7 +12,7 @@ pub mod counter;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cqrs_postgres::PgEventStore;
+use cqrs_postgres::{PgEventStore, PgEventStoreBuilder};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
@@ -71,8 +71,9 @@ impl TestStore {
     }
 
     pub async fn on_pool(pool: PgPool, schema: &str) -> Self {
-        let store = PgEventStore::new(pool)
-            .with_schema(schema)
+        let store = PgEventStore::builder(pool)
+            .schema(schema)
+            .build()
             .expect("valid schema name");
         store.migrate().await.expect("migrate");
         Self { store }
@@ -91,6 +92,17 @@ impl TestStore {
         drop_schema(self.store.pool(), self.store.schema()).await;
         self.store.pool().close().await;
     }
+}
+
+/// A store like `store` (its pool, schema and settings) with `configure` applied to its
+/// builder.
+pub fn reconfigured(
+    store: &PgEventStore,
+    configure: impl FnOnce(PgEventStoreBuilder) -> PgEventStoreBuilder,
+) -> PgEventStore {
+    configure(store.to_builder())
+        .build()
+        .expect("a valid store configuration")
 }
 
 pub async fn drop_schema(pool: &PgPool, schema: &str) {
@@ -139,6 +151,10 @@ pub async fn catch_unwind<F: std::future::Future>(
 /// placeholders still in: see [`raw_append`]).
 pub const APPEND_SQL: &str = include_str!("../../src/sql/append.sql");
 
+/// The payload of the append's `NOTIFY` (`"<commit>.<sequence>"`), as the store splices
+/// it into its statements.
+pub const POSITION_NOTICE_SQL: &str = "transaction_id::text || '.' || sequence::text";
+
 /// The insert the append statement splices in.
 pub const APPEND_INSERT_SQL: &str = include_str!("../../src/sql/append_insert.sql");
 
@@ -154,7 +170,8 @@ pub async fn raw_append(
     let row: Option<(bool, i64, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(
         t.sql(&APPEND_SQL.replace("{insert}", APPEND_INSERT_SQL))
             .replace("{inline_columns}", "")
-            .replace("{inline_statements}", ""),
+            .replace("{inline_statements}", "")
+            .replace("{position_notice}", POSITION_NOTICE_SQL),
     ))
     .bind("torture")
     .bind(stream_id)

@@ -364,8 +364,9 @@ pub fn run_worker_if_asked() {
         .expect("runtime");
     runtime.block_on(async move {
         let pool = crate::common::pool(4, &format!("worker {owner}")).await;
-        let store = PgEventStore::new(pool)
-            .with_schema(&schema)
+        let store = PgEventStore::builder(pool)
+            .schema(&schema)
+            .build()
             .expect("schema");
         let runner = PgProjectionRunner::builder(store)
             .owner(owner)

@@ -267,7 +267,7 @@ async fn with_inline_balances(store: PgEventStore) -> anyhow::Result<PgEventStor
             BankAccount::TYPE
         ),
     )?;
-    Ok(store.with_inline_sql(balances))
+    Ok(store.to_builder().inline_sql(balances).build()?)
 }
 
 /// The inline view of this run's accounts: read straight away, no wait needed.

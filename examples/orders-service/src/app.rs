@@ -49,7 +49,7 @@ pub enum StartError {
     Store(#[source] cqrs_postgres::Error),
     /// The projection runner did not start.
     #[error("cannot start the projections")]
-    Projections(#[source] cqrs_core::Error),
+    Projections(#[source] cqrs_postgres::Error),
 }
 
 /// Everything a request handler needs; cheap to clone.
@@ -84,8 +84,9 @@ impl App {
             .connect_with(options)
             .await
             .map_err(StartError::Connect)?;
-        let store = PgEventStore::new(pool.clone())
-            .with_schema(&config.schema)
+        let store = PgEventStore::builder(pool.clone())
+            .schema(&config.schema)
+            .build()
             .map_err(StartError::Store)?;
         store.migrate().await.map_err(StartError::Store)?;
         let mut conn = pool.acquire().await.map_err(StartError::Connect)?;
@@ -127,7 +128,7 @@ impl App {
     async fn wait_for(&self, view: &str, position: Position) -> Result<(), ApiError> {
         match self.runner.wait_for(view, position, self.read_wait).await {
             Ok(()) => Ok(()),
-            Err(cqrs_core::Error::Timeout { .. }) => Err(view_lagging(position)),
+            Err(cqrs_core::ProjectionError::Timeout { .. }) => Err(view_lagging(position)),
             Err(error) => Err(ApiError::internal(&error)),
         }
     }

@@ -34,7 +34,7 @@ use cqrs_core::{Aggregate, Metadata};
 use cqrs_core::{
     AppendRequest, CommandError, Cqrs, EventStore, NewEvent, RetryPolicy, Snapshot, SnapshotPolicy,
 };
-use cqrs_postgres::{PgEventStore, PgNotify};
+use cqrs_postgres::{PgEventStore, PgNotify, PgStoreTuning};
 use example_bank_account::{AccountCommand, AccountEvent, BankAccount};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, PgPool};
@@ -86,11 +86,14 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connect to DATABASE_URL")?;
     let schema = format!("bench_{}", std::process::id());
-    let mut store = PgEventStore::new(pool.clone()).with_schema(&schema)?;
+    let mut tuning = PgStoreTuning::default();
     if let Ok(batches) = std::env::var("APPEND_BATCHES") {
-        let batches = batches.parse().context("APPEND_BATCHES")?;
-        store = store.with_append_batches(batches);
+        tuning = tuning.append_batches(batches.parse().context("APPEND_BATCHES")?);
     }
+    let store = PgEventStore::builder(pool.clone())
+        .schema(&schema)
+        .tuning(tuning)
+        .build()?;
     store.migrate().await?;
     let version: String = sqlx::query_scalar("SHOW server_version")
         .fetch_one(&pool)
@@ -98,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "PostgreSQL {version}, schema {schema}, {} cores, appends batched {} at a time",
         std::thread::available_parallelism().map_or(0, usize::from),
-        store.append_batches()
+        store.tuning().append_batches
     );
 
     let outcome = run(&store, &pool, &options).await;
@@ -451,7 +454,9 @@ async fn round_trips(store: &PgEventStore, options: &PgConnectOptions) -> anyhow
         .test_before_acquire(false)
         .connect_with(through_proxy)
         .await?;
-    let counted = PgEventStore::new(pool.clone()).with_schema(store.schema())?;
+    let counted = PgEventStore::builder(pool.clone())
+        .schema(store.schema())
+        .build()?;
 
     println!(
         "rt   round trips per deposit command, counted by a proxy on the wire ({N} sequential commands on one connection):"
@@ -470,7 +475,7 @@ async fn round_trips(store: &PgEventStore, options: &PgConnectOptions) -> anyhow
             true,
         ),
     ] {
-        let store = counted.clone().with_notify(notify);
+        let store = counted.to_builder().notify(notify).build()?;
         let cqrs = if cache {
             Pipeline::new(store).with_cache(16)
         } else {

@@ -40,7 +40,7 @@ use cqrs_core::{
     Aggregate, AppendRequest, Cqrs, EventEnvelope, EventStore, Metadata, NewEvent, Position,
     Projection,
 };
-use cqrs_postgres::{PgEventStore, PgInlineSql, PgProjectionRunner, PgView};
+use cqrs_postgres::{PgEventStore, PgInlineSql, PgProjectionRunner, PgStoreTuning, PgView};
 use example_bank_account::{AccountCommand, AccountEvent, BankAccount};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, PgPool};
@@ -269,11 +269,14 @@ async fn pool(max: u32) -> anyhow::Result<PgPool> {
 /// The store the workloads write with: appends batched as `APPEND_BATCHES` says (the
 /// store's default when unset).
 fn store(pool: &PgPool, schema: &str) -> anyhow::Result<PgEventStore> {
-    let store = PgEventStore::new(pool.clone()).with_schema(schema)?;
-    Ok(match std::env::var("APPEND_BATCHES") {
-        Ok(batches) => store.with_append_batches(batches.parse().context("APPEND_BATCHES")?),
-        Err(_) => store,
-    })
+    let mut tuning = PgStoreTuning::default();
+    if let Ok(batches) = std::env::var("APPEND_BATCHES") {
+        tuning = tuning.append_batches(batches.parse().context("APPEND_BATCHES")?);
+    }
+    Ok(PgEventStore::builder(pool.clone())
+        .schema(schema)
+        .tuning(tuning)
+        .build()?)
 }
 
 async fn drop_schema(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
@@ -707,8 +710,11 @@ async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()
          SET balance = b.balance + excluded.balance, movements = b.movements + 1"
     )
     .into();
-    let handler_store = store.clone().with_inline(InlineBalances { upsert });
-    let sql_store = store.clone().with_inline_sql(PgInlineSql::new(
+    let handler_store = store
+        .to_builder()
+        .inline(InlineBalances { upsert })
+        .build()?;
+    let sql_store = store.to_builder().inline_sql(PgInlineSql::new(
         "bench_inline_sql_balances",
         format!(
             "INSERT INTO {by_sql} AS b (account, balance, movements) \
@@ -724,7 +730,7 @@ async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()
              SET balance = b.balance + excluded.balance, movements = b.movements + excluded.movements",
             BankAccount::TYPE
         ),
-    )?);
+    )?).build()?;
     for cache in [false, true] {
         let pipeline = |store: &PgEventStore| {
             let cqrs = Cqrs::<BankAccount, PgEventStore>::new(store.clone());
@@ -780,12 +786,15 @@ async fn live_lag(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<
     // The projection runs on a small pool of its own, as it would in a worker process:
     // it does not queue behind the writers for connections.
     let worker_pool = self::pool(4).await?;
-    let runner =
-        PgProjectionRunner::builder(PgEventStore::new(worker_pool.clone()).with_schema(schema)?)
-            .claim_interval(Duration::from_millis(10))
-            .view(Balances::new(schema))
-            .start()
-            .await?;
+    let runner = PgProjectionRunner::builder(
+        PgEventStore::builder(worker_pool.clone())
+            .schema(schema)
+            .build()?,
+    )
+    .claim_interval(Duration::from_millis(10))
+    .view(Balances::new(schema))
+    .start()
+    .await?;
     // Wait until it owns the projection.
     runner
         .wait_for(Balances::NAME, Position::START, Duration::from_secs(10))
