@@ -373,7 +373,7 @@ async fn derived_aggregate_runs_through_the_pipeline()
         ::core::option::Option::Some(6)
     );
 
-    let counters = Cqrs::<Counter, _>::with_services(store, Step(3));
+    let counters = Cqrs::<Counter, _>::builder(store).services(Step(3)).build();
     counters
         .dispatch(CounterCommand::Bump { id: "c".to_owned() })
         .await?;

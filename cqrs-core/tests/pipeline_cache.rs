@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use common::{Ledger, LedgerCommand, LedgerEvent, fold};
 use cqrs_core::memory::MemoryEventStore;
 use cqrs_core::{
-    AppendOutcome, AppendRequest, CommandError, Cqrs, EventFilter, EventStore, LoadedStream,
-    Position, RecordedEvent, RetryPolicy, Snapshot,
+    AppendOutcome, AppendRequest, CommandError, Cqrs, CqrsTuning, EventFilter, EventStore,
+    LoadedStream, Position, RecordedEvent, RetryPolicy, Snapshot,
 };
 use uuid::Uuid;
 
@@ -82,7 +82,9 @@ async fn stored_state(store: &MemoryEventStore, id: &str) -> Ledger {
 #[tokio::test]
 async fn a_cached_aggregate_is_loaded_once() {
     let store = Arc::new(Counting::default());
-    let cqrs = Cqrs::<Ledger, _>::from_arc(Arc::clone(&store), ()).with_cache(16);
+    let cqrs = Cqrs::<Ledger, _>::builder(Arc::clone(&store))
+        .tuning(CqrsTuning::default().cache(16))
+        .build();
     for i in 0..10 {
         cqrs.execute("l", add(i)).await.expect("execute");
     }
@@ -126,7 +128,9 @@ async fn a_cached_aggregate_is_loaded_once() {
 #[tokio::test]
 async fn the_cache_is_bounded() {
     let store = Arc::new(Counting::default());
-    let cqrs = Cqrs::<Ledger, _>::from_arc(Arc::clone(&store), ()).with_cache(2);
+    let cqrs = Cqrs::<Ledger, _>::builder(Arc::clone(&store))
+        .tuning(CqrsTuning::default().cache(2))
+        .build();
     for id in ["a", "b", "c", "a"] {
         cqrs.execute(id, add(1)).await.expect("execute");
     }
@@ -140,8 +144,12 @@ async fn the_cache_is_bounded() {
 async fn a_stale_cache_is_detected_by_the_append_and_reloaded() {
     let store = MemoryEventStore::new();
     // Two processes, each with its own cache, writing to the same aggregate.
-    let first = Cqrs::<Ledger, _>::new(store.clone()).with_cache(16);
-    let second = Cqrs::<Ledger, _>::new(store.clone()).with_cache(16);
+    let first = Cqrs::<Ledger, _>::builder(store.clone())
+        .tuning(CqrsTuning::default().cache(16))
+        .build();
+    let second = Cqrs::<Ledger, _>::builder(store.clone())
+        .tuning(CqrsTuning::default().cache(16))
+        .build();
     first.execute("l", add(2)).await.expect("first");
     second.execute("l", add(3)).await.expect("second");
     // `first` still caches version 1; its next command conflicts, reloads, and lands.
@@ -167,9 +175,10 @@ async fn a_stale_cache_is_detected_by_the_append_and_reloaded() {
 async fn local_commands_on_one_aggregate_queue_instead_of_conflicting() {
     let store = MemoryEventStore::new();
     let cqrs = Arc::new(
-        Cqrs::<Ledger, _>::new(store.clone())
-            .with_cache(16)
-            .with_retry(RetryPolicy::never()),
+        Cqrs::<Ledger, _>::builder(store.clone())
+            .tuning(CqrsTuning::default().cache(16))
+            .retry(RetryPolicy::never())
+            .build(),
     );
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..16 {

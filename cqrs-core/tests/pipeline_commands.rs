@@ -290,7 +290,9 @@ async fn conflicts_are_retried_up_to_the_policy_then_reported() {
         inner: MemoryEventStore::new(),
         conflicts: AtomicU32::new(3),
     });
-    let cqrs = Cqrs::<Ledger, _>::from_arc(Arc::clone(&store), ()).with_retry(RetryPolicy::new(3));
+    let cqrs = Cqrs::<Ledger, _>::builder(Arc::clone(&store))
+        .retry(RetryPolicy::new(3))
+        .build();
     let outcome = cqrs
         .execute("l", add(1))
         .await
@@ -319,8 +321,9 @@ async fn conflicts_are_retried_up_to_the_policy_then_reported() {
     assert_eq!(store.inner.len(), 1, "the failed command wrote nothing");
 
     store.conflicts.store(1, Ordering::SeqCst);
-    let never =
-        Cqrs::<Ledger, _>::from_arc(Arc::clone(&store), ()).with_retry(RetryPolicy::never());
+    let never = Cqrs::<Ledger, _>::builder(Arc::clone(&store))
+        .retry(RetryPolicy::never())
+        .build();
     assert!(matches!(
         never.execute("l", add(1)).await,
         Err(CommandError::Conflict { attempts: 1, .. })

@@ -97,8 +97,9 @@ proptest! {
     ) {
         runtime().block_on(async {
             let store = MemoryEventStore::new();
-            let cqrs = Cqrs::<Ledger, _>::new(store.clone())
-                .with_snapshots(SnapshotPolicy::every(every));
+            let cqrs = Cqrs::<Ledger, _>::builder(store.clone())
+                .snapshots(SnapshotPolicy::every(every))
+                .build();
             let mut expected_version = 0;
             for command in commands {
                 if let Ok(outcome) = cqrs.execute("l", command).await {
@@ -128,7 +129,9 @@ proptest! {
 #[tokio::test]
 async fn the_pipeline_snapshots_when_due_and_loads_from_the_snapshot() {
     let store = MemoryEventStore::new();
-    let cqrs = Cqrs::<Ledger, _>::new(store.clone()).with_snapshots(SnapshotPolicy::every(5));
+    let cqrs = Cqrs::<Ledger, _>::builder(store.clone())
+        .snapshots(SnapshotPolicy::every(5))
+        .build();
     for i in 0..12 {
         cqrs.execute(
             "l",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::TestStore;
 use common::counter::{Add, Counter};
-use cqrs_core::{AppendRequest, Cqrs, Error, EventStore, NewEvent, RetryPolicy};
+use cqrs_core::{AppendRequest, Cqrs, CqrsTuning, Error, EventStore, NewEvent, RetryPolicy};
 use serde_json::json;
 use tokio::sync::Barrier;
 use uuid::Uuid;
@@ -201,7 +201,14 @@ async fn appends_racing_with_one_command_id_on_one_stream_write_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_command_pipeline_loses_no_update_under_contention() {
     let t = TestStore::with_pool_size("pipe", 8).await;
-    let cqrs = Arc::new(Cqrs::<Counter, _>::new(t.store.clone()).with_retry(RetryPolicy::new(200)));
+    let cqrs = Arc::new(
+        // Without the cache, which would queue the commands of one aggregate in this
+        // process instead of letting them race on the log's key.
+        Cqrs::<Counter, _>::builder(t.store.clone())
+            .retry(RetryPolicy::new(200))
+            .tuning(CqrsTuning::default().cache(0))
+            .build(),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..8_u64 {
         let cqrs = Arc::clone(&cqrs);

@@ -9,7 +9,6 @@
 //! - `retry`: the policy after a conflict.
 
 mod builder;
-mod legacy;
 mod load;
 mod outcome;
 mod retry;
@@ -94,13 +93,24 @@ impl<A, S> Cqrs<A, S>
 where
     A: Aggregate,
     A::Services: Default,
-    S: EventStore + ?Sized,
+    S: EventStore,
 {
     /// A pipeline on `store` with the default services, retry and snapshot policies and
-    /// tuning: the same as `Cqrs::builder(store).build()`. `store` is a store, or an
-    /// `Arc` of one (an `Arc<dyn EventStore>` too).
-    pub fn new(store: impl Into<Arc<S>>) -> Self {
+    /// tuning: the same as `Cqrs::builder(store).build()`. `store` may be shared: an
+    /// `Arc` of a store, or an `Arc<dyn EventStore>`, is a store too.
+    pub fn new(store: S) -> Self {
         Self::builder(store).build()
+    }
+}
+
+impl<A, S> Cqrs<A, S>
+where
+    A: Aggregate,
+    S: EventStore,
+{
+    /// A pipeline on `store`, to configure: see [`CqrsBuilder`].
+    pub fn builder(store: S) -> CqrsBuilder<A, S> {
+        CqrsBuilder::new(Arc::new(store))
     }
 }
 
@@ -109,12 +119,6 @@ where
     A: Aggregate,
     S: EventStore + ?Sized,
 {
-    /// A pipeline on `store` (a store, or an `Arc` of one), to configure: see
-    /// [`CqrsBuilder`].
-    pub fn builder(store: impl Into<Arc<S>>) -> CqrsBuilder<A, S> {
-        CqrsBuilder::new(store.into())
-    }
-
     /// The store.
     pub fn store(&self) -> &Arc<S> {
         &self.store

@@ -120,8 +120,10 @@ impl<A: Aggregate> AggregateFixture<A> {
                 .await
                 .unwrap_or_else(|error| panic!("the given events cannot be stored: {error}"));
         }
-        let cqrs =
-            Cqrs::<A, _>::with_services(store, self.services).with_retry(RetryPolicy::never());
+        let cqrs = Cqrs::<A, _>::builder(store)
+            .services(self.services)
+            .retry(RetryPolicy::never())
+            .build();
         let result = cqrs
             .execute(FIXTURE_ID, command)
             .await

@@ -73,7 +73,7 @@ async fn tour<S: EventStore>(
     run: &str,
 ) -> anyhow::Result<()> {
     println!("cqrs bank-account tour, on {store_name}\n");
-    let cqrs = Arc::new(Cqrs::<BankAccount, S>::from_arc(Arc::clone(&store), ()));
+    let cqrs = Arc::new(Cqrs::<BankAccount, _>::new(Arc::clone(&store)));
     let _live = balances.spawn(); // keeps the read model up to date in the background
     let [ada, bob] = ["acc-ada", "acc-bob"].map(|id| {
         if run.is_empty() {
@@ -171,9 +171,11 @@ async fn tour<S: EventStore>(
         other => anyhow::bail!("expected a conflict, got {other:?}"),
     }
     println!("   the pipeline handles this itself: on a conflict it reloads and re-runs `handle`.");
+    // Sixteen pipelines, as sixteen processes would have: within one pipeline, the
+    // commands of one aggregate queue in the process instead of racing.
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..16 {
-        let cqrs = Arc::clone(&cqrs);
+        let cqrs = Cqrs::<BankAccount, _>::new(Arc::clone(&store));
         let bob = bob.clone();
         tasks.spawn(async move {
             cqrs.execute(&bob, AccountCommand::Deposit { amount: dollars(1) })
@@ -186,7 +188,7 @@ async fn tour<S: EventStore>(
     }
     let balance = cqrs.load(&bob).await?.state.balance;
     println!(
-        "   16 concurrent deposits of 1.00 into {bob}: all applied, {retries} conflict(s) retried, balance {}",
+        "   16 concurrent deposits of 1.00 into {bob}, from 16 pipelines: all applied, {retries} conflict(s) retried, balance {}",
         money(balance)
     );
 

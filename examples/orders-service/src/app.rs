@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_core::{Cqrs, Position};
+use cqrs_core::{Cqrs, CqrsTuning, Position};
 use cqrs_postgres::{PgEventStore, PgProjectionRunner};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -95,8 +95,16 @@ impl App {
             .map_err(StartError::Connect)?;
         drop(conn);
 
-        let orders = Arc::new(Cqrs::<Order, _>::new(store.clone()).with_cache(10_000));
-        let warehouse = Arc::new(Cqrs::<Warehouse, _>::new(store.clone()).with_cache(16));
+        let orders = Arc::new(
+            Cqrs::<Order, _>::builder(store.clone())
+                .tuning(CqrsTuning::default().cache(10_000))
+                .build(),
+        );
+        let warehouse = Arc::new(
+            Cqrs::<Warehouse, _>::builder(store.clone())
+                .tuning(CqrsTuning::default().cache(16))
+                .build(),
+        );
         let runner = PgProjectionRunner::builder(store.clone())
             .poll_interval(config.poll_interval)
             .view(OrderView)

@@ -32,7 +32,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use cqrs_core::{Aggregate, Metadata};
 use cqrs_core::{
-    AppendRequest, CommandError, Cqrs, EventStore, NewEvent, RetryPolicy, Snapshot, SnapshotPolicy,
+    AppendRequest, CommandError, Cqrs, CqrsTuning, EventStore, NewEvent, RetryPolicy, Snapshot,
+    SnapshotPolicy,
 };
 use cqrs_postgres::{PgEventStore, PgNotify, PgStoreTuning};
 use example_bank_account::{AccountCommand, AccountEvent, BankAccount};
@@ -40,6 +41,15 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, PgPool};
 
 type Pipeline = Cqrs<BankAccount, PgEventStore>;
+
+/// A pipeline keeping up to `cache` aggregates in this process (0: none, every command
+/// loads its stream).
+fn pipeline(store: &PgEventStore, cache: usize, retry: RetryPolicy) -> Pipeline {
+    Pipeline::builder(store.clone())
+        .retry(retry)
+        .tuning(CqrsTuning::default().cache(cache))
+        .build()
+}
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -160,11 +170,7 @@ struct W1 {
 }
 
 async fn w1(store: &PgEventStore, deposits: u64, cache: bool) -> anyhow::Result<W1> {
-    let cqrs = if cache {
-        Pipeline::new(store.clone()).with_cache(1024)
-    } else {
-        Pipeline::new(store.clone())
-    };
+    let cqrs = pipeline(store, if cache { 1024 } else { 0 }, RetryPolicy::default());
     let prefix = if cache { "w1c" } else { "w1" };
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -234,7 +240,7 @@ async fn ms_per_command(cqrs: &Pipeline, id: &str, n: u32) -> anyhow::Result<f64
 
 async fn w2(store: &PgEventStore, events: u64) -> anyhow::Result<()> {
     const N: u32 = 100;
-    let plain = Pipeline::new(store.clone());
+    let plain = pipeline(store, 0, RetryPolicy::default());
     plain.execute("w2-fresh", open()).await?;
     let fresh = ms_per_command(&plain, "w2-fresh", N).await?;
 
@@ -264,12 +270,15 @@ async fn w2(store: &PgEventStore, events: u64) -> anyhow::Result<()> {
             state: serde_json::to_value(&state)?,
         })
         .await?;
-    let snapshotted = Pipeline::new(store.clone()).with_snapshots(SnapshotPolicy::every(100));
+    let snapshotted = Pipeline::builder(store.clone())
+        .snapshots(SnapshotPolicy::every(100))
+        .tuning(CqrsTuning::default().cache(0))
+        .build();
     let snapshot = ms_per_command(&snapshotted, "w2-snapshot", N).await?;
 
     // With the cache: the first command loads the stream, the others skip the load.
     long_stream(store, "w2-cache", events).await?;
-    let cached = Pipeline::new(store.clone()).with_cache(1024);
+    let cached = pipeline(store, 1024, RetryPolicy::default());
     cached.execute("w2-cache", deposit(1)).await?;
     let cache = ms_per_command(&cached, "w2-cache", N).await?;
 
@@ -285,15 +294,10 @@ async fn w2(store: &PgEventStore, events: u64) -> anyhow::Result<()> {
 
 async fn w3(store: &PgEventStore, duration: Duration) -> anyhow::Result<()> {
     for (label, cqrs) in [
-        (
-            "no cache",
-            Pipeline::new(store.clone()).with_retry(RetryPolicy::new(50)),
-        ),
+        ("no cache", pipeline(store, 0, RetryPolicy::new(50))),
         (
             "with the cache",
-            Pipeline::new(store.clone())
-                .with_retry(RetryPolicy::new(50))
-                .with_cache(1024),
+            pipeline(store, 1024, RetryPolicy::new(50)),
         ),
     ] {
         let id = format!("w3-{}", label.replace(' ', "-"));
@@ -476,11 +480,7 @@ async fn round_trips(store: &PgEventStore, options: &PgConnectOptions) -> anyhow
         ),
     ] {
         let store = counted.to_builder().notify(notify).build()?;
-        let cqrs = if cache {
-            Pipeline::new(store).with_cache(16)
-        } else {
-            Pipeline::new(store)
-        };
+        let cqrs = pipeline(&store, if cache { 16 } else { 0 }, RetryPolicy::default());
         let id = format!("rt-{label}");
         // Warm up: the first use of each statement on the connection prepares it.
         cqrs.execute(&id, open()).await?;

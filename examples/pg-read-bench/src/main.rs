@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cqrs_core::{
-    Aggregate, AppendRequest, Cqrs, EventEnvelope, EventStore, Metadata, NewEvent, Position,
-    Projection,
+    Aggregate, AppendRequest, Cqrs, CqrsTuning, EventEnvelope, EventStore, Metadata, NewEvent,
+    Position, Projection,
 };
 use cqrs_postgres::{PgEventStore, PgInlineSql, PgProjectionRunner, PgStoreTuning, PgView};
 use example_bank_account::{AccountCommand, AccountEvent, BankAccount};
@@ -733,8 +733,9 @@ async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()
     )?).build()?;
     for cache in [false, true] {
         let pipeline = |store: &PgEventStore| {
-            let cqrs = Cqrs::<BankAccount, PgEventStore>::new(store.clone());
-            if cache { cqrs.with_cache(1024) } else { cqrs }
+            Cqrs::<BankAccount, PgEventStore>::builder(store.clone())
+                .tuning(CqrsTuning::default().cache(if cache { 1024 } else { 0 }))
+                .build()
         };
         let suffix = if cache { "-cached" } else { "" };
         let plain = w1(&pipeline(&store), &format!("plain{suffix}"), deposits).await?;
@@ -830,7 +831,10 @@ async fn live_lag(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<
         })
     };
 
-    let cqrs = Cqrs::<BankAccount, PgEventStore>::new(store.clone());
+    // Without the cache: every command loads its stream, as in w1 without it.
+    let cqrs = Cqrs::<BankAccount, PgEventStore>::builder(store.clone())
+        .tuning(CqrsTuning::default().cache(0))
+        .build();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..16 {
