@@ -178,7 +178,8 @@ impl RecordedEvent {
 /// long stream is dominated by per-event work.
 ///
 /// ```
-/// use cqrs_core::{Event, ReplayEvent};
+/// use cqrs_core::Event;
+/// use cqrs_core::store::ReplayEvent;
 ///
 /// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize, Event)]
 /// struct Deposited {

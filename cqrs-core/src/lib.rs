@@ -11,17 +11,15 @@ mod event;
 mod pipeline;
 mod private;
 mod projection;
-mod store;
 
 pub mod memory;
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use aggregate::{Aggregate, Apply, Handle, SnapshotPolicy};
 pub use command::{Command, CommandMetadata};
-pub use envelope::{
-    EventEnvelope, Metadata, NewEvent, ParsePositionError, Position, RecordedEvent, ReplayEvent,
-};
+pub use envelope::{EventEnvelope, Metadata, ParsePositionError, Position};
 pub use error::{BoxError, Error, ProjectionError, Result};
 pub use event::{CodecError, Event, EventType, Upcaster, codec};
 pub use pipeline::{
@@ -30,13 +28,13 @@ pub use pipeline::{
 #[doc(hidden)]
 pub use pipeline::{DefaultServices, GivenServices, ServicesOf};
 pub use projection::{Project, Projection};
-pub use store::{AppendOutcome, AppendRequest, EventFilter, EventStore, LoadedStream, Snapshot};
+pub use store::{EventFilter, EventStore};
 
 /// The names most programs need: `use cqrs_core::prelude::*;`.
 pub mod prelude {
     pub use crate::memory::{MemoryEventStore, Projector};
     pub use crate::{
-        Aggregate, Command, CommandError, CommandMetadata, CommandOutcome, Cqrs, Event,
+        Aggregate, Command, CommandError, CommandMetadata, CommandOutcome, Cqrs, CqrsTuning, Event,
         EventEnvelope, EventStore, Position, Projection, RetryPolicy, SnapshotPolicy,
     };
     pub use crate::{Apply, Handle, Project};

@@ -42,7 +42,8 @@ use crate::{Event, EventEnvelope, EventFilter};
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// use cqrs_core::memory::{MemoryEventStore, Projector};
-/// use cqrs_core::{AppendRequest, EventStore, Metadata, NewEvent};
+/// use cqrs_core::{EventStore, Metadata};
+/// use cqrs_core::store::{AppendRequest, NewEvent};
 ///
 /// let store = MemoryEventStore::new();
 /// let deposits = [Deposited { amount: 5 }, Deposited { amount: 7 }]

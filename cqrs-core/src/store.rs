@@ -1,3 +1,12 @@
+//! The storage contract, for backend authors: the [`EventStore`] trait and the raw forms
+//! it speaks in (append requests and outcomes, events as stored, loaded streams and
+//! snapshots).
+//!
+//! Applications seldom name these: the command pipeline ([`Cqrs`](crate::Cqrs)) and the
+//! projection runners use them on their behalf. A backend implements [`EventStore`] and
+//! proves it with the conformance suite in `cqrs_core::testing::conformance` (feature
+//! `testing`); see the guide's page on storage backends.
+
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -5,7 +14,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{Error, EventType, NewEvent, Position, RecordedEvent, ReplayEvent, Result};
+pub use crate::envelope::{NewEvent, RecordedEvent, ReplayEvent};
+use crate::{Error, EventType, Position, Result};
 
 /// Appends events to one stream if it is at the expected version.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use common::{Ledger, LedgerCommand, LedgerEvent, fold};
 use cqrs_core::memory::{MemoryEventStore, Projector};
+use cqrs_core::store::{AppendRequest, NewEvent};
 use cqrs_core::testing::ProjectionFixture;
 use cqrs_core::{
-    Aggregate, AppendRequest, Cqrs, EventEnvelope, EventFilter, EventStore, NewEvent, Position,
-    Projection, ProjectionError,
+    Aggregate, Cqrs, EventEnvelope, EventFilter, EventStore, Position, Projection, ProjectionError,
 };
 
 /// Folds every ledger stream into its state, recording the positions it saw.

@@ -8,10 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use async_trait::async_trait;
 use common::{Ledger, LedgerCommand, LedgerEvent, fold};
 use cqrs_core::memory::MemoryEventStore;
-use cqrs_core::{
-    AppendOutcome, AppendRequest, CommandError, Cqrs, CqrsTuning, EventFilter, EventStore,
-    LoadedStream, Position, RecordedEvent, RetryPolicy, Snapshot,
-};
+use cqrs_core::store::{AppendOutcome, AppendRequest, LoadedStream, RecordedEvent, Snapshot};
+use cqrs_core::{CommandError, Cqrs, CqrsTuning, EventFilter, EventStore, Position, RetryPolicy};
 use uuid::Uuid;
 
 /// Counts the loads a pipeline makes.

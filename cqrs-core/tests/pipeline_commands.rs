@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use async_trait::async_trait;
 use common::{Ledger, LedgerCommand, LedgerError, LedgerEvent};
 use cqrs_core::memory::MemoryEventStore;
+use cqrs_core::store::{AppendOutcome, AppendRequest, RecordedEvent, Snapshot};
 use cqrs_core::{
-    AppendOutcome, AppendRequest, CommandError, CommandMetadata, Cqrs, Error, EventFilter,
-    EventStore, Position, RecordedEvent, RetryPolicy, Snapshot,
+    CommandError, CommandMetadata, Cqrs, Error, EventFilter, EventStore, Position, RetryPolicy,
 };
 use uuid::Uuid;
 
@@ -338,7 +338,7 @@ async fn a_stored_event_that_does_not_decode_is_a_typed_error() {
             "ledger",
             "l",
             0,
-            vec![cqrs_core::NewEvent::new(
+            vec![cqrs_core::store::NewEvent::new(
                 "Added",
                 1,
                 serde_json::json!({ "amount": "NaN" }),
@@ -351,7 +351,7 @@ async fn a_stored_event_that_does_not_decode_is_a_typed_error() {
             "ledger",
             "m",
             0,
-            vec![cqrs_core::NewEvent::new(
+            vec![cqrs_core::store::NewEvent::new(
                 "Vanished",
                 1,
                 serde_json::json!({}),

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use common::{Ledger, LedgerCommand, LedgerEvent, fold, runtime};
 use cqrs_core::memory::MemoryEventStore;
-use cqrs_core::{
-    Aggregate, AppendRequest, Cqrs, EventStore, Metadata, NewEvent, Snapshot, SnapshotPolicy,
-};
+use cqrs_core::store::{AppendRequest, NewEvent, Snapshot};
+use cqrs_core::{Aggregate, Cqrs, EventStore, Metadata, SnapshotPolicy};
 use proptest::prelude::*;
 
 fn command() -> impl Strategy<Value = LedgerCommand> {

@@ -7,8 +7,8 @@ mod store;
 
 pub use db::{Error, MIGRATOR, Result};
 pub use projection::{
-    Document, PgDocumentView, PgProjectionRunner, PgProjectionRunnerBuilder, PgProjectionStatus,
-    PgView, ProjectionState,
+    PgDocument, PgDocumentView, PgProjectionRunner, PgProjectionRunnerBuilder, PgProjectionState,
+    PgProjectionStatus, PgRunnerTuning, PgView,
 };
 pub use store::{
     DEFAULT_SCHEMA, PgEventStore, PgEventStoreBuilder, PgInlineSql, PgNotify, PgStoreTuning,

@@ -13,7 +13,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::TestStore;
-use cqrs_core::{AppendOutcome, AppendRequest, EventStore, NewEvent};
+use cqrs_core::EventStore;
+use cqrs_core::store::{AppendOutcome, AppendRequest, NewEvent};
 use cqrs_postgres::{PgEventStore, PgInlineSql};
 use serde_json::json;
 use sqlx::{Postgres, Transaction};

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use common::TestStore;
 use common::counter::{Add, Counter};
-use cqrs_core::{AppendRequest, Cqrs, CqrsTuning, Error, EventStore, NewEvent, RetryPolicy};
+use cqrs_core::store::{AppendRequest, NewEvent};
+use cqrs_core::{Cqrs, CqrsTuning, Error, EventStore, RetryPolicy};
 use serde_json::json;
 use tokio::sync::Barrier;
 use uuid::Uuid;

@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{TestStore, eventually};
-use cqrs_core::{AppendRequest, EventStore, NewEvent};
+use cqrs_core::EventStore;
+use cqrs_core::store::{AppendRequest, NewEvent};
 use cqrs_postgres::{PgEventStore, PgNotify};
 use serde_json::json;
 

@@ -4,7 +4,8 @@
 mod common;
 
 use common::TestStore;
-use cqrs_core::{AppendRequest, EventFilter, EventStore, Metadata, NewEvent, Position, Snapshot};
+use cqrs_core::store::{AppendRequest, NewEvent, Snapshot};
+use cqrs_core::{EventFilter, EventStore, Metadata, Position};
 use serde_json::json;
 
 fn odd_ids() -> Vec<String> {

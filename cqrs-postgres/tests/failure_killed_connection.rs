@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{TestStore, eventually};
-use cqrs_core::{AppendRequest, EventStore, NewEvent};
+use cqrs_core::EventStore;
+use cqrs_core::store::{AppendRequest, NewEvent};
 use serde_json::json;
 use uuid::Uuid;
 

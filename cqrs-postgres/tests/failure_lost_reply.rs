@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use common::TestStore;
-use cqrs_core::{AppendRequest, EventEnvelope, EventStore, NewEvent, Projection};
+use cqrs_core::store::{AppendRequest, NewEvent};
+use cqrs_core::{EventEnvelope, EventStore, Projection};
 use cqrs_postgres::{PgEventStore, PgEventStoreBuilder, PgNotify, PgStoreTuning};
 use serde_json::json;
 use sqlx::PgConnection;

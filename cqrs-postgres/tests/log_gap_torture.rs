@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Rng, TestStore, raw_append};
-use cqrs_core::{AppendRequest, Error, EventFilter, EventStore, NewEvent, Position, RecordedEvent};
+use cqrs_core::store::{AppendRequest, NewEvent, RecordedEvent};
+use cqrs_core::{Error, EventFilter, EventStore, Position};
 use serde_json::json;
 use uuid::Uuid;
 

@@ -7,8 +7,11 @@ mod projection_support;
 use std::time::Duration;
 
 use common::TestStore;
-use cqrs_core::{AppendRequest, EventEnvelope, EventStore, NewEvent, Position};
-use cqrs_postgres::{Document, PgDocumentView, PgProjectionRunner, ProjectionState};
+use cqrs_core::store::{AppendRequest, NewEvent};
+use cqrs_core::{EventEnvelope, EventStore, Position};
+use cqrs_postgres::{
+    PgDocument, PgDocumentView, PgProjectionRunner, PgProjectionState, PgRunnerTuning,
+};
 use projection_support::{Balances, add_many, caught_up, fold, rows, served_view};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -21,7 +24,7 @@ async fn the_view_equals_the_fold_of_the_log() {
     let schema = t.store.schema().to_owned();
     let runner = PgProjectionRunner::builder(t.store.clone())
         .owner("basic-runner")
-        .batch_size(7)
+        .tuning(PgRunnerTuning::default().batch_size(7))
         .view(Balances::<1>::new(&schema))
         .start()
         .await
@@ -49,7 +52,7 @@ async fn the_view_equals_the_fold_of_the_log() {
     let status = runner.status_of("balances").await.expect("status");
     assert_eq!(status.len(), 1);
     let status = &status[0];
-    assert_eq!(status.state, ProjectionState::CaughtUp);
+    assert_eq!(status.state, PgProjectionState::CaughtUp);
     assert_eq!(status.owner.as_deref(), Some("basic-runner"));
     assert_eq!(status.lag_events, 0);
     assert!(status.active);
@@ -58,7 +61,7 @@ async fn the_view_equals_the_fold_of_the_log() {
 
     runner.shutdown().await;
     let status = runner.status_of("balances").await.expect("status");
-    assert_eq!(status[0].state, ProjectionState::Stopped);
+    assert_eq!(status[0].state, PgProjectionState::Stopped);
     assert_eq!(status[0].owner, None);
     t.cleanup().await;
 }
@@ -110,7 +113,7 @@ async fn a_projection_wanting_few_events_walks_the_log_in_windows() {
     let t = TestStore::new("proj_sparse").await;
     let schema = t.store.schema().to_owned();
     let runner = PgProjectionRunner::builder(t.store.clone())
-        .batch_size(7)
+        .tuning(PgRunnerTuning::default().batch_size(7))
         .view(Balances::<1>::new(&schema))
         .start()
         .await
@@ -152,7 +155,7 @@ async fn plain_projections_run_too() {
     .expect("create the table");
     let table = view.table.clone();
     let runner = PgProjectionRunner::builder(t.store.clone())
-        .synchronous_commit(true)
+        .tuning(PgRunnerTuning::default().synchronous_commit(true))
         .projection(view)
         .start()
         .await
@@ -172,7 +175,7 @@ struct CounterSummary {
     last_version: u64,
 }
 
-impl Document for CounterSummary {
+impl PgDocument for CounterSummary {
     const NAME: &'static str = "counter_summaries";
     type Event = common::counter::Added;
 
@@ -187,7 +190,7 @@ impl Document for CounterSummary {
 async fn a_document_view_needs_no_sql() {
     let t = TestStore::new("proj_doc").await;
     let runner = PgProjectionRunner::builder(t.store.clone())
-        .batch_size(10)
+        .tuning(PgRunnerTuning::default().batch_size(10))
         .view(PgDocumentView::<CounterSummary>::new(&t.store).expect("valid name"))
         .start()
         .await
@@ -228,14 +231,14 @@ async fn a_document_view_needs_no_sql() {
 async fn document_views_refuse_names_that_are_not_plain_identifiers() {
     #[derive(Debug, Default, Serialize, Deserialize)]
     struct Bad;
-    impl Document for Bad {
+    impl PgDocument for Bad {
         const NAME: &'static str = "Robert'); DROP TABLE students;--";
         type Event = common::counter::Added;
         fn apply(&mut self, _: &EventEnvelope<common::counter::Added>) {}
     }
     #[derive(Debug, Default, Serialize, Deserialize)]
     struct Clash;
-    impl Document for Clash {
+    impl PgDocument for Clash {
         const NAME: &'static str = "events";
         type Event = common::counter::Added;
         fn apply(&mut self, _: &EventEnvelope<common::counter::Added>) {}

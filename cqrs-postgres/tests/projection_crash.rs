@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{Rng, TestStore};
 use cqrs_core::Position;
-use cqrs_postgres::{PgEventStore, PgProjectionRunner};
+use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgRunnerTuning};
 use projection_support::{
     Balances, Faults, WorkerProcess, add, fold, observer, rows, run_worker_if_asked, table,
 };
@@ -104,8 +104,11 @@ async fn twenty_random_crashes_never_skip_or_repeat_an_event() {
                     .build()
                     .expect("schema");
                 let runner = PgProjectionRunner::builder(store)
-                    .batch_size(batch)
-                    .claim_interval(Duration::from_millis(20))
+                    .tuning(
+                        PgRunnerTuning::default()
+                            .batch_size(batch)
+                            .claim_interval(Duration::from_millis(20)),
+                    )
                     .retries(3, Duration::from_millis(5))
                     .view(
                         Balances::<1>::new(&worker_schema)

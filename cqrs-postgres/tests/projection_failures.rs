@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TestStore, eventually};
-use cqrs_core::{AppendRequest, EventEnvelope, EventStore, NewEvent};
-use cqrs_postgres::{Document, PgDocumentView, PgProjectionRunner, ProjectionState};
+use cqrs_core::store::{AppendRequest, NewEvent};
+use cqrs_core::{EventEnvelope, EventStore};
+use cqrs_postgres::{
+    PgDocument, PgDocumentView, PgProjectionRunner, PgProjectionState, PgRunnerTuning,
+};
 use projection_support::{Balances, Faults, add, add_many, caught_up, fold, rows, served_view};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -22,7 +25,7 @@ struct Seen {
     events: u64,
 }
 
-impl Document for Seen {
+impl PgDocument for Seen {
     const NAME: &'static str = "seen";
     type Event = common::counter::Added;
     fn apply(&mut self, _: &EventEnvelope<common::counter::Added>) {
@@ -39,7 +42,7 @@ async fn a_transient_failure_is_retried_and_applied_once() {
     faults.fail_once("r-1", 6);
     faults.panic_once("r-1", 13);
     let runner = PgProjectionRunner::builder(t.store.clone())
-        .batch_size(10)
+        .tuning(PgRunnerTuning::default().batch_size(10))
         .retries(3, Duration::from_millis(20))
         .view(Balances::<1>::new(&schema).with_faults(Arc::clone(&faults)))
         .start()
@@ -76,7 +79,7 @@ async fn a_persistent_failure_stops_only_that_projection_until_skipped_or_retrie
     faults.fail_always("f-1", 4);
     faults.fail_always("f-1", 9);
     let runner = PgProjectionRunner::builder(t.store.clone())
-        .batch_size(50)
+        .tuning(PgRunnerTuning::default().batch_size(50))
         .retries(3, Duration::from_millis(10))
         .view(Balances::<1>::new(&schema).with_faults(Arc::clone(&faults)))
         .view(PgDocumentView::<Seen>::new(&t.store).expect("name"))
@@ -93,7 +96,7 @@ async fn a_persistent_failure_stops_only_that_projection_until_skipped_or_retrie
 
     let status = eventually(WAIT, || async {
         let status = runner.status_of("balances").await.expect("status");
-        (status[0].state == ProjectionState::Failed).then(|| status[0].clone())
+        (status[0].state == PgProjectionState::Failed).then(|| status[0].clone())
     })
     .await
     .expect("the projection stops");
@@ -113,7 +116,7 @@ async fn a_persistent_failure_stops_only_that_projection_until_skipped_or_retrie
     assert!(runner.retry("balances", 1).await.expect("retry"));
     let again = eventually(WAIT, || async {
         let status = runner.status_of("balances").await.expect("status");
-        (status[0].state == ProjectionState::Failed).then(|| status[0].clone())
+        (status[0].state == PgProjectionState::Failed).then(|| status[0].clone())
     })
     .await
     .expect("fails again");
@@ -126,7 +129,7 @@ async fn a_persistent_failure_stops_only_that_projection_until_skipped_or_retrie
     );
     let next = eventually(WAIT, || async {
         let status = runner.status_of("balances").await.expect("status");
-        (status[0].state == ProjectionState::Failed && status[0].failed_at != Some(failed_at))
+        (status[0].state == PgProjectionState::Failed && status[0].failed_at != Some(failed_at))
             .then(|| status[0].clone())
     })
     .await
@@ -150,7 +153,7 @@ async fn a_persistent_failure_stops_only_that_projection_until_skipped_or_retrie
         vec![("f-1".to_owned(), 11, 11)]
     );
     let status = runner.status_of("balances").await.expect("status");
-    assert_eq!(status[0].state, ProjectionState::CaughtUp);
+    assert_eq!(status[0].state, PgProjectionState::CaughtUp);
     assert_eq!(status[0].error, None);
     assert_eq!(status[0].failed_at, None);
 
@@ -191,7 +194,7 @@ async fn an_event_that_does_not_decode_stops_the_projection_there() {
 
     let status = eventually(WAIT, || async {
         let status = runner.status_of("balances").await.expect("status");
-        (status[0].state == ProjectionState::Failed).then(|| status[0].clone())
+        (status[0].state == PgProjectionState::Failed).then(|| status[0].clone())
     })
     .await
     .expect("the projection stops at the bad event");

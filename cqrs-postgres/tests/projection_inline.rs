@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestStore;
-use cqrs_core::{AppendRequest, EventStore, NewEvent, Position};
-use cqrs_postgres::{PgProjectionRunner, ProjectionState};
+use cqrs_core::store::{AppendRequest, NewEvent};
+use cqrs_core::{EventStore, Position};
+use cqrs_postgres::{PgProjectionRunner, PgProjectionState};
 use projection_support::{
     Balances, Faults, add, fold, rows, table, writers_see_each_append_at_once,
 };
@@ -61,7 +62,7 @@ async fn the_view_is_current_when_the_append_returns() {
         .await
         .expect("start");
     let status = runner.status_of("balances").await.expect("status");
-    assert_eq!(status[0].state, ProjectionState::Inline);
+    assert_eq!(status[0].state, PgProjectionState::Inline);
     runner
         .wait_for("balances", other.position, Duration::from_millis(1))
         .await

@@ -8,8 +8,9 @@ mod projection_support;
 use std::time::Duration;
 
 use common::TestStore;
-use cqrs_core::{AppendRequest, Error, EventStore, NewEvent};
-use cqrs_postgres::{PgInlineSql, PgProjectionRunner, ProjectionState};
+use cqrs_core::store::{AppendRequest, NewEvent};
+use cqrs_core::{Error, EventStore};
+use cqrs_postgres::{PgInlineSql, PgProjectionRunner, PgProjectionState};
 use projection_support::{
     Balances, Rows, add, add_many, fold, rows, table, writers_see_each_append_at_once,
 };
@@ -99,7 +100,7 @@ async fn the_view_is_current_when_the_append_returns() {
         .expect("start");
     let status = runner.status_of("balances_sql").await.expect("status");
     assert_eq!(status.len(), 1);
-    assert_eq!(status[0].state, ProjectionState::Inline);
+    assert_eq!(status[0].state, PgProjectionState::Inline);
     runner
         .wait_for("balances_sql", other.position, Duration::from_millis(1))
         .await
@@ -311,7 +312,7 @@ async fn a_store_moved_to_another_schema_registers_its_inline_projections_there(
         .expect("start");
     let status = runner.status_of("balances_sql").await.expect("status");
     assert_eq!(status.len(), 1, "{status:?}");
-    assert_eq!(status[0].state, ProjectionState::Inline);
+    assert_eq!(status[0].state, PgProjectionState::Inline);
     runner.shutdown().await;
     assert_eq!(rows(first.pool(), &table).await.len(), 2);
     second.cleanup().await;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{TestStore, eventually};
-use cqrs_postgres::{PgNotify, PgProjectionRunner};
+use cqrs_postgres::{PgNotify, PgProjectionRunner, PgRunnerTuning};
 use projection_support::{Balances, add, fold, rows, table};
 
 const POLL: Duration = Duration::from_millis(300);
@@ -33,7 +33,7 @@ async fn a_terminated_listener_delays_a_projection_by_at_most_the_poll_interval(
     let owner = format!("notify-{}", std::process::id());
     let runner = PgProjectionRunner::builder(t.store.clone())
         .owner(owner.clone())
-        .poll_interval(POLL)
+        .tuning(PgRunnerTuning::default().poll_interval(POLL))
         .view(Balances::<1>::new(&schema))
         .start()
         .await
@@ -127,7 +127,7 @@ async fn without_notifications_polling_alone_keeps_the_projection_going() {
     let schema = t.store.schema().to_owned();
     let store = common::reconfigured(&t.store, |b| b.notify(PgNotify::Off));
     let runner = PgProjectionRunner::builder(store.clone())
-        .poll_interval(POLL)
+        .tuning(PgRunnerTuning::default().poll_interval(POLL))
         .view(Balances::<1>::new(&schema))
         .start()
         .await

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{TestStore, eventually};
 use cqrs_core::Position;
-use cqrs_postgres::{PgProjectionRunner, ProjectionState};
+use cqrs_postgres::{PgProjectionRunner, PgProjectionState, PgRunnerTuning};
 use projection_support::{Balances, add_many, fold, rows, served_view, table};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -18,7 +18,7 @@ async fn a_rebuild_equals_the_view_built_live() {
     let t = TestStore::new("proj_rebuild").await;
     let schema = t.store.schema().to_owned();
     let runner = PgProjectionRunner::builder(t.store.clone())
-        .batch_size(25)
+        .tuning(PgRunnerTuning::default().batch_size(25))
         .view(Balances::<1>::new(&schema).with_delay(Duration::from_micros(200)))
         .start()
         .await
@@ -36,12 +36,12 @@ async fn a_rebuild_equals_the_view_built_live() {
 
     assert!(runner.rebuild("balances", 1).await.expect("rebuild"));
     let status = runner.status_of("balances").await.expect("status");
-    assert_eq!(status[0].state, ProjectionState::Rebuilding);
+    assert_eq!(status[0].state, PgProjectionState::Rebuilding);
     // Writers go on during the rebuild.
     let more = add_many(&t.store, "r-late", 0, 40, 4, 3).await;
     let rebuilt = eventually(WAIT, || async {
         let status = runner.status_of("balances").await.ok()?;
-        (status[0].state == ProjectionState::CaughtUp && status[0].position >= more)
+        (status[0].state == PgProjectionState::CaughtUp && status[0].position >= more)
             .then(|| status[0].clone())
     })
     .await
@@ -76,7 +76,7 @@ async fn a_new_version_is_served_only_once_it_has_caught_up() {
     // Version 2 is slow to build: 2 ms per event, 10 events per batch.
     let green = PgProjectionRunner::builder(t.store.clone())
         .owner("green")
-        .batch_size(10)
+        .tuning(PgRunnerTuning::default().batch_size(10))
         .view(Balances::<2>::new(&schema).with_delay(Duration::from_millis(2)))
         .start()
         .await
@@ -86,7 +86,7 @@ async fn a_new_version_is_served_only_once_it_has_caught_up() {
     let building = eventually(WAIT, || async {
         let status = green.status_of("balances").await.ok()?;
         let v2 = status.iter().find(|s| s.version == 2)?.clone();
-        (v2.state == ProjectionState::Rebuilding && v2.position > Position::START).then_some(v2)
+        (v2.state == PgProjectionState::Rebuilding && v2.position > Position::START).then_some(v2)
     })
     .await
     .expect("version 2 is building");
@@ -111,7 +111,7 @@ async fn a_new_version_is_served_only_once_it_has_caught_up() {
         let status = green.status_of("balances").await.ok()?;
         status
             .iter()
-            .any(|s| s.version == 2 && s.active && s.state == ProjectionState::CaughtUp)
+            .any(|s| s.version == 2 && s.active && s.state == PgProjectionState::CaughtUp)
             .then_some(())
     })
     .await

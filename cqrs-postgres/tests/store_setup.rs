@@ -5,7 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::TestStore;
-use cqrs_core::{AppendRequest, Error as CoreError, EventStore, NewEvent, Position};
+use cqrs_core::store::{AppendRequest, NewEvent};
+use cqrs_core::{Error as CoreError, EventStore, Position};
 use cqrs_postgres::{Error, PgEventStore, PgNotify};
 use serde_json::json;
 use sqlx::postgres::PgListener;

@@ -21,9 +21,8 @@ use crate::{EventFilter, EventStore, Position, Projection, ProjectionError};
 /// ```
 /// # use std::convert::Infallible;
 /// use cqrs_core::memory::{MemoryEventStore, Projector};
-/// use cqrs_core::{
-///     AppendRequest, Event, EventEnvelope, EventStore, NewEvent, Project, Projection,
-/// };
+/// use cqrs_core::{Event, EventEnvelope, EventStore, Project, Projection};
+/// use cqrs_core::store::{AppendRequest, NewEvent};
 ///
 /// #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, Event)]
 /// struct Deposited {

@@ -7,10 +7,10 @@ use chrono::Utc;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::{
-    AppendOutcome, AppendRequest, Error, EventFilter, EventStore, LoadedStream, Position,
-    RecordedEvent, ReplayEvent, Result, Snapshot,
+use crate::store::{
+    AppendOutcome, AppendRequest, LoadedStream, RecordedEvent, ReplayEvent, Snapshot,
 };
+use crate::{Error, EventFilter, EventStore, Position, Result};
 
 /// An event store held in memory, for tests, examples and prototypes.
 ///
@@ -20,7 +20,8 @@ use crate::{
 ///
 /// ```
 /// use cqrs_core::memory::MemoryEventStore;
-/// use cqrs_core::{AppendRequest, EventStore, NewEvent, Position};
+/// use cqrs_core::{EventStore, Position};
+/// use cqrs_core::store::{AppendRequest, NewEvent};
 ///
 /// # tokio_test(async {
 /// let store = MemoryEventStore::new();

@@ -4,7 +4,8 @@
 use tracing::{Instrument, field, warn};
 
 use super::{Cqrs, Loaded};
-use crate::{Aggregate, Error, EventStore, ReplayEvent};
+use crate::store::ReplayEvent;
+use crate::{Aggregate, Error, EventStore};
 
 impl<A, S> Cqrs<A, S>
 where

@@ -41,7 +41,7 @@ pub enum CommandError<E> {
     /// Other writers kept changing the aggregate and the retries ran out. Nothing was
     /// written.
     ///
-    /// The aggregate is hot: retry later, raise the [`RetryPolicy`], or route its
+    /// The aggregate is hot: retry later, raise the [`RetryPolicy`](crate::RetryPolicy), or route its
     /// commands through one process (see the backend's in-process serialisation).
     Conflict {
         /// The aggregate type.
@@ -51,10 +51,10 @@ pub enum CommandError<E> {
         /// How many times the command was tried.
         attempts: u32,
     },
-    /// [`Cqrs::dispatch`] was given a command that carries no aggregate id. Nothing was
+    /// [`Cqrs::dispatch`](crate::Cqrs::dispatch) was given a command that carries no aggregate id. Nothing was
     /// written.
     ///
-    /// A bug in the caller: use [`Cqrs::execute`] with an explicit id.
+    /// A bug in the caller: use [`Cqrs::execute`](crate::Cqrs::execute) with an explicit id.
     MissingAggregateId {
         /// The command's name.
         command: &'static str,

@@ -13,10 +13,8 @@ use tracing::{Instrument, debug, warn};
 use uuid::Uuid;
 
 use super::{CommandError, CommandOutcome, Cqrs, Loaded};
-use crate::{
-    Aggregate, AppendOutcome, AppendRequest, CommandMetadata, Error, EventStore, Metadata,
-    NewEvent, Snapshot,
-};
+use crate::store::{AppendOutcome, AppendRequest, NewEvent, Snapshot};
+use crate::{Aggregate, CommandMetadata, Error, EventStore, Metadata};
 
 /// The ids a command runs under.
 #[derive(Debug, Clone, Copy)]

@@ -2,9 +2,10 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 
 use crate::memory::{MemoryEventStore, Projector};
+use crate::store::{AppendRequest, NewEvent};
 use crate::{
-    Aggregate, AppendRequest, CommandError, Cqrs, Error, EventStore, Metadata, NewEvent,
-    Projection, ProjectionError, RetryPolicy,
+    Aggregate, CommandError, Cqrs, Error, EventStore, Metadata, Projection, ProjectionError,
+    RetryPolicy,
 };
 
 const FIXTURE_ID: &str = "fixture-aggregate";

@@ -6,9 +6,8 @@
 )]
 
 use chrono::{DateTime, Utc};
-use cqrs_core::{
-    AppendOutcome, CodecError, EventEnvelope, Metadata, Position, RecordedEvent, Snapshot,
-};
+use cqrs_core::store::{AppendOutcome, RecordedEvent, Snapshot};
+use cqrs_core::{CodecError, EventEnvelope, Metadata, Position};
 use serde_json::Value;
 use sqlx::Row as _;
 use sqlx::postgres::PgRow;

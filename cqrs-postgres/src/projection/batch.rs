@@ -184,7 +184,7 @@ pub(super) fn hook_failed<V: Projection>(hook: &'static str, source: BoxError) -
 /// Opens a batch's transaction. Unless configured otherwise, its commit does not wait
 /// for the WAL flush: a server crash can only lose a batch together with its
 /// checkpoint, which the worker then applies again (see
-/// [`PgProjectionRunnerBuilder::synchronous_commit`](crate::PgProjectionRunnerBuilder::synchronous_commit)).
+/// [`PgRunnerTuning::synchronous_commit`](crate::PgRunnerTuning::synchronous_commit)).
 pub(super) async fn begin(shared: &Shared) -> Result<Transaction<'static, Postgres>> {
     let begun = if shared.config.synchronous_commit {
         shared.pool.begin().await

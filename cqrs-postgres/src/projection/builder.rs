@@ -15,7 +15,7 @@ use tracing::{Instrument, info};
 use super::listener::Hub;
 use super::ownership::{Slot, supervise};
 use super::runner::{Inner, PgProjectionRunner, Tasks};
-use super::shared::{Config, Shared};
+use super::shared::{Config, PgRunnerTuning, Shared};
 use super::view::{PgView, Plain};
 use super::worker;
 use crate::db::{Error, Result};
@@ -94,27 +94,11 @@ impl PgProjectionRunnerBuilder {
         self
     }
 
-    /// How many events one transaction applies at most (default 1000).
+    /// How the runner spends connections, round trips and WAL flushes (see
+    /// [`PgRunnerTuning`]).
     #[must_use]
-    pub fn batch_size(mut self, batch_size: usize) -> Self {
-        self.config.batch_size = batch_size.max(1);
-        self
-    }
-
-    /// How often a projection looks at the log when no notification arrives (default
-    /// 500 ms). This bounds the delay a lost notification can cause.
-    #[must_use]
-    pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.config.poll_interval = interval.max(Duration::from_millis(1));
-        self
-    }
-
-    /// How often the runner tries to take ownership of the projections other processes
-    /// do not hold, and checks that its lock connection is alive (default 1 s). A
-    /// projection whose owner died is taken over within about this interval.
-    #[must_use]
-    pub fn claim_interval(mut self, interval: Duration) -> Self {
-        self.config.claim_interval = interval.max(Duration::from_millis(10));
+    pub fn tuning(mut self, tuning: PgRunnerTuning) -> Self {
+        self.config.tune(tuning);
         self
     }
 
@@ -124,21 +108,6 @@ impl PgProjectionRunnerBuilder {
     pub fn retries(mut self, max_attempts: u32, backoff: Duration) -> Self {
         self.config.max_attempts = max_attempts.max(1);
         self.config.backoff = backoff;
-        self
-    }
-
-    /// Whether a batch's commit waits for its WAL flush (default `false`).
-    ///
-    /// It need not for exactly-once: a view's changes and its checkpoint commit
-    /// together, so a server crash that loses a batch's commit loses both, and the worker
-    /// applies the batch again from the older checkpoint. The log itself stays durable:
-    /// appends are not affected. What a crash can do without the flush is take a view
-    /// back, for a moment, behind what a reader already saw (after
-    /// [`wait_for`](PgProjectionRunner::wait_for)), until the batch is applied again.
-    /// Set it to `true` to rule that out, at the cost of one WAL flush per batch.
-    #[must_use]
-    pub fn synchronous_commit(mut self, synchronous: bool) -> Self {
-        self.config.synchronous_commit = synchronous;
         self
     }
 

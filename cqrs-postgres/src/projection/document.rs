@@ -34,7 +34,7 @@ const RESERVED: &[&str] = &[
 /// ```
 /// # #![allow(dead_code)]
 /// use cqrs_core::EventEnvelope;
-/// use cqrs_postgres::Document;
+/// use cqrs_postgres::PgDocument;
 /// use serde::{Deserialize, Serialize};
 /// # use cqrs_core::{CodecError, Event, EventType, codec};
 /// # #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -63,7 +63,7 @@ const RESERVED: &[&str] = &[
 ///     deposits: u32,
 /// }
 ///
-/// impl Document for AccountSummary {
+/// impl PgDocument for AccountSummary {
 ///     const NAME: &'static str = "account_summaries";
 ///     type Event = AccountEvent;
 ///
@@ -78,7 +78,7 @@ const RESERVED: &[&str] = &[
 ///     }
 /// }
 /// ```
-pub trait Document: Serialize + DeserializeOwned + Default + Send + Sync + 'static {
+pub trait PgDocument: Serialize + DeserializeOwned + Default + Send + Sync + 'static {
     /// The view's name: the projection's [`NAME`](Projection::NAME), the SQL view
     /// readers query, and the stem of the table of each version (`<NAME>_v<VERSION>`),
     /// all in the store's schema. Lowercase ASCII letters, digits and `_`, at most 48
@@ -108,7 +108,7 @@ pub trait Document: Serialize + DeserializeOwned + Default + Send + Sync + 'stat
     fn apply(&mut self, event: &EventEnvelope<Self::Event>);
 }
 
-/// The [`PgView`] that keeps a [`Document`] per key in a table: run it with
+/// The [`PgView`] that keeps a [`PgDocument`] per key in a table: run it with
 /// [`PgProjectionRunnerBuilder::view`](crate::PgProjectionRunnerBuilder::view), read it
 /// with [`get`](Self::get) and [`all`](Self::all), or with SQL from the view `NAME`.
 ///
@@ -119,7 +119,7 @@ pub trait Document: Serialize + DeserializeOwned + Default + Send + Sync + 'stat
 ///
 /// ```no_run
 /// # use cqrs_core::EventEnvelope;
-/// # use cqrs_postgres::Document;
+/// # use cqrs_postgres::PgDocument;
 /// # use serde::{Deserialize, Serialize};
 /// # use cqrs_core::{CodecError, Event, EventType, codec};
 /// # #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,7 +136,7 @@ pub trait Document: Serialize + DeserializeOwned + Default + Send + Sync + 'stat
 /// # }
 /// # #[derive(Debug, Default, Serialize, Deserialize)]
 /// # struct AccountSummary { balance: u64 }
-/// # impl Document for AccountSummary {
+/// # impl PgDocument for AccountSummary {
 /// #     const NAME: &'static str = "account_summaries";
 /// #     type Event = Deposited;
 /// #     fn apply(&mut self, event: &EventEnvelope<Deposited>) {
@@ -186,7 +186,7 @@ struct Statements {
 }
 
 impl Statements {
-    fn new<D: Document>(schema: &str) -> Result<Self, Error> {
+    fn new<D: PgDocument>(schema: &str) -> Result<Self, Error> {
         check_identifier("table", D::NAME, 48)?;
         if RESERVED.contains(&D::NAME) {
             return Err(Error::InvalidName {
@@ -221,17 +221,17 @@ impl Statements {
     }
 }
 
-fn view_name<D: Document>(store: &PgEventStore) -> Result<String, Error> {
+fn view_name<D: PgDocument>(store: &PgEventStore) -> Result<String, Error> {
     check_identifier("table", D::NAME, 48)?;
     Ok(format!("\"{}\".\"{}\"", store.schema(), D::NAME))
 }
 
-impl<D: Document> PgDocumentView<D> {
+impl<D: PgDocument> PgDocumentView<D> {
     /// The view of `D` in `store`'s schema.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidName`] when [`D::NAME`](Document::NAME) is not a plain
+    /// [`Error::InvalidName`] when [`D::NAME`](PgDocument::NAME) is not a plain
     /// identifier of at most 48 characters, or names one of the store's tables.
     pub fn new(store: &PgEventStore) -> Result<Self, Error> {
         Ok(Self {
@@ -285,7 +285,7 @@ impl<D: Document> PgDocumentView<D> {
     }
 }
 
-fn decode<D: Document>(key: &str, document: serde_json::Value) -> Result<D, Error> {
+fn decode<D: PgDocument>(key: &str, document: serde_json::Value) -> Result<D, Error> {
     serde_json::from_value(document).map_err(|source| Error::Document {
         view: D::NAME,
         key: key.to_owned(),
@@ -293,7 +293,7 @@ fn decode<D: Document>(key: &str, document: serde_json::Value) -> Result<D, Erro
     })
 }
 
-impl<D: Document> Projection for PgDocumentView<D> {
+impl<D: PgDocument> Projection for PgDocumentView<D> {
     const NAME: &'static str = D::NAME;
     const VERSION: u32 = D::VERSION;
     type Event = D::Event;
@@ -331,7 +331,7 @@ impl<D: Document> Projection for PgDocumentView<D> {
     }
 }
 
-impl<D: Document> PgView for PgDocumentView<D> {
+impl<D: PgDocument> PgView for PgDocumentView<D> {
     async fn setup(&mut self, cx: &mut PgConnection) -> Result<(), Error> {
         Sql::new(
             "document_create",

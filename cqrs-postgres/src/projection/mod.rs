@@ -26,7 +26,8 @@ mod view;
 mod worker;
 
 pub use builder::PgProjectionRunnerBuilder;
-pub use document::{Document, PgDocumentView};
+pub use document::{PgDocument, PgDocumentView};
 pub use runner::PgProjectionRunner;
-pub use status::{PgProjectionStatus, ProjectionState};
+pub use shared::PgRunnerTuning;
+pub use status::{PgProjectionState, PgProjectionStatus};
 pub use view::PgView;

@@ -50,12 +50,12 @@ impl Drop for Inner {
 /// - **Never skips.** Batches come from the store's commit-safe log, filtered in SQL to
 ///   the projection's event types.
 /// - **Live.** Every append is announced with `NOTIFY`; a projection wakes up at once,
-///   and polls every [`poll_interval`](crate::PgProjectionRunnerBuilder::poll_interval) in case
+///   and polls every [`poll_interval`](crate::PgRunnerTuning::poll_interval) in case
 ///   a notification was lost.
 /// - **One owner.** Any number of processes may run the same projections. Each holds a
 ///   session advisory lock per projection it owns, on a connection of its own; when a
 ///   process dies, PostgreSQL releases its locks and another process takes over within
-///   the [`claim_interval`](crate::PgProjectionRunnerBuilder::claim_interval).
+///   the [`claim_interval`](crate::PgRunnerTuning::claim_interval).
 /// - **Failures.** A failing handler is retried with a growing delay, then the
 ///   projection stops at that event, with the error recorded in its row and shown by
 ///   [`status`](Self::status); the other projections keep running. Resume with
@@ -72,7 +72,8 @@ impl Drop for Inner {
 /// ```no_run
 /// use std::time::Duration;
 ///
-/// use cqrs_core::{AppendRequest, EventEnvelope, EventStore, NewEvent, Projection};
+/// use cqrs_core::{EventEnvelope, EventStore, Projection};
+/// use cqrs_core::store::{AppendRequest, NewEvent};
 /// use cqrs_postgres::{PgEventStore, PgProjectionRunner};
 /// use sqlx::PgConnection;
 /// # use cqrs_core::{CodecError, Event, EventType, codec};
@@ -160,10 +161,9 @@ impl PgProjectionRunner {
         &self.inner.shared.owner
     }
 
-    /// The `NOTIFY` channel checkpoints are announced on (`<schema>_proj`). After each
-    /// commit the payload is `c<TAB>name<TAB>version<TAB>served<TAB>commit.sequence`,
-    /// where `served` is `true` or `false`; failures and operator requests send
-    /// `x<TAB>name<TAB>version`.
+    /// The `NOTIFY` channel checkpoints and operators' requests are announced on. Its
+    /// name and payloads are the runner's own business.
+    #[doc(hidden)]
     #[must_use]
     pub fn channel(&self) -> &str {
         self.inner.shared.projections.channel()
@@ -270,7 +270,7 @@ impl PgProjectionRunner {
 
     /// Asks the owner of projection `name` at `version` to empty its view (with
     /// [`PgView::reset`](crate::PgView::reset)) and replay the log from the start. Its
-    /// status is [`Rebuilding`](crate::ProjectionState::Rebuilding) until it has caught
+    /// status is [`Rebuilding`](crate::PgProjectionState::Rebuilding) until it has caught
     /// up; its view is partial meanwhile (a new
     /// [`VERSION`](cqrs_core::Projection::VERSION) is the way to rebuild without readers
     /// seeing that). Returns `false` when there is no such projection.

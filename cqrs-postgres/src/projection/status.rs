@@ -11,7 +11,7 @@ use crate::db::{Error, StatusRow, position, to_u32, to_u64};
 /// reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum ProjectionState {
+pub enum PgProjectionState {
     /// Owned by a runner and processing: there are events it has not applied yet.
     Running,
     /// Owned by a runner, with every event it can see applied.
@@ -30,7 +30,7 @@ pub enum ProjectionState {
     Inline,
 }
 
-impl ProjectionState {
+impl PgProjectionState {
     /// The state's name, as stored in the `state` column where it is one.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -45,7 +45,7 @@ impl ProjectionState {
     }
 }
 
-impl std::fmt::Display for ProjectionState {
+impl std::fmt::Display for PgProjectionState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
@@ -64,7 +64,7 @@ pub struct PgProjectionStatus {
     /// The checkpoint: the view is current up to here.
     pub position: Position,
     /// What it is doing.
-    pub state: ProjectionState,
+    pub state: PgProjectionState,
     /// How many events it wants are readable in the log past its checkpoint.
     pub lag_events: u64,
     /// How long the oldest of those has been in the log (zero when there is none).
@@ -73,7 +73,7 @@ pub struct PgProjectionStatus {
     /// [`PgProjectionRunnerBuilder::owner`](crate::PgProjectionRunnerBuilder::owner)),
     /// `None` when no runner holds it.
     pub owner: Option<String>,
-    /// Why it stopped, when [`state`](Self::state) is [`ProjectionState::Failed`].
+    /// Why it stopped, when [`state`](Self::state) is [`PgProjectionState::Failed`].
     pub error: Option<String>,
     /// The event it stopped at, when failed.
     pub failed_at: Option<Position>,
@@ -85,17 +85,17 @@ impl PgProjectionStatus {
     pub(crate) fn from_row(row: StatusRow) -> Result<Self, Error> {
         let lag_events = to_u64("lag_events", row.lag_events.unwrap_or(0))?;
         let state = if row.inline {
-            ProjectionState::Inline
+            PgProjectionState::Inline
         } else if row.error.is_some() {
-            ProjectionState::Failed
+            PgProjectionState::Failed
         } else if !row.owned {
-            ProjectionState::Stopped
+            PgProjectionState::Stopped
         } else if row.rebuilding || row.rebuild_requested || (row.building_beside && !row.active) {
-            ProjectionState::Rebuilding
+            PgProjectionState::Rebuilding
         } else if lag_events == 0 {
-            ProjectionState::CaughtUp
+            PgProjectionState::CaughtUp
         } else {
-            ProjectionState::Running
+            PgProjectionState::Running
         };
         let failed_at = match (row.failed_transaction_id, row.failed_sequence) {
             (Some(transaction_id), Some(sequence)) => Some(position(transaction_id, sequence)?),

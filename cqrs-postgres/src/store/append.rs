@@ -9,7 +9,8 @@
 
 use std::sync::Arc;
 
-use cqrs_core::{AppendOutcome, AppendRequest, Error as CoreError};
+use cqrs_core::Error as CoreError;
+use cqrs_core::store::{AppendOutcome, AppendRequest};
 use sqlx::postgres::PgDatabaseError;
 use tracing::warn;
 use uuid::Uuid;

@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use cqrs_core::{AppendOutcome, AppendRequest};
+use cqrs_core::store::{AppendOutcome, AppendRequest};
 use tokio::sync::{Semaphore, oneshot};
 
 use super::prepared::Prepared;
@@ -170,7 +170,7 @@ fn clash(a: &AppendRequest, b: &AppendRequest) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cqrs_core::NewEvent;
+    use cqrs_core::store::NewEvent;
     use uuid::Uuid;
 
     /// A waiting append: what finds it in the queue, and its reply (dropped: its caller

@@ -158,7 +158,7 @@ impl PgEventStoreBuilder {
     ///
     /// Inline projections are registered in the projections table (on the first
     /// append): [`PgProjectionRunner::status`](crate::PgProjectionRunner::status) reports
-    /// them as [`Inline`](crate::ProjectionState::Inline), and
+    /// them as [`Inline`](crate::PgProjectionState::Inline), and
     /// [`wait_for`](crate::PgProjectionRunner::wait_for) returns at once for them. Events
     /// appended before the projection was added are not applied: create its view from
     /// the log first (for instance with a runner, before switching to inline).

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
-use cqrs_core::{EventFilter, NewEvent, Position, Projection, RecordedEvent};
+use cqrs_core::store::{NewEvent, RecordedEvent};
+use cqrs_core::{EventFilter, Position, Projection};
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tracing::trace;
 

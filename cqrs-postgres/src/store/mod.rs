@@ -64,7 +64,8 @@ pub const DEFAULT_SCHEMA: &str = "cqrs";
 /// statements, and the knobs of [`PgStoreTuning`], are in the guide's performance page.
 ///
 /// ```no_run
-/// use cqrs_core::{AppendRequest, EventStore, NewEvent};
+/// use cqrs_core::EventStore;
+/// use cqrs_core::store::{AppendRequest, NewEvent};
 /// use cqrs_postgres::PgEventStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -199,13 +200,9 @@ impl PgEventStore {
         self.inner.schema.as_str()
     }
 
-    /// The `NOTIFY` channel appends are announced on (`<schema>_events`), with the
-    /// position of an append's last event (`"<commit>.<sequence>"`) as the payload; see
-    /// [`PgNotify`] for when.
-    ///
-    /// A reader `LISTEN`s to wake up at once instead of polling; it must still read
-    /// from its own position, since a notification may arrive before earlier
-    /// transactions have ended and the event becomes readable.
+    /// The `NOTIFY` channel appends are announced on (see [`PgNotify`]). Its name and
+    /// payload are the store's own business: the projection runner listens to it.
+    #[doc(hidden)]
     #[must_use]
     pub fn channel(&self) -> &str {
         &self.inner.channel

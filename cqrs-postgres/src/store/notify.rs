@@ -12,12 +12,10 @@ use tracing::{Instrument, debug, warn};
 
 use crate::db::{Statement, Statements, position_notice};
 
-/// How a [`PgEventStore`](crate::PgEventStore) announces appends on its
-/// [`channel`](crate::PgEventStore::channel), so that readers can `LISTEN` instead of
-/// polling.
+/// How a [`PgEventStore`](crate::PgEventStore) announces appends with `NOTIFY`, so that
+/// the projection runners wake up at once instead of polling.
 ///
-/// A notification is only a wake-up call: its payload is the position of an append's
-/// last event (`"<commit>.<sequence>"`), but a reader always reads on from its own
+/// A notification is only a wake-up call: a reader always reads on from its own
 /// position, and polls as well, since a notification can be late or (with
 /// [`AfterCommit`](Self::AfterCommit)) lost.
 ///

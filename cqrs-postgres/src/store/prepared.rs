@@ -1,6 +1,7 @@
 //! An append checked and converted for the server: what every append statement binds.
 
-use cqrs_core::{AppendRequest, Error};
+use cqrs_core::Error;
+use cqrs_core::store::AppendRequest;
 use sqlx::types::Json;
 use uuid::Uuid;
 

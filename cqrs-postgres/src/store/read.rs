@@ -2,10 +2,10 @@
 //! the entry to the write path (`append.rs`).
 
 use async_trait::async_trait;
-use cqrs_core::{
-    AppendOutcome, AppendRequest, EventFilter, EventStore, LoadedStream, Position, RecordedEvent,
-    ReplayEvent, Snapshot,
+use cqrs_core::store::{
+    AppendOutcome, AppendRequest, LoadedStream, RecordedEvent, ReplayEvent, Snapshot,
 };
+use cqrs_core::{EventFilter, EventStore, Position};
 use sqlx::types::Json;
 use tracing::warn;
 use uuid::Uuid;

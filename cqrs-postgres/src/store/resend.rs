@@ -9,7 +9,7 @@
 //! reported written when they are where it put them: never as a conflict, nor as a
 //! duplicate of itself.
 
-use cqrs_core::AppendOutcome;
+use cqrs_core::store::AppendOutcome;
 
 /// Whether an append is sent for the first time, or again after its connection failed
 /// with it in flight (so it may already have been written).

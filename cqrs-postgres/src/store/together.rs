@@ -1,7 +1,7 @@
 //! Sending the appends that waited at the same time as one statement
 //! (`append_batch.sql`), and handing each its outcome.
 
-use cqrs_core::AppendOutcome;
+use cqrs_core::store::AppendOutcome;
 use sqlx::FromRow;
 use sqlx::types::Json;
 use tracing::warn;

@@ -11,8 +11,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use cqrs_core::{AppendRequest, EventEnvelope, EventStore, NewEvent, Position, Projection};
-use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgView};
+use cqrs_core::store::{AppendRequest, NewEvent};
+use cqrs_core::{EventEnvelope, EventStore, Position, Projection};
+use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgRunnerTuning, PgView};
 use serde_json::json;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
@@ -370,9 +371,12 @@ pub fn run_worker_if_asked() {
             .expect("schema");
         let runner = PgProjectionRunner::builder(store)
             .owner(owner)
-            .batch_size(batch)
-            .claim_interval(claim)
-            .poll_interval(Duration::from_millis(200))
+            .tuning(
+                PgRunnerTuning::default()
+                    .batch_size(batch)
+                    .claim_interval(claim)
+                    .poll_interval(Duration::from_millis(200)),
+            )
             .view(Balances::<1>::new(&schema).with_delay(delay))
             .start()
             .await
@@ -388,7 +392,7 @@ pub fn run_worker_if_asked() {
 /// A runner with no projection, to wait on and report projections run elsewhere.
 pub async fn observer(store: &PgEventStore) -> PgProjectionRunner {
     PgProjectionRunner::builder(store.clone())
-        .poll_interval(Duration::from_millis(100))
+        .tuning(PgRunnerTuning::default().poll_interval(Duration::from_millis(100)))
         .start()
         .await
         .expect("start an observer")

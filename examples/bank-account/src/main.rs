@@ -19,9 +19,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cqrs_core::memory::{MemoryEventStore, Projector};
-use cqrs_core::{
-    Aggregate, AppendRequest, CommandError, CommandMetadata, Cqrs, EventStore, Metadata, NewEvent,
-};
+use cqrs_core::store::{AppendRequest, NewEvent};
+use cqrs_core::{Aggregate, CommandError, CommandMetadata, Cqrs, EventStore, Metadata};
 use cqrs_postgres::{PgEventStore, PgInlineSql};
 use example_bank_account::{AccountCommand, AccountEvent, Balances, BankAccount};
 use tracing_subscriber::EnvFilter;

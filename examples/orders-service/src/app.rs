@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_core::{Cqrs, CqrsTuning, Position};
-use cqrs_postgres::{PgEventStore, PgProjectionRunner};
+use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgRunnerTuning};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -106,7 +106,7 @@ impl App {
                 .build(),
         );
         let runner = PgProjectionRunner::builder(store.clone())
-            .poll_interval(config.poll_interval)
+            .tuning(PgRunnerTuning::default().poll_interval(config.poll_interval))
             .view(OrderView)
             .view(StockView)
             .projection(ReserveStock {

@@ -30,11 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use cqrs_core::store::{AppendRequest, NewEvent, Snapshot};
 use cqrs_core::{Aggregate, Metadata};
-use cqrs_core::{
-    AppendRequest, CommandError, Cqrs, CqrsTuning, EventStore, NewEvent, RetryPolicy, Snapshot,
-    SnapshotPolicy,
-};
+use cqrs_core::{CommandError, Cqrs, CqrsTuning, EventStore, RetryPolicy, SnapshotPolicy};
 use cqrs_postgres::{PgEventStore, PgNotify, PgStoreTuning};
 use example_bank_account::{AccountCommand, AccountEvent, BankAccount};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};

@@ -36,11 +36,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use cqrs_core::store::{AppendRequest, NewEvent};
 use cqrs_core::{
-    Aggregate, AppendRequest, Cqrs, CqrsTuning, EventEnvelope, EventStore, Metadata, NewEvent,
-    Position, Projection,
+    Aggregate, Cqrs, CqrsTuning, EventEnvelope, EventStore, Metadata, Position, Projection,
 };
-use cqrs_postgres::{PgEventStore, PgInlineSql, PgProjectionRunner, PgStoreTuning, PgView};
+use cqrs_postgres::{
+    PgEventStore, PgInlineSql, PgProjectionRunner, PgRunnerTuning, PgStoreTuning, PgView,
+};
 use example_bank_account::{AccountCommand, AccountEvent, BankAccount};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, PgPool};
@@ -586,8 +588,11 @@ async fn rebuild_child(schema: &str, target: Position) -> anyhow::Result<()> {
     let batch = usize::try_from(env_u64("BATCH", 5000))?;
     let started = Instant::now();
     let runner = PgProjectionRunner::builder(store)
-        .batch_size(batch)
-        .claim_interval(Duration::from_millis(10))
+        .tuning(
+            PgRunnerTuning::default()
+                .batch_size(batch)
+                .claim_interval(Duration::from_millis(10)),
+        )
         .view(Balances::new(schema))
         .start()
         .await?;
@@ -619,8 +624,11 @@ async fn plain_rebuild(store: &PgEventStore, schema: &str, count: i64) -> anyhow
     let target = Position::new(u64::try_from(transaction_id)?, u64::try_from(sequence)?);
     let started = Instant::now();
     let runner = PgProjectionRunner::builder(store.clone())
-        .batch_size(usize::try_from(env_u64("BATCH", 5000))?)
-        .claim_interval(Duration::from_millis(10))
+        .tuning(
+            PgRunnerTuning::default()
+                .batch_size(usize::try_from(env_u64("BATCH", 5000))?)
+                .claim_interval(Duration::from_millis(10)),
+        )
         .projection(PlainBalances { table })
         .start()
         .await?;
@@ -792,7 +800,7 @@ async fn live_lag(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<
             .schema(schema)
             .build()?,
     )
-    .claim_interval(Duration::from_millis(10))
+    .tuning(PgRunnerTuning::default().claim_interval(Duration::from_millis(10)))
     .view(Balances::new(schema))
     .start()
     .await?;

@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use super::Verdict;
 use super::helpers::{Expect, TYPE, append, event, events, everything, request, versions};
-use crate::{Error, EventStore, NewEvent};
+use crate::store::NewEvent;
+use crate::{Error, EventStore};
 
 pub(super) async fn racing_appends_on_one_stream_have_one_winner(
     store: Arc<dyn EventStore>,

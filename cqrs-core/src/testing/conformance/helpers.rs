@@ -3,10 +3,8 @@
 use serde_json::{Value, json};
 
 use super::Verdict;
-use crate::{
-    AppendOutcome, AppendRequest, Error, EventFilter, EventStore, NewEvent, Position,
-    RecordedEvent, ReplayEvent, Snapshot,
-};
+use crate::store::{AppendOutcome, AppendRequest, NewEvent, RecordedEvent, ReplayEvent, Snapshot};
+use crate::{Error, EventFilter, EventStore, Position};
 
 pub(super) const TYPE: &str = "conformance";
 

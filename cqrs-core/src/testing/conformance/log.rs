@@ -7,7 +7,8 @@ use serde_json::json;
 
 use super::Verdict;
 use super::helpers::{Expect, append, event, events, everything, numbers, versions};
-use crate::{AppendRequest, EventFilter, EventStore, Position, RecordedEvent};
+use crate::store::{AppendRequest, RecordedEvent};
+use crate::{EventFilter, EventStore, Position};
 
 pub(super) async fn read_all_returns_every_event_in_order(store: Arc<dyn EventStore>) -> Verdict {
     append(&*store, "a", 0, vec![event("Numbered", 1)]).await?;

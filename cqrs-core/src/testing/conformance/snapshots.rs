@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use super::Verdict;
 use super::helpers::{Expect, TYPE, append, events, replayed_versions, snapshot};
-use crate::{EventStore, Snapshot};
+use crate::EventStore;
+use crate::store::Snapshot;
 
 pub(super) async fn snapshot_of_unknown_stream_is_none(store: Arc<dyn EventStore>) -> Verdict {
     let found = store

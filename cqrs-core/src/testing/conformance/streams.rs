@@ -10,7 +10,8 @@ use super::Verdict;
 use super::helpers::{
     Expect, TYPE, append, event, events, everything, expect_conflict, numbers, request, versions,
 };
-use crate::{AppendRequest, Error, EventStore, Metadata, NewEvent};
+use crate::store::{AppendRequest, NewEvent};
+use crate::{Error, EventStore, Metadata};
 
 pub(super) async fn loading_a_missing_stream_returns_no_events(
     store: Arc<dyn EventStore>,
