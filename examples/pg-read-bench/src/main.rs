@@ -31,38 +31,40 @@
 //!   append statement itself: commands/s, without and then with the pipeline's aggregate
 //!   cache.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cqrs_core::store::{AppendRequest, NewEvent};
-use cqrs_core::{
-    Aggregate, Cqrs, CqrsTuning, EventEnvelope, EventStore, Metadata, Position, Projection,
-};
-use cqrs_postgres::{
-    PgEventStore, PgInlineSql, PgProjectionRunner, PgRunnerTuning, PgStoreTuning, PgView,
-};
-use example_bank_account::{AccountCommand, AccountEvent, BankAccount};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, PgConnection, PgPool};
+use cqrs_core::{Aggregate, EventStore, Metadata};
+use cqrs_postgres::{PgEventStore, PgStoreTuning};
+use example_bank_account::{AccountEvent, BankAccount};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions, PgPool};
 
-fn env_u64(name: &str, default: u64) -> u64 {
+mod rebuild;
+mod views;
+mod writes;
+
+use rebuild::{plain_rebuild, rebuild, rebuild_child};
+use writes::{inline, live_lag};
+
+pub(crate) fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
-fn per_second(count: u64, elapsed: Duration) -> f64 {
+pub(crate) fn per_second(count: u64, elapsed: Duration) -> f64 {
     count as f64 / elapsed.as_secs_f64()
 }
 
-fn millis(d: Duration) -> f64 {
+pub(crate) fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn percentile(sorted: &[Duration], pct: usize) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], pct: usize) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -70,7 +72,7 @@ fn percentile(sorted: &[Duration], pct: usize) -> Duration {
 }
 
 /// Peak resident memory of this process, in KiB.
-fn peak_memory_kib() -> u64 {
+pub(crate) fn peak_memory_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
@@ -84,182 +86,14 @@ fn peak_memory_kib() -> u64 {
 
 /// `<schema>.bench_balances_v1(account, balance, movements)`: deltas buffered per
 /// account during a batch and written by one statement in `flush`.
-#[derive(Debug)]
-struct Balances {
-    table: String,
-    deltas: HashMap<String, (i64, i64)>,
-}
-
-impl Balances {
-    fn new(schema: &str) -> Self {
-        Self {
-            table: format!("\"{schema}\".bench_balances_v1"),
-            deltas: HashMap::new(),
-        }
-    }
-}
-
-impl Projection for Balances {
-    const NAME: &'static str = "bench_balances";
-    type Event = AccountEvent;
-    type Context = PgConnection;
-    type Error = sqlx::Error;
-
-    fn filter() -> cqrs_core::EventFilter {
-        cqrs_core::EventFilter::event_types(<AccountEvent as cqrs_core::Event>::TYPES)
-            .and_stream_type(BankAccount::TYPE)
-    }
-
-    async fn handle(
-        &mut self,
-        _: &mut PgConnection,
-        event: &EventEnvelope<AccountEvent>,
-    ) -> Result<(), sqlx::Error> {
-        let entry = match self.deltas.get_mut(&event.stream_id) {
-            Some(entry) => entry,
-            None => self.deltas.entry(event.stream_id.clone()).or_default(),
-        };
-        match event.payload {
-            AccountEvent::Opened { .. } => {}
-            AccountEvent::Deposited { amount } => {
-                entry.0 += i64::try_from(amount).unwrap_or(i64::MAX);
-                entry.1 += 1;
-            }
-            AccountEvent::Withdrawn { amount } => {
-                entry.0 -= i64::try_from(amount).unwrap_or(i64::MAX);
-                entry.1 += 1;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl PgView for Balances {
-    async fn setup(&mut self, cx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE TABLE IF NOT EXISTS {} (account text PRIMARY KEY, \
-             balance bigint NOT NULL, movements bigint NOT NULL)",
-            self.table
-        )))
-        .execute(cx)
-        .await?;
-        Ok(())
-    }
-
-    async fn reset(&mut self, cx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query(AssertSqlSafe(format!("TRUNCATE {}", self.table)))
-            .execute(cx)
-            .await?;
-        Ok(())
-    }
-
-    async fn flush(&mut self, cx: &mut PgConnection) -> Result<(), sqlx::Error> {
-        if self.deltas.is_empty() {
-            return Ok(());
-        }
-        let mut accounts = Vec::with_capacity(self.deltas.len());
-        let mut balances = Vec::with_capacity(self.deltas.len());
-        let mut movements = Vec::with_capacity(self.deltas.len());
-        for (account, (balance, moved)) in self.deltas.drain() {
-            accounts.push(account);
-            balances.push(balance);
-            movements.push(moved);
-        }
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} AS b (account, balance, movements) \
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[]) \
-             ON CONFLICT (account) DO UPDATE \
-             SET balance = b.balance + excluded.balance, movements = b.movements + excluded.movements",
-            self.table
-        )))
-        .bind(&accounts)
-        .bind(&balances)
-        .bind(&movements)
-        .execute(cx)
-        .await?;
-        Ok(())
-    }
-
-    fn discard(&mut self) {
-        self.deltas.clear();
-    }
-}
-
-/// The same view written by one statement per event, as a first projection usually is.
-#[derive(Debug)]
-struct PlainBalances {
-    table: String,
-}
-
-impl Projection for PlainBalances {
-    const NAME: &'static str = "bench_plain_balances";
-    type Event = AccountEvent;
-    type Context = PgConnection;
-    type Error = sqlx::Error;
-
-    async fn handle(
-        &mut self,
-        cx: &mut PgConnection,
-        event: &EventEnvelope<AccountEvent>,
-    ) -> Result<(), sqlx::Error> {
-        let amount = match event.payload {
-            AccountEvent::Opened { .. } => 0,
-            AccountEvent::Deposited { amount } => i64::try_from(amount).unwrap_or(i64::MAX),
-            AccountEvent::Withdrawn { amount } => -i64::try_from(amount).unwrap_or(i64::MAX),
-        };
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {} AS b (account, balance, movements) VALUES ($1, $2, 1) \
-             ON CONFLICT (account) DO UPDATE \
-             SET balance = b.balance + excluded.balance, movements = b.movements + 1",
-            self.table
-        )))
-        .bind(&event.stream_id)
-        .bind(amount)
-        .execute(cx)
-        .await?;
-        Ok(())
-    }
-}
-
-/// The balance view kept inline: written in each append's transaction.
-#[derive(Debug, Clone)]
-struct InlineBalances {
-    upsert: Arc<str>,
-}
-
-impl Projection for InlineBalances {
-    const NAME: &'static str = "bench_inline_balances";
-    type Event = AccountEvent;
-    type Context = PgConnection;
-    type Error = sqlx::Error;
-
-    async fn handle(
-        &mut self,
-        cx: &mut PgConnection,
-        event: &EventEnvelope<AccountEvent>,
-    ) -> Result<(), sqlx::Error> {
-        let amount = match event.payload {
-            AccountEvent::Opened { .. } => 0,
-            AccountEvent::Deposited { amount } => i64::try_from(amount).unwrap_or(i64::MAX),
-            AccountEvent::Withdrawn { amount } => -i64::try_from(amount).unwrap_or(i64::MAX),
-        };
-        sqlx::query(AssertSqlSafe(Arc::clone(&self.upsert)))
-            .bind(&event.stream_id)
-            .bind(amount)
-            .execute(cx)
-            .await?;
-        Ok(())
-    }
-}
-
-fn options() -> anyhow::Result<PgConnectOptions> {
+pub(crate) fn options() -> anyhow::Result<PgConnectOptions> {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let options: PgConnectOptions = url.parse().context("DATABASE_URL")?;
     Ok(options.disable_statement_logging())
 }
 
-async fn pool(max: u32) -> anyhow::Result<PgPool> {
+pub(crate) async fn pool(max: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max)
         .test_before_acquire(false)
@@ -270,7 +104,7 @@ async fn pool(max: u32) -> anyhow::Result<PgPool> {
 
 /// The store the workloads write with: appends batched as `APPEND_BATCHES` says (the
 /// store's default when unset).
-fn store(pool: &PgPool, schema: &str) -> anyhow::Result<PgEventStore> {
+pub(crate) fn store(pool: &PgPool, schema: &str) -> anyhow::Result<PgEventStore> {
     let mut tuning = PgStoreTuning::default();
     if let Ok(batches) = std::env::var("APPEND_BATCHES") {
         tuning = tuning.append_batches(batches.parse().context("APPEND_BATCHES")?);
@@ -355,7 +189,7 @@ async fn run(pool: &PgPool, schema: &str) -> anyhow::Result<()> {
 /// The raw limit: `rows` rows in multi-row INSERTs of `batch` rows, each statement its
 /// own transaction, on one connection. Balance-shaped rows (what the rebuild writes) or
 /// event-shaped rows (what it reads: the log's own columns and keys).
-async fn raw_insert(
+pub(crate) async fn raw_insert(
     pool: &PgPool,
     schema: &str,
     rows: u64,
@@ -424,11 +258,11 @@ async fn raw_insert(
 
 /// Appends `count` events over `accounts` accounts (an Open, then deposits), 1000
 /// events per append, 8 appends at a time; returns events/s.
-async fn fill(store: &PgEventStore, accounts: u64, count: u64) -> anyhow::Result<f64> {
+pub(crate) async fn fill(store: &PgEventStore, accounts: u64, count: u64) -> anyhow::Result<f64> {
     fill_range(store, accounts, 0, count).await
 }
 
-async fn fill_more(
+pub(crate) async fn fill_more(
     store: &PgEventStore,
     accounts: u64,
     from: u64,
@@ -437,7 +271,7 @@ async fn fill_more(
     fill_range(store, accounts, from, count).await
 }
 
-async fn fill_range(
+pub(crate) async fn fill_range(
     store: &PgEventStore,
     accounts: u64,
     from: u64,
@@ -495,417 +329,4 @@ async fn fill_range(
         joined??;
     }
     Ok(per_second(count, started.elapsed()))
-}
-
-struct Rebuilt {
-    events: u64,
-    hwm_kib: u64,
-}
-
-/// Rebuilds the balance view from the start of the log in a child process.
-async fn rebuild(
-    store: &PgEventStore,
-    pool: &PgPool,
-    schema: &str,
-    batch: u64,
-    raw_events: f64,
-) -> anyhow::Result<Rebuilt> {
-    // A fresh start: no checkpoint, no view.
-    sqlx::query(AssertSqlSafe(format!(
-        "DELETE FROM \"{schema}\".projections WHERE name = 'bench_balances'"
-    )))
-    .execute(pool)
-    .await?;
-    sqlx::query(AssertSqlSafe(format!(
-        "DROP TABLE IF EXISTS \"{schema}\".bench_balances_v1"
-    )))
-    .execute(pool)
-    .await?;
-    let head = store.head().await?;
-    let events: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT count(*) FROM \"{schema}\".events"
-    )))
-    .fetch_one(pool)
-    .await?;
-    let events = u64::try_from(events)?;
-    // The raw rate is taken just before and just after, and averaged: on a shared
-    // machine it moves from minute to minute.
-    let raw_before = raw_insert(pool, schema, events, batch, false).await?;
-    let output = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["--rebuild", schema, &head.to_string()])
-        .output()
-        .await?;
-    let raw_after = raw_insert(pool, schema, events, batch, false).await?;
-    let raw = f64::midpoint(raw_before, raw_after);
-    anyhow::ensure!(
-        output.status.success(),
-        "the rebuild failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout)?;
-    let mut secs = 0.0;
-    let mut hwm_kib = 0;
-    for field in text.split_whitespace() {
-        if let Some(value) = field.strip_prefix("secs=") {
-            secs = value.parse()?;
-        } else if let Some(value) = field.strip_prefix("hwm_kib=") {
-            hwm_kib = value.parse()?;
-        }
-    }
-    let (balance, movements): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT sum(balance)::bigint, sum(movements)::bigint FROM \"{schema}\".bench_balances_v1"
-    )))
-    .fetch_one(pool)
-    .await?;
-    let accounts: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT count(DISTINCT stream_id) FROM \"{schema}\".events"
-    )))
-    .fetch_one(pool)
-    .await?;
-    anyhow::ensure!(
-        balance == movements && u64::try_from(movements + accounts)? == events,
-        "the rebuilt view does not match the log"
-    );
-    let rate = events as f64 / secs;
-    println!(
-        "rebuild {events} events into one balance row per account (batches of {batch}): \
-         {rate:>9.0} events/s in {secs:.2} s, peak memory {hwm_kib} KiB"
-    );
-    println!(
-        "     raw multi-row INSERT of {events} balance-shaped rows, {batch} per statement and \
-         transaction, one connection: {raw:>9.0} rows/s (before {raw_before:.0}, after \
-         {raw_after:.0}): the rebuild runs at {:.0} % of it ({:.0} % of the event-shaped rate)",
-        100.0 * rate / raw,
-        100.0 * rate / raw_events,
-    );
-    Ok(Rebuilt { events, hwm_kib })
-}
-
-/// The child process of [`rebuild`]: runs the projection until it passes `target`.
-async fn rebuild_child(schema: &str, target: Position) -> anyhow::Result<()> {
-    let pool = pool(4).await?;
-    let store = store(&pool, schema)?;
-    let batch = usize::try_from(env_u64("BATCH", 5000))?;
-    let started = Instant::now();
-    let runner = PgProjectionRunner::builder(store)
-        .tuning(
-            PgRunnerTuning::default()
-                .batch_size(batch)
-                .claim_interval(Duration::from_millis(10)),
-        )
-        .view(Balances::new(schema))
-        .start()
-        .await?;
-    runner
-        .wait_for(Balances::NAME, target, Duration::from_secs(3600))
-        .await?;
-    let secs = started.elapsed().as_secs_f64();
-    runner.shutdown().await;
-    pool.close().await;
-    println!("secs={secs} hwm_kib={}", peak_memory_kib());
-    Ok(())
-}
-
-/// A handler with one statement per event, over the first `count` events.
-async fn plain_rebuild(store: &PgEventStore, schema: &str, count: i64) -> anyhow::Result<()> {
-    let table = format!("\"{schema}\".bench_plain_balances");
-    sqlx::query(AssertSqlSafe(format!(
-        "CREATE TABLE {table} (account text PRIMARY KEY, balance bigint NOT NULL, movements bigint NOT NULL)"
-    )))
-    .execute(store.pool())
-    .await?;
-    let (transaction_id, sequence): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT transaction_id, sequence FROM \"{schema}\".events \
-         ORDER BY transaction_id, sequence OFFSET $1 - 1 LIMIT 1"
-    )))
-    .bind(count)
-    .fetch_one(store.pool())
-    .await?;
-    let target = Position::new(u64::try_from(transaction_id)?, u64::try_from(sequence)?);
-    let started = Instant::now();
-    let runner = PgProjectionRunner::builder(store.clone())
-        .tuning(
-            PgRunnerTuning::default()
-                .batch_size(usize::try_from(env_u64("BATCH", 5000))?)
-                .claim_interval(Duration::from_millis(10)),
-        )
-        .projection(PlainBalances { table })
-        .start()
-        .await?;
-    runner
-        .wait_for(PlainBalances::NAME, target, Duration::from_secs(3600))
-        .await?;
-    let elapsed = started.elapsed();
-    runner.shutdown().await;
-    println!(
-        "     the same with one UPSERT statement per event (no buffering): {:>9.0} events/s over {count} events",
-        per_second(u64::try_from(count)?, elapsed)
-    );
-    Ok(())
-}
-
-struct Load {
-    commands: usize,
-    elapsed: Duration,
-    p50: Duration,
-    p99: Duration,
-}
-
-/// w1: 16 tasks, each on its own account, Open + `deposits` deposits.
-async fn w1(
-    cqrs: &Cqrs<BankAccount, PgEventStore>,
-    prefix: &str,
-    deposits: u64,
-) -> anyhow::Result<Load> {
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..16 {
-        let cqrs = cqrs.clone();
-        let id = format!("{prefix}-{task}");
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            let begun = Instant::now();
-            cqrs.execute(
-                &id,
-                AccountCommand::Open {
-                    owner: "bench".to_owned(),
-                },
-            )
-            .await?;
-            latencies.push(begun.elapsed());
-            for _ in 0..deposits {
-                let begun = Instant::now();
-                cqrs.execute(&id, AccountCommand::Deposit { amount: 1 })
-                    .await?;
-                latencies.push(begun.elapsed());
-            }
-            anyhow::Ok(latencies)
-        });
-    }
-    let mut latencies = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        latencies.extend(joined??);
-    }
-    let elapsed = started.elapsed();
-    latencies.sort_unstable();
-    Ok(Load {
-        commands: latencies.len(),
-        elapsed,
-        p50: percentile(&latencies, 50),
-        p99: percentile(&latencies, 99),
-    })
-}
-
-/// w4: w1 with an inline balance projection, next to w1 on the same store without it,
-/// each without and with the pipeline's aggregate cache. The projection comes twice, each
-/// with a table of its own: a handler in Rust (its own statement in the append's
-/// transaction) and an inline SQL projection (part of the append statement).
-async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()> {
-    let store = store(pool, schema)?;
-    store.migrate().await?;
-    let by_handler = format!("\"{schema}\".bench_inline_balances");
-    let by_sql = format!("\"{schema}\".bench_inline_sql_balances");
-    for table in [&by_handler, &by_sql] {
-        sqlx::query(AssertSqlSafe(format!(
-            "CREATE TABLE {table} (account text PRIMARY KEY, balance bigint NOT NULL, movements bigint NOT NULL)"
-        )))
-        .execute(pool)
-        .await?;
-    }
-    let upsert: Arc<str> = format!(
-        "INSERT INTO {by_handler} AS b (account, balance, movements) VALUES ($1, $2, 1) \
-         ON CONFLICT (account) DO UPDATE \
-         SET balance = b.balance + excluded.balance, movements = b.movements + 1"
-    )
-    .into();
-    let handler_store = store
-        .to_builder()
-        .inline(InlineBalances { upsert })
-        .build()?;
-    let sql_store = store.to_builder().inline_sql(PgInlineSql::new(
-        "bench_inline_sql_balances",
-        format!(
-            "INSERT INTO {by_sql} AS b (account, balance, movements) \
-             SELECT stream_id, \
-                    sum(CASE event_type \
-                        WHEN 'Deposited' THEN (payload->>'amount')::bigint \
-                        WHEN 'Withdrawn' THEN -(payload->>'amount')::bigint \
-                        ELSE 0 END), \
-                    count(*) \
-             FROM appended WHERE stream_type = '{}' \
-             GROUP BY stream_id \
-             ON CONFLICT (account) DO UPDATE \
-             SET balance = b.balance + excluded.balance, movements = b.movements + excluded.movements",
-            BankAccount::TYPE
-        ),
-    )?).build()?;
-    for cache in [false, true] {
-        let pipeline = |store: &PgEventStore| {
-            Cqrs::<BankAccount, PgEventStore>::builder(store.clone())
-                .tuning(CqrsTuning::default().cache(if cache { 1024 } else { 0 }))
-                .build()
-        };
-        let suffix = if cache { "-cached" } else { "" };
-        let plain = w1(&pipeline(&store), &format!("plain{suffix}"), deposits).await?;
-        let handler = w1(
-            &pipeline(&handler_store),
-            &format!("handler{suffix}"),
-            deposits,
-        )
-        .await?;
-        let sql = w1(&pipeline(&sql_store), &format!("sql{suffix}"), deposits).await?;
-        for (label, projection, load) in [
-            ("w1  ", "no projection", &plain),
-            (
-                "w4  ",
-                "inline balance projection, a handler in Rust",
-                &handler,
-            ),
-            ("w4  ", "inline balance projection, inline SQL", &sql),
-        ] {
-            println!(
-                "{label} 16 tasks x (Open + {deposits} deposits), own accounts, {projection}, {}: {:>8.0} commands/s  p50 {:.2} ms  p99 {:.2} ms",
-                if cache { "with the cache" } else { "no cache" },
-                per_second(load.commands as u64, load.elapsed),
-                millis(load.p50),
-                millis(load.p99),
-            );
-        }
-    }
-    for table in [&by_handler, &by_sql] {
-        let (balance, movements): (i64, i64) = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT sum(balance)::bigint, sum(movements)::bigint FROM {table}"
-        )))
-        .fetch_one(pool)
-        .await?;
-        anyhow::ensure!(
-            u64::try_from(balance)? == 2 * 16 * deposits
-                && u64::try_from(movements)? == 2 * 16 * (deposits + 1),
-            "the inline view {table} does not match the commands"
-        );
-    }
-    Ok(())
-}
-
-/// w1 with the balance projection running: lag from each append's commit to the commit
-/// of the batch that applied it.
-async fn live_lag(pool: &PgPool, schema: &str, deposits: u64) -> anyhow::Result<()> {
-    let store = store(pool, schema)?;
-    store.migrate().await?;
-    // The projection runs on a small pool of its own, as it would in a worker process:
-    // it does not queue behind the writers for connections.
-    let worker_pool = self::pool(4).await?;
-    let runner = PgProjectionRunner::builder(
-        PgEventStore::builder(worker_pool.clone())
-            .schema(schema)
-            .build()?,
-    )
-    .tuning(PgRunnerTuning::default().claim_interval(Duration::from_millis(10)))
-    .view(Balances::new(schema))
-    .start()
-    .await?;
-    // Wait until it owns the projection.
-    runner
-        .wait_for(Balances::NAME, Position::START, Duration::from_secs(10))
-        .await?;
-    for _ in 0..200 {
-        if runner
-            .status_of(Balances::NAME)
-            .await?
-            .first()
-            .is_some_and(|s| s.owner.is_some())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-
-    // Checkpoint announcements, timed as they arrive.
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(runner.channel()).await?;
-    let announced: Arc<Mutex<Vec<(Instant, Position)>>> = Arc::default();
-    let recorder = {
-        let announced = Arc::clone(&announced);
-        tokio::spawn(async move {
-            while let Ok(notification) = listener.recv().await {
-                let at = Instant::now();
-                let mut parts = notification.payload().rsplit('\t');
-                if let Some(Ok(position)) = parts.next().map(str::parse::<Position>)
-                    && let Ok(mut announced) = announced.lock()
-                {
-                    announced.push((at, position));
-                }
-            }
-        })
-    };
-
-    // Without the cache: every command loads its stream, as in w1 without it.
-    let cqrs = Cqrs::<BankAccount, PgEventStore>::builder(store.clone())
-        .tuning(CqrsTuning::default().cache(0))
-        .build();
-    let started = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..16 {
-        let cqrs = cqrs.clone();
-        tasks.spawn(async move {
-            let id = format!("w1-{task}");
-            let mut appended = Vec::new();
-            let outcome = cqrs
-                .execute(
-                    &id,
-                    AccountCommand::Open {
-                        owner: "bench".to_owned(),
-                    },
-                )
-                .await?;
-            appended.extend(outcome.position.map(|p| (Instant::now(), p)));
-            for _ in 0..deposits {
-                let outcome = cqrs
-                    .execute(&id, AccountCommand::Deposit { amount: 1 })
-                    .await?;
-                appended.extend(outcome.position.map(|p| (Instant::now(), p)));
-            }
-            anyhow::Ok(appended)
-        });
-    }
-    let mut appended = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        appended.extend(joined??);
-    }
-    let elapsed = started.elapsed();
-    let last = appended
-        .iter()
-        .map(|(_, p)| *p)
-        .max()
-        .unwrap_or(Position::START);
-    runner
-        .wait_for(Balances::NAME, last, Duration::from_secs(30))
-        .await?;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    recorder.abort();
-    let announced = announced
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?
-        .clone();
-    let mut lags: Vec<Duration> = appended
-        .iter()
-        .filter_map(|(at, position)| {
-            announced
-                .iter()
-                .find(|(_, reached)| reached >= position)
-                .map(|(seen, _)| seen.saturating_duration_since(*at))
-        })
-        .collect();
-    lags.sort_unstable();
-    println!(
-        "lag  w1 ({} commands at {:.0} commands/s) with the projection running: append commit to projection commit p50 {:.2} ms, p99 {:.2} ms ({} batches)",
-        appended.len(),
-        per_second(appended.len() as u64, elapsed),
-        millis(percentile(&lags, 50)),
-        millis(percentile(&lags, 99)),
-        announced.len(),
-    );
-    runner.shutdown().await;
-    worker_pool.close().await;
-    Ok(())
 }
