@@ -163,6 +163,7 @@ impl RecordedEvent {
             stream_version: self.stream_version,
             event_type: self.event_type.clone(),
             schema_version: self.schema_version,
+            position: Some(self.position),
             source: Box::new(source),
         })
     }
@@ -224,6 +225,7 @@ impl ReplayEvent {
                 stream_version: self.stream_version,
                 event_type: self.event_type,
                 schema_version: self.schema_version,
+                position: None,
                 source: Box::new(source),
             }
         })
@@ -294,6 +296,7 @@ impl<P> EventEnvelope<P> {
                 stream_version,
                 event_type,
                 schema_version,
+                position: Some(position),
                 source: Box::new(source),
             }),
         }

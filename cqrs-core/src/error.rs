@@ -46,6 +46,21 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The append's command id was recorded by an append to another stream: a command id
+    /// names one command, of one aggregate. Nothing was written.
+    ///
+    /// A bug in the caller (an id reused for another command): give each command an id
+    /// of its own.
+    #[error("command id {command_id} was used on stream `{stream_type}/{stream_id}`")]
+    CommandIdInUse {
+        /// The command id.
+        command_id: Uuid,
+        /// Type of the stream the id was recorded with.
+        stream_type: String,
+        /// Id of the stream the id was recorded with.
+        stream_id: String,
+    },
+
     /// An event id in the append is already stored. Event ids are unique across the whole
     /// store. Nothing was written.
     #[error("event id {event_id} is already stored")]
@@ -58,7 +73,8 @@ pub enum Error {
     /// schema version with no upcast path, or a payload that does not deserialise.
     ///
     /// The stored data and the code disagree. Retrying will not help; deploy code that
-    /// knows the stored shape (an upcaster) or repair the data.
+    /// knows the stored shape (an upcaster) or repair the data. A reader of the global log
+    /// steps over the event by reading on after its [`position`](Self::Decode::position).
     #[error(
         "cannot decode event `{event_type}` v{schema_version} at version {stream_version} \
          of stream `{stream_type}/{stream_id}`"
@@ -74,6 +90,8 @@ pub enum Error {
         event_type: String,
         /// The stored schema version.
         schema_version: u32,
+        /// The event's position in the global log, when it was read from there.
+        position: Option<Position>,
         /// What went wrong.
         #[source]
         source: Box<CodecError>,

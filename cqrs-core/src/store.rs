@@ -58,8 +58,9 @@ impl AppendRequest {
     }
 
     /// Checks the rules every backend enforces before writing: a non-empty stream type
-    /// and id, at least one event, non-empty event types, schema versions of 1 or more,
-    /// no event id twice in one request, and versions that fit in an `i64`.
+    /// and id, of at most [`MAX_STREAM_TYPE_LEN`] and [`MAX_STREAM_ID_LEN`] bytes, at
+    /// least one event, non-empty event types, schema versions of 1 or more, no event id
+    /// twice in one request, and versions that fit in an `i64`.
     ///
     /// # Errors
     ///
@@ -75,6 +76,20 @@ impl AppendRequest {
         }
         if self.stream_id.is_empty() {
             return Err(invalid("the stream id is empty"));
+        }
+        if self.stream_type.len() > MAX_STREAM_TYPE_LEN {
+            return Err(Error::InvalidAppend {
+                stream_type: cut(&self.stream_type),
+                stream_id: cut(&self.stream_id),
+                reason: "the stream type is longer than 128 bytes",
+            });
+        }
+        if self.stream_id.len() > MAX_STREAM_ID_LEN {
+            return Err(Error::InvalidAppend {
+                stream_type: cut(&self.stream_type),
+                stream_id: cut(&self.stream_id),
+                reason: "the stream id is longer than 1,024 bytes",
+            });
         }
         if self.events.is_empty() {
             return Err(invalid("there are no events to append"));
@@ -104,6 +119,26 @@ impl AppendRequest {
             }
         }
         Ok(())
+    }
+}
+
+/// The longest stream type an append may name, in bytes (UTF-8).
+pub const MAX_STREAM_TYPE_LEN: usize = 128;
+
+/// The longest stream id an append may name, in bytes (UTF-8). Backends index streams by
+/// type and id, and an index entry has a size limit (about 2.7 KB in PostgreSQL): every
+/// backend accepts ids up to this length, and [`AppendRequest::validate`] refuses longer
+/// ones before they reach the storage.
+pub const MAX_STREAM_ID_LEN: usize = 1024;
+
+/// The first 64 characters of `text`, marked when cut, for an error message.
+fn cut(text: &str) -> String {
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(64).collect();
+    if chars.next().is_some() {
+        format!("{head}…")
+    } else {
+        head
     }
 }
 
@@ -197,12 +232,17 @@ pub struct LoadedStream {
 /// - **Append** is all-or-nothing. It succeeds only when the stream is at
 ///   `expected_version`; otherwise it fails with [`Error::Conflict`] and writes nothing.
 ///   Event ids are unique store-wide. An append with a `command_id` that was already
-///   appended returns the original [`AppendOutcome`] (with `duplicate: true`) and writes
-///   nothing.
+///   appended to the same stream returns the original [`AppendOutcome`] (with
+///   `duplicate: true`) and writes nothing; one recorded on another stream fails with
+///   [`Error::CommandIdInUse`], naming that stream, and writes nothing. Stream types and
+///   ids have at most [`MAX_STREAM_TYPE_LEN`] and [`MAX_STREAM_ID_LEN`] bytes.
 /// - **The global log** is read in commit order: once a reader has seen position `p`, no
 ///   event that becomes visible later has a position at or below `p`. So a reader that
 ///   remembers its position never skips an event.
 /// - **Snapshots** keep the newest per stream; an older one never replaces a newer one.
+///   A snapshot ahead of its stream is refused with [`Error::InvalidSnapshot`], and a
+///   stored one the stream does not reach (written by something else) is ignored when a
+///   command loads the stream.
 ///
 /// The trait is object safe: `Arc<dyn EventStore>` works wherever a store is expected.
 #[async_trait]
@@ -221,9 +261,10 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<RecordedEvent>>;
 
     /// Loads what a command needs: the newest snapshot of `state_version` (if any) and
-    /// the events after it, as [`ReplayEvent`]s (only what a fold reads). Backends should
-    /// do this in one round trip and skip the columns a fold does not need; the default
-    /// makes two calls.
+    /// the events after it, as [`ReplayEvent`]s (only what a fold reads). A snapshot at a
+    /// version the stream does not have is ignored (with a warning), and the whole stream
+    /// returned. Backends should do this in one round trip and skip the columns a fold
+    /// does not need; the default makes two calls.
     ///
     /// # Errors
     ///
@@ -237,11 +278,31 @@ pub trait EventStore: Send + Sync + 'static {
         let snapshot = self
             .load_snapshot(stream_type, stream_id)
             .await?
-            .filter(|s| s.state_version == state_version);
-        let after = snapshot.as_ref().map_or(0, |s| s.stream_version);
-        let events = self.load(stream_type, stream_id, after).await?;
+            .filter(|s| s.state_version == state_version && s.stream_version > 0);
+        if let Some(snapshot) = snapshot {
+            // From the snapshot's own version, to see that the stream has it.
+            let version = snapshot.stream_version;
+            let mut events = self.load(stream_type, stream_id, version - 1).await?;
+            if events
+                .first()
+                .is_some_and(|first| first.stream_version == version)
+            {
+                events.remove(0);
+                return Ok(LoadedStream {
+                    snapshot: Some(snapshot),
+                    events: events.into_iter().map(ReplayEvent::from).collect(),
+                });
+            }
+            tracing::warn!(
+                stream_type,
+                stream_id,
+                version,
+                "the stored snapshot is ahead of its stream; ignored"
+            );
+        }
+        let events = self.load(stream_type, stream_id, 0).await?;
         Ok(LoadedStream {
-            snapshot,
+            snapshot: None,
             events: events.into_iter().map(ReplayEvent::from).collect(),
         })
     }
@@ -255,12 +316,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`Error::Backend`] when the storage fails. In every case nothing is written.
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome>;
 
-    /// The outcome of the append that carried `command_id`, if one was stored.
+    /// The outcome of the append to stream `stream_type/stream_id` that carried
+    /// `command_id` (with `duplicate: true`), if one was stored.
     ///
     /// # Errors
     ///
+    /// [`Error::CommandIdInUse`] when the id was recorded by an append to another stream;
     /// [`Error::Backend`] when the storage fails.
-    async fn find_command(&self, command_id: Uuid) -> Result<Option<AppendOutcome>>;
+    async fn find_command(
+        &self,
+        command_id: Uuid,
+        stream_type: &str,
+        stream_id: &str,
+    ) -> Result<Option<AppendOutcome>>;
 
     /// Reads up to `limit` events of the global log after `after`, in commit order,
     /// keeping those that pass `filter`. Call again after the last returned position
@@ -268,7 +336,11 @@ pub trait EventStore: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::Backend`] when the storage fails.
+    /// [`Error::Decode`] when a stored event's envelope does not convert (metadata
+    /// written by something else): it names the event's
+    /// [`position`](Error::Decode::position), and a reader that must go on steps over
+    /// the event by reading again after that position. [`Error::Backend`] when the
+    /// storage fails.
     async fn read_all(
         &self,
         after: Position,
@@ -277,7 +349,7 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<RecordedEvent>>;
 
     /// The position of the newest event a reader can see now ([`Position::START`] for an
-    /// empty log).
+    /// empty log): every event up to it is readable by [`read_all`](Self::read_all).
     ///
     /// # Errors
     ///
@@ -295,7 +367,9 @@ pub trait EventStore: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::Backend`] when the storage fails.
+    /// [`Error::InvalidSnapshot`] when the stream has no event at the snapshot's version
+    /// (the snapshot is ahead of it), or its numbers do not fit the store; nothing is
+    /// stored then. [`Error::Backend`] when the storage fails.
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()>;
 }
 
@@ -322,8 +396,13 @@ macro_rules! forward_event_store {
             async fn append(&self, request: AppendRequest) -> Result<AppendOutcome> {
                 (**self).append(request).await
             }
-            async fn find_command(&self, command_id: Uuid) -> Result<Option<AppendOutcome>> {
-                (**self).find_command(command_id).await
+            async fn find_command(
+                &self,
+                command_id: Uuid,
+                stream_type: &str,
+                stream_id: &str,
+            ) -> Result<Option<AppendOutcome>> {
+                (**self).find_command(command_id, stream_type, stream_id).await
             }
             async fn read_all(
                 &self,

@@ -37,8 +37,13 @@ impl EventStore for Counting {
     async fn append(&self, request: AppendRequest) -> cqrs_core::Result<AppendOutcome> {
         self.inner.append(request).await
     }
-    async fn find_command(&self, id: Uuid) -> cqrs_core::Result<Option<AppendOutcome>> {
-        self.inner.find_command(id).await
+    async fn find_command(
+        &self,
+        id: Uuid,
+        stream_type: &str,
+        stream_id: &str,
+    ) -> cqrs_core::Result<Option<AppendOutcome>> {
+        self.inner.find_command(id, stream_type, stream_id).await
     }
     async fn read_all(
         &self,

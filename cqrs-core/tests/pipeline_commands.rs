@@ -227,6 +227,36 @@ async fn a_repeated_command_id_is_recognised_even_when_the_state_would_now_refus
 }
 
 #[tokio::test]
+async fn a_command_id_used_on_another_aggregate_is_refused_never_answered_with_its_events() {
+    let store = MemoryEventStore::new();
+    let cqrs = Cqrs::<Ledger, _>::new(store.clone());
+    let id = Uuid::new_v4();
+    let key = CommandMetadata::new().with_command_id(id);
+    cqrs.execute_with("a", add(1), key.clone())
+        .await
+        .expect("the first use");
+    let names_a = |result: Result<_, CommandError<_>>| {
+        matches!(
+            result,
+            Err(CommandError::Store(Error::CommandIdInUse { command_id, ref stream_id, .. }))
+                if command_id == id && stream_id == "a"
+        )
+    };
+    // On another aggregate: an append that would be written, a command that changes
+    // nothing, and one the aggregate refuses (both answered from the record otherwise).
+    assert!(names_a(cqrs.execute_with("b", add(2), key.clone()).await));
+    assert!(names_a(
+        cqrs.execute_with("b", LedgerCommand::Noop, key.clone())
+            .await
+    ));
+    assert!(names_a(
+        cqrs.execute_with("b", LedgerCommand::Multiply { factor: 9 }, key)
+            .await
+    ));
+    assert_eq!(log(&store).await.len(), 1, "nothing written to b");
+}
+
+#[tokio::test]
 async fn dispatch_needs_an_aggregate_id() {
     let cqrs = Cqrs::<Ledger, _>::new(MemoryEventStore::new());
     let error = cqrs.dispatch(add(1)).await.expect_err("no id");
@@ -262,8 +292,13 @@ impl EventStore for Contended {
         }
         self.inner.append(request).await
     }
-    async fn find_command(&self, id: Uuid) -> cqrs_core::Result<Option<AppendOutcome>> {
-        self.inner.find_command(id).await
+    async fn find_command(
+        &self,
+        id: Uuid,
+        stream_type: &str,
+        stream_id: &str,
+    ) -> cqrs_core::Result<Option<AppendOutcome>> {
+        self.inner.find_command(id, stream_type, stream_id).await
     }
     async fn read_all(
         &self,

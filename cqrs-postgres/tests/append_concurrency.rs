@@ -189,7 +189,7 @@ async fn appends_racing_with_one_command_id_on_one_stream_write_once() {
         assert_eq!(store.load("idem", &stream, 0).await.expect("load").len(), 2);
         assert_eq!(
             store
-                .find_command(command_id)
+                .find_command(command_id, "idem", &stream)
                 .await
                 .expect("find")
                 .map(|o| o.position),

@@ -193,3 +193,107 @@ async fn a_store_on_the_pool_alone_opens_no_connection_of_its_own() {
     assert_eq!(command_backends(&t, &schema).await, 0);
     t.cleanup().await;
 }
+
+/// Ends the sessions of the store's own connections that sit idle; returns how many.
+async fn end_idle_sessions(pool: &sqlx::PgPool, application_name: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND state = 'idle' AND pid <> pg_backend_pid()) AS k",
+    )
+    .bind(application_name)
+    .fetch_one(pool)
+    .await
+    .expect("terminate")
+}
+
+/// Writers append, their appends sent together, while callers give up on some appends
+/// mid-way (a statement abandoned so leaves the appends it carried to be sent again, as
+/// appends whose outcome is unknown) and the server ends the store's idle sessions every
+/// 20 ms. An append sent again runs on a connection checked just before, so none comes
+/// back with its outcome unknown, and each one reported written is in the log once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_sent_again_never_land_on_a_connection_that_was_not_checked() {
+    let schema = common::unique_schema("cmdrace");
+    // The test's own connections are named apart from the store's, whose idle sessions
+    // (its pool's and its own) are ended.
+    let t = TestStore::on_pool(common::pool(2, &format!("{schema}_t")).await, &schema).await;
+    let store = PgEventStore::builder(common::pool(4, &schema).await)
+        .schema(&schema)
+        .notify(PgNotify::Off)
+        .tuning(cqrs_postgres::PgStoreTuning::default().command_connections(6))
+        .build()
+        .expect("the store");
+    let killer_pool = common::pool(1, &format!("{schema}_killer")).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let stop = std::sync::Arc::clone(&stop);
+        let schema = schema.clone();
+        tokio::spawn(async move {
+            let mut ended = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                ended += end_idle_sessions(&killer_pool, &schema).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ended
+        })
+    };
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..6_u64 {
+        let store = store.clone();
+        writers.spawn(async move {
+            let (mut written, mut abandoned, mut failed) = (Vec::new(), 0, Vec::new());
+            for n in 0..300_u64 {
+                let events = vec![NewEvent::new("Numbered", 1, json!({ "n": n }))];
+                let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+                let append =
+                    store.append(AppendRequest::new("race", format!("r-{w}-{n}"), 0, events));
+                // Every seventh append, the caller gives up almost at once.
+                let patience = if n % 7 == 0 {
+                    Duration::from_micros(300)
+                } else {
+                    Duration::from_secs(30)
+                };
+                match tokio::time::timeout(patience, append).await {
+                    Ok(Ok(outcome)) => written.push((outcome, ids)),
+                    Ok(Err(error)) => {
+                        failed.push(format!("{error}: {:?}", std::error::Error::source(&error)))
+                    }
+                    Err(_) => abandoned += 1,
+                }
+            }
+            (written, abandoned, failed)
+        });
+    }
+    let (mut written, mut abandoned, mut failed) = (Vec::new(), 0, Vec::new());
+    while let Some(joined) = writers.join_next().await {
+        let (w, a, f) = joined.expect("writer");
+        written.extend(w);
+        abandoned += a;
+        failed.extend(f);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ended = killer.await.expect("killer");
+    println!(
+        "{} appends reported written, {abandoned} abandoned by their callers, {} failed; {ended} \
+         idle sessions ended meanwhile",
+        written.len(),
+        failed.len()
+    );
+    assert!(ended > 0, "no session was ended: the test proves nothing");
+    assert!(failed.is_empty(), "appends failed: {failed:?}");
+    for (outcome, ids) in &written {
+        let (count,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(t.sql(
+            "SELECT count(*) FROM {schema}.events WHERE event_id = ANY ($1) AND transaction_id = $2",
+        )))
+        .bind(ids)
+        .bind(i64::try_from(outcome.position.commit()).expect("fits"))
+        .fetch_one(t.pool())
+        .await
+        .expect("count");
+        assert_eq!(
+            count, 1,
+            "an append reported written is in the log once, where it says"
+        );
+    }
+    t.cleanup().await;
+}

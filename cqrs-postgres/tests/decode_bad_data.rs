@@ -122,6 +122,7 @@ async fn bad_rows_are_typed_decode_errors_naming_stream_version_and_type() {
                 event_type: stored_type,
                 schema_version: stored_version,
                 source,
+                ..
             } => {
                 assert_eq!(stream_type, "counter", "{id}");
                 assert_eq!(stream_id, id);
@@ -206,14 +207,44 @@ async fn bad_rows_are_typed_decode_errors_naming_stream_version_and_type() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    match after_upcast {
+    let bad = match after_upcast {
         Err(Error::Decode {
             stream_id,
             stream_version: 1,
+            position: Some(position),
             ..
-        }) => assert_eq!(stream_id, "metadata"),
-        other => panic!("expected a decode error, got {other:?}"),
-    }
+        }) => {
+            assert_eq!(stream_id, "metadata");
+            position
+        }
+        other => panic!("expected a decode error naming its position, got {other:?}"),
+    };
+    // A reader that must go on steps over the event: it reads again after the position
+    // the error names.
+    let next = t
+        .store
+        .append(cqrs_core::store::AppendRequest::new(
+            "counter",
+            "next",
+            0,
+            vec![cqrs_core::store::NewEvent::new(
+                "Added",
+                2,
+                json!({ "amount": 1 }),
+            )],
+        ))
+        .await
+        .expect("a good event after the bad one");
+    let stepped = t
+        .store
+        .read_all(bad, 5, &EventFilter::all())
+        .await
+        .expect("read on after the bad event");
+    assert_eq!(
+        stepped.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [next.position],
+        "the next event, and only it"
+    );
     t.cleanup().await;
 }
 
@@ -251,5 +282,49 @@ async fn old_schema_versions_are_upcast_on_read() {
         [1, 2, 2]
     );
     assert_eq!(cqrs.load("mixed").await.expect("load").state.total, 15);
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_ahead_of_its_stream_is_refused_and_one_stored_anyway_is_ignored() {
+    let t = TestStore::new("snapahead").await;
+    let cqrs = Cqrs::<Counter, _>::new(t.store.clone());
+    for _ in 0..2 {
+        cqrs.execute("ahead", common::counter::Add(1))
+            .await
+            .expect("a command");
+    }
+    let snapshot = |version| cqrs_core::store::Snapshot {
+        stream_type: "counter".to_owned(),
+        stream_id: "ahead".to_owned(),
+        stream_version: version,
+        state_version: 1,
+        state: json!({ "total": 99, "events": version }),
+    };
+    match t.store.save_snapshot(snapshot(10)).await {
+        Err(Error::InvalidSnapshot { stream_id, .. }) => assert_eq!(stream_id, "ahead"),
+        other => panic!("expected the snapshot refused, got {other:?}"),
+    }
+    // Written by something else: the pipeline ignores it and folds the stream.
+    sqlx::query(sqlx::AssertSqlSafe(t.sql(
+        "INSERT INTO {schema}.snapshots (stream_type, stream_id, stream_version, state_version, state) \
+         VALUES ('counter', 'ahead', 10, 1, $1)",
+    )))
+    .bind(json!({ "total": 99, "events": 10 }))
+    .execute(t.pool())
+    .await
+    .expect("plant a snapshot");
+    let fresh = Cqrs::<Counter, _>::new(t.store.clone());
+    let loaded = fresh.load("ahead").await.expect("load");
+    assert_eq!(
+        (loaded.version, loaded.state.total),
+        (2, 2),
+        "the snapshot is ignored"
+    );
+    let outcome = fresh
+        .execute("ahead", common::counter::Add(1))
+        .await
+        .expect("commands go on, instead of conflicting forever");
+    assert_eq!(outcome.stream_version, 3);
     t.cleanup().await;
 }

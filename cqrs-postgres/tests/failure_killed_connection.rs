@@ -102,7 +102,7 @@ async fn a_killed_append_is_sent_again_and_written_once() {
     assert_eq!(rows().await, 500, "written once");
     let recorded = t
         .store
-        .find_command(command_id)
+        .find_command(command_id, "kill", "k-1")
         .await
         .expect("find")
         .expect("the command id is recorded");

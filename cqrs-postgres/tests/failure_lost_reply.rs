@@ -268,7 +268,7 @@ async fn a_repeated_command_id_after_a_lost_reply_returns_the_original() {
     assert_eq!(stored_ids(&t, "l-1").await.len(), 2);
     let recorded = t
         .store
-        .find_command(command_id)
+        .find_command(command_id, "lost", "l-1")
         .await
         .expect("find")
         .expect("recorded");

@@ -250,6 +250,81 @@ async fn document_views_refuse_names_that_are_not_plain_identifiers() {
     assert!(PgDocumentView::<Clash>::new(&store).is_err());
 }
 
+/// A projection whose name is `N`'s, doing nothing.
+struct Named<N>(std::marker::PhantomData<N>);
+
+trait Name: Send + 'static {
+    const NAME: &'static str;
+}
+
+impl<N: Name> cqrs_core::Projection for Named<N> {
+    const NAME: &'static str = N::NAME;
+    type Event = common::counter::Added;
+    type Context = sqlx::PgConnection;
+    type Error = std::convert::Infallible;
+
+    async fn handle(
+        &mut self,
+        _: &mut sqlx::PgConnection,
+        _: &EventEnvelope<common::counter::Added>,
+    ) -> Result<(), std::convert::Infallible> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn projection_names_too_long_or_with_spaces_are_refused_before_anything_runs() {
+    struct Long;
+    impl Name for Long {
+        // 320 bytes: past the 128 a name may have (a name travels in notifications,
+        // whose payloads stop at 8,000 bytes).
+        const NAME: &'static str = concat!(
+            "a_very_long_projection_name_that_goes_on_and_on_and_on_",
+            "a_very_long_projection_name_that_goes_on_and_on_and_on_",
+            "a_very_long_projection_name_that_goes_on_and_on_and_on_",
+            "a_very_long_projection_name_that_goes_on_and_on_and_on_",
+            "a_very_long_projection_name_that_goes_on_and_on_and_on_",
+            "a_very_long_projection_name_that_goes_on_and_on_and_on_"
+        );
+    }
+    struct Spaced;
+    impl Name for Spaced {
+        const NAME: &'static str = "my balances";
+    }
+    let t = TestStore::new("proj_names").await;
+    let refused = |error: cqrs_postgres::Error| {
+        matches!(
+            error,
+            cqrs_postgres::Error::InvalidName {
+                what: "projection",
+                ..
+            }
+        )
+    };
+    let long = PgProjectionRunner::builder(t.store.clone())
+        .projection(Named::<Long>(std::marker::PhantomData))
+        .start()
+        .await;
+    assert!(long.is_err_and(refused), "a 320-byte name");
+    let spaced = PgProjectionRunner::builder(t.store.clone())
+        .projection(Named::<Spaced>(std::marker::PhantomData))
+        .start()
+        .await;
+    assert!(spaced.is_err_and(refused), "a name with a space");
+    let (registered,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(
+        t.sql("SELECT count(*) FROM {schema}.projections"),
+    ))
+    .fetch_one(t.pool())
+    .await
+    .expect("count");
+    assert_eq!(registered, 0, "nothing was registered");
+    assert!(
+        cqrs_postgres::PgInlineSql::new("my view", "INSERT INTO v SELECT 1 FROM appended")
+            .is_err_and(refused)
+    );
+    t.cleanup().await;
+}
+
 #[test]
 fn runner_types_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}

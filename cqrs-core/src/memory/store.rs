@@ -55,7 +55,8 @@ struct State {
     /// Per stream, the log indexes of its events in version order.
     streams: HashMap<(String, String), Vec<usize>>,
     snapshots: HashMap<(String, String), Snapshot>,
-    commands: HashMap<Uuid, AppendOutcome>,
+    /// The outcome of each append with a command id, with its stream.
+    commands: HashMap<Uuid, ((String, String), AppendOutcome)>,
     event_ids: HashSet<Uuid>,
     commits: u64,
 }
@@ -149,6 +150,27 @@ fn key(stream_type: &str, stream_id: &str) -> (String, String) {
     (stream_type.to_owned(), stream_id.to_owned())
 }
 
+/// The outcome recorded for `command_id`, as a duplicate, if it was recorded for
+/// `stream`; an error naming the stream it was recorded for otherwise.
+fn recorded(
+    state: &State,
+    command_id: Uuid,
+    stream: &(String, String),
+) -> Result<Option<AppendOutcome>> {
+    match state.commands.get(&command_id) {
+        None => Ok(None),
+        Some((holder, outcome)) if holder == stream => Ok(Some(AppendOutcome {
+            duplicate: true,
+            ..*outcome
+        })),
+        Some(((stream_type, stream_id), _)) => Err(Error::CommandIdInUse {
+            command_id,
+            stream_type: stream_type.clone(),
+            stream_id: stream_id.clone(),
+        }),
+    }
+}
+
 #[async_trait]
 impl EventStore for MemoryEventStore {
     async fn load(
@@ -170,10 +192,21 @@ impl EventStore for MemoryEventStore {
         self.round_trip().await;
         let snapshot = {
             let state = self.state();
-            state
-                .snapshots
+            let reached = state
+                .streams
                 .get(&key(stream_type, stream_id))
-                .filter(|s| s.state_version == state_version)
+                .map_or(0, |indexes| indexes.len() as u64);
+            let stored = state.snapshots.get(&key(stream_type, stream_id));
+            if let Some(ahead) = stored.filter(|s| s.stream_version > reached) {
+                tracing::warn!(
+                    stream_type,
+                    stream_id,
+                    version = ahead.stream_version,
+                    "the stored snapshot is ahead of its stream; ignored"
+                );
+            }
+            stored
+                .filter(|s| s.state_version == state_version && s.stream_version <= reached)
                 .cloned()
         };
         let after = snapshot.as_ref().map_or(0, |s| s.stream_version);
@@ -189,15 +222,12 @@ impl EventStore for MemoryEventStore {
         self.round_trip().await;
         request.validate()?;
         let mut state = self.state();
-        if let Some(command_id) = request.command_id
-            && let Some(original) = state.commands.get(&command_id)
-        {
-            return Ok(AppendOutcome {
-                duplicate: true,
-                ..*original
-            });
-        }
         let stream_key = (request.stream_type.clone().into_owned(), request.stream_id);
+        if let Some(command_id) = request.command_id
+            && let Some(original) = recorded(&state, command_id, &stream_key)?
+        {
+            return Ok(original);
+        }
         let current = state
             .streams
             .get(&stream_key)
@@ -245,7 +275,7 @@ impl EventStore for MemoryEventStore {
         let last_index = state.log.len();
         state
             .streams
-            .entry(stream_key)
+            .entry(stream_key.clone())
             .or_default()
             .extend(first_index..last_index);
         let outcome = AppendOutcome {
@@ -255,23 +285,21 @@ impl EventStore for MemoryEventStore {
             duplicate: false,
         };
         if let Some(command_id) = request.command_id {
-            state.commands.insert(command_id, outcome);
+            state.commands.insert(command_id, (stream_key, outcome));
         }
         drop(state);
         self.shared.head.send_replace(outcome.position);
         Ok(outcome)
     }
 
-    async fn find_command(&self, command_id: Uuid) -> Result<Option<AppendOutcome>> {
+    async fn find_command(
+        &self,
+        command_id: Uuid,
+        stream_type: &str,
+        stream_id: &str,
+    ) -> Result<Option<AppendOutcome>> {
         self.round_trip().await;
-        Ok(self
-            .state()
-            .commands
-            .get(&command_id)
-            .map(|original| AppendOutcome {
-                duplicate: true,
-                ..*original
-            }))
+        recorded(&self.state(), command_id, &key(stream_type, stream_id))
     }
 
     async fn read_all(
@@ -315,6 +343,17 @@ impl EventStore for MemoryEventStore {
         self.round_trip().await;
         let mut state = self.state();
         let slot = key(&snapshot.stream_type, &snapshot.stream_id);
+        let reached = state
+            .streams
+            .get(&slot)
+            .map_or(0, |indexes| indexes.len() as u64);
+        if snapshot.stream_version == 0 || snapshot.stream_version > reached {
+            return Err(Error::InvalidSnapshot {
+                stream_type: slot.0,
+                stream_id: slot.1,
+                reason: "the stream has no event at its version",
+            });
+        }
         match state.snapshots.get(&slot) {
             Some(stored) if stored.stream_version > snapshot.stream_version => {}
             _ => {

@@ -89,7 +89,7 @@ where
                 Decision::Nothing | Decision::Refuse(_) => {
                     self.keep(id, loaded.state, loaded.version);
                     if let Some(key) = ids.key
-                        && let Some(original) = self.store.find_command(key).await?
+                        && let Some(original) = self.store.find_command(key, A::TYPE, id).await?
                     {
                         return self.duplicate(id, original, ids).await;
                     }

@@ -72,6 +72,26 @@ pub enum Error {
         problem: String,
     },
 
+    /// An append's connection failed with it in flight every time it was sent: it may
+    /// or may not have been written.
+    ///
+    /// Retry the command with the same command id: if the append was written, the retry
+    /// returns its outcome and writes nothing; if not, it is written then. Without a
+    /// command id, a retry may write the events twice (under new event ids).
+    #[error(
+        "the append to `{stream}` may or may not have been written: its connection failed \
+         {sendings} times"
+    )]
+    OutcomeUnknown {
+        /// The stream appended to (`type/id`).
+        stream: String,
+        /// How many times it was sent.
+        sendings: u8,
+        /// The last failure.
+        #[source]
+        source: sqlx::Error,
+    },
+
     /// A stored number does not fit the type the store hands out (for example a negative
     /// transaction id): the table was written by something other than this crate.
     #[error("column `{column}` holds {value}, which is out of range")]

@@ -52,30 +52,6 @@ fn parse_metadata(text: &str) -> Result<Metadata, serde_json::Error> {
     }
 }
 
-/// The error for stored metadata that is not of the [`Metadata`] shape: a
-/// [`cqrs_core::Error::Decode`] naming the stream, version and type.
-fn bad_metadata(
-    stream_type: String,
-    stream_id: String,
-    stream_version: u64,
-    event_type: String,
-    schema_version: u32,
-    source: serde_json::Error,
-) -> cqrs_core::Error {
-    cqrs_core::Error::Decode {
-        source: Box::new(CodecError::Payload {
-            event_type: event_type.clone(),
-            version: schema_version,
-            source,
-        }),
-        stream_type,
-        stream_id,
-        stream_version,
-        event_type,
-        schema_version,
-    }
-}
-
 /// One event of a known stream (the stream's type and id are not repeated per row).
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct EventRow {
@@ -133,14 +109,20 @@ impl EventRow {
         let metadata = match parse_metadata(&self.metadata) {
             Ok(metadata) => metadata,
             Err(source) => {
-                return Err(bad_metadata(
+                // Named with its position, so a reader of the log can step over it.
+                return Err(cqrs_core::Error::Decode {
+                    source: Box::new(CodecError::Payload {
+                        event_type: self.event_type.clone(),
+                        version: schema_version,
+                        source,
+                    }),
                     stream_type,
                     stream_id,
                     stream_version,
-                    self.event_type,
+                    event_type: self.event_type,
                     schema_version,
-                    source,
-                ));
+                    position: Some(position),
+                });
             }
         };
         Ok(EventEnvelope {
@@ -201,6 +183,34 @@ pub(crate) struct OutcomeRow {
     /// When the appended events were recorded (only on a fresh append's row).
     #[sqlx(default)]
     pub(crate) recorded_at: Option<DateTime<Utc>>,
+    /// The stream a command id was recorded for (only on a duplicate's row).
+    #[sqlx(default)]
+    pub(crate) holder_type: Option<String>,
+    #[sqlx(default)]
+    pub(crate) holder_id: Option<String>,
+}
+
+/// The refusal of a command id recorded for another stream than `stream_type/stream_id`,
+/// if the holder columns name another.
+pub(crate) fn held_elsewhere(
+    command_id: Option<uuid::Uuid>,
+    holder_type: Option<&str>,
+    holder_id: Option<&str>,
+    stream_type: &str,
+    stream_id: &str,
+) -> Option<cqrs_core::Error> {
+    match (command_id, holder_type, holder_id) {
+        (Some(command_id), Some(holder_type), Some(holder_id))
+            if (holder_type, holder_id) != (stream_type, stream_id) =>
+        {
+            Some(cqrs_core::Error::CommandIdInUse {
+                command_id,
+                stream_type: holder_type.to_owned(),
+                stream_id: holder_id.to_owned(),
+            })
+        }
+        _ => None,
+    }
 }
 
 impl OutcomeRow {

@@ -50,6 +50,32 @@ pub(crate) fn check_identifier(
     }
 }
 
+/// The longest projection name accepted, in bytes: a name travels in notifications and
+/// lock keys, and is shown in status.
+pub(crate) const MAX_PROJECTION_NAME_LEN: usize = 128;
+
+/// Checks a projection's name: 1 to [`MAX_PROJECTION_NAME_LEN`] bytes, with no
+/// whitespace or control characters.
+pub(crate) fn check_projection_name(name: &str) -> Result<(), Error> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > MAX_PROJECTION_NAME_LEN {
+        Some("it is longer than 128 bytes")
+    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("it may not hold whitespace or control characters")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            what: "projection",
+            name: name.chars().take(64).collect(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
 fn identifier_problem(name: &str, max_len: usize) -> Option<&'static str> {
     let mut chars = name.chars();
     match chars.next() {
@@ -81,6 +107,32 @@ mod tests {
             assert_eq!(
                 SchemaName::parse(name).map(|s| s.name).ok(),
                 Some(name.to_owned())
+            );
+        }
+    }
+
+    #[test]
+    fn projection_names_are_short_and_printable() {
+        for name in ["balances", "orders-v2", "ünï.côdé:view", &"n".repeat(128)] {
+            assert!(check_projection_name(name).is_ok(), "{name:?} was refused");
+        }
+        for name in [
+            "",
+            "two words",
+            "tab\tname",
+            "new\nline",
+            "\u{7}",
+            &"n".repeat(129),
+        ] {
+            assert!(
+                matches!(
+                    check_projection_name(name),
+                    Err(Error::InvalidName {
+                        what: "projection",
+                        ..
+                    })
+                ),
+                "{name:?} was accepted"
             );
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use sqlx::AssertSqlSafe;
 
+use super::horizon::HORIZON_SQL;
 use super::run::Sql;
 use super::schema::SchemaName;
 use super::wire;
@@ -230,6 +231,7 @@ impl Statements {
 fn render(statement: Statement, schema: &SchemaName, splice: Splice<'_>) -> String {
     let mut sql = statement
         .template()
+        .replace("{horizon}", HORIZON_SQL)
         .replace("{insert}", include_str!("../sql/append_insert.sql"))
         .replace(
             "{batch_insert}",

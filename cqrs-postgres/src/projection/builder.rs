@@ -18,7 +18,7 @@ use super::runner::{Inner, PgProjectionRunner, Tasks};
 use super::shared::{Config, PgRunnerTuning, Shared};
 use super::view::{PgView, Plain};
 use super::worker;
-use crate::db::{Error, Result};
+use crate::db::{Error, Result, check_projection_name};
 use crate::store::PgEventStore;
 
 type Spawn = Box<dyn FnOnce(Arc<Shared>, watch::Receiver<bool>) -> JoinHandle<()> + Send>;
@@ -117,7 +117,9 @@ impl PgProjectionRunnerBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::DuplicateProjection`] when two projections share a name and version,
+    /// [`Error::InvalidName`] for a projection name of more than 128 bytes, or holding
+    /// whitespace or control characters; [`Error::DuplicateProjection`] when two
+    /// projections share a name and version,
     /// [`Error::Database`] when registering fails (for example when the store's
     /// migrations have not been applied).
     pub async fn start(self) -> Result<PgProjectionRunner> {
@@ -129,6 +131,7 @@ impl PgProjectionRunnerBuilder {
         } = self;
         let mut seen = HashSet::new();
         for registration in &registrations {
+            check_projection_name(registration.name)?;
             if !seen.insert((registration.name, registration.version)) {
                 return Err(Error::DuplicateProjection {
                     name: registration.name,

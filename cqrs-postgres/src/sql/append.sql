@@ -6,7 +6,8 @@
 -- otherwise NULL.
 --
 -- Returns one row: the outcome (duplicate = false) with the events' recorded_at, or the
--- original outcome of the command id (duplicate = true). Returns no row when the stream
+-- original outcome of the command id (duplicate = true), with the stream it was recorded
+-- for (holder_type, holder_id: the store refuses the append when that is another stream). Returns no row when the stream
 -- is not at the expected version. A concurrent append at the same version (or with the
 -- same command id) makes the statement fail with a unique violation instead.
 --
@@ -18,7 +19,8 @@
 -- store has some: then `appended` returns every column of the rows it wrote, and each
 -- projection's statement follows `notified` as a CTE of its own that reads them.
 WITH existing AS (
-    SELECT first_version, stream_version, transaction_id, sequence
+    SELECT first_version, stream_version, transaction_id, sequence,
+           stream_type AS holder_type, stream_id AS holder_id
     FROM {schema}.commands
     WHERE $9::uuid IS NOT NULL AND command_id = $9::uuid
 ),
@@ -55,10 +57,12 @@ notified AS (
     WHERE $10::text IS NOT NULL
 ){inline_statements}
 SELECT false AS duplicate, $3::bigint + 1 AS first_version, l.stream_version,
-       l.transaction_id, l.sequence, now() AS recorded_at
+       l.transaction_id, l.sequence, now() AS recorded_at, NULL::text AS holder_type,
+       NULL::text AS holder_id
 FROM last AS l
 CROSS JOIN (SELECT count(*) AS n FROM notified) AS n
 CROSS JOIN (SELECT count(*) AS n FROM recorded) AS r
 UNION ALL
-SELECT true, first_version, stream_version, transaction_id, sequence, NULL
+SELECT true, first_version, stream_version, transaction_id, sequence, NULL, holder_type,
+       holder_id
 FROM existing

@@ -11,7 +11,8 @@
 -- metadata), in append order.
 --
 -- Returns one row per append written (duplicate = false) or found by its command id
--- (duplicate = true): the append's stream, its first and last version and its position.
+-- (duplicate = true): the append's stream, its first and last version and its position,
+-- and for a command id found, the stream it was recorded for (holder_type, holder_id).
 -- An append with no row was refused on its expected version: its stream's newest
 -- committed version is another. An append racing one still in flight for the same
 -- stream or command id, or an event id already taken, makes the whole statement fail
@@ -31,7 +32,8 @@ WITH streams AS (
 ),
 existing AS (
     SELECT s.i, s.stream_type, s.stream_id, c.first_version, c.stream_version,
-           c.transaction_id, c.sequence
+           c.transaction_id, c.sequence, c.stream_type AS holder_type,
+           c.stream_id AS holder_id
     FROM streams AS s
     JOIN {schema}.commands AS c ON c.command_id = s.command_id
 ),
@@ -60,9 +62,9 @@ recorded AS (
     WHERE command_id IS NOT NULL
 ){inline_statements}
 SELECT stream_type, stream_id, false AS duplicate, first_version, stream_version,
-       transaction_id, sequence
+       transaction_id, sequence, NULL::text AS holder_type, NULL::text AS holder_id
 FROM written
 UNION ALL
 SELECT stream_type, stream_id, true, first_version, stream_version, transaction_id,
-       sequence
+       sequence, holder_type, holder_id
 FROM existing

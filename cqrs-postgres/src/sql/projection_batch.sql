@@ -7,20 +7,18 @@
 -- straight into the projection's event type). $1 name, $2 version.
 --
 -- The visibility rule is the one of read_all.sql: only rows of transactions below the
--- snapshot's xmin, which have all ended. The head obeys the same rule in the same
+-- horizon (src/db/horizon.rs). The head obeys the same rule in the same
 -- snapshot, so when the window is not full, it reached everything up to the head.
 --
 -- The window is a plain ordered range scan of the primary key; the filter is applied to
 -- its rows, never inside the scan: there, stale statistics can make the planner pick a
 -- bitmap scan of every event of a stream type and a sort, which makes each batch as slow
 -- as the log is long.
-WITH horizon AS MATERIALIZED (
-    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin
-),
+WITH {horizon},
 head AS (
     SELECT transaction_id, sequence
     FROM {schema}.events
-    WHERE transaction_id < (SELECT xmin FROM horizon)
+    WHERE transaction_id < (SELECT horizon FROM horizon)
     ORDER BY transaction_id DESC, sequence DESC
     LIMIT 1
 )
@@ -56,7 +54,7 @@ FROM (
            AND (cardinality($6::text[]) = 0 OR e.event_type = ANY ($6::text[])) AS wanted
     FROM {schema}.events AS e
     WHERE (e.transaction_id, e.sequence) > ($3::bigint, $4::bigint)
-      AND e.transaction_id < (SELECT xmin FROM horizon)
+      AND e.transaction_id < (SELECT horizon FROM horizon)
     ORDER BY e.transaction_id, e.sequence
     LIMIT $7::bigint
 ) AS w

@@ -3,9 +3,7 @@
 --
 -- Lag counts the events the projection wants after its checkpoint that a reader can see
 -- (same visibility rule as read_all.sql), and dates the oldest of them.
-WITH horizon AS MATERIALIZED (
-    SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin
-),
+WITH {horizon},
 db AS MATERIALIZED (
     SELECT oid FROM pg_database WHERE datname = current_database()
 )
@@ -33,7 +31,7 @@ LEFT JOIN LATERAL (
     FROM {schema}.events AS e
     WHERE NOT p.inline
       AND (e.transaction_id, e.sequence) > (p.transaction_id, p.sequence)
-      AND e.transaction_id < (SELECT xmin FROM horizon)
+      AND e.transaction_id < (SELECT horizon FROM horizon)
       AND (cardinality(p.stream_types) = 0 OR e.stream_type = ANY (p.stream_types))
       AND (cardinality(p.event_types) = 0 OR e.event_type = ANY (p.event_types))
 ) AS lag ON true

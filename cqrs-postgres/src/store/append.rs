@@ -17,11 +17,14 @@ use uuid::Uuid;
 
 use super::Inner;
 use super::batch::{Entry, Reply};
+use super::connections::Check;
 use super::notify::PgNotify;
 use super::prepared::Prepared;
-use super::resend::{Attempt, Failure, Key, Next, Sent, after_command, after_own, after_send};
+use super::resend::{
+    Attempt, Failure, Key, Next, SENDINGS, Sent, after_command, after_own, after_send,
+};
 use super::together;
-use crate::db::{Error, OutcomeRow, Statement, connection_lost, position, to_u64};
+use crate::db::{Error, OutcomeRow, Statement, connection_lost, held_elsewhere, position, to_u64};
 
 /// Constraint names of the log's keys (see the migrations).
 const STREAM_VERSION_KEY: &str = "events_stream_version_key";
@@ -46,7 +49,8 @@ pub(super) async fn append(
         match reply {
             Reply::Done(outcome) => outcome?,
             Reply::Alone { unknown: false } => alone(inner, &append, Attempt::First).await?,
-            Reply::Alone { unknown: true } => alone(inner, &append, Attempt::Again).await?,
+            // Its batch was the first sending.
+            Reply::Alone { unknown: true } => alone(inner, &append, Attempt::First.next()).await?,
         }
     } else {
         alone(inner, &append, Attempt::First).await?
@@ -88,7 +92,7 @@ async fn alone(
 ) -> cqrs_core::Result<AppendOutcome> {
     let has_command_id = append.request.command_id.is_some();
     loop {
-        let (statement, sent, error) = send_once(inner, append).await?;
+        let (statement, sent, error) = send_once(inner, append, attempt).await?;
         let mut next = after_send(attempt, has_command_id, sent);
         loop {
             match next {
@@ -99,12 +103,21 @@ async fn alone(
                     }
                     // Whatever ended that connection may have ended the idle ones too.
                     inner.commands.check_idle_before_use();
-                    attempt = Attempt::Again;
+                    attempt = attempt.next();
                     break;
                 }
                 Next::FindCommand(key) => {
-                    let recorded = match append.request.command_id {
-                        Some(command_id) => find_command(inner, command_id).await?,
+                    let request = &append.request;
+                    let recorded = match request.command_id {
+                        Some(command_id) => {
+                            find_command(
+                                inner,
+                                command_id,
+                                &request.stream_type,
+                                &request.stream_id,
+                            )
+                            .await?
+                        }
                         None => None,
                     };
                     next = after_command(attempt, key, recorded);
@@ -130,6 +143,7 @@ async fn alone(
 async fn send_once(
     inner: &Inner,
     append: &Prepared,
+    attempt: Attempt,
 ) -> cqrs_core::Result<(Statement, Sent, Option<sqlx::Error>)> {
     let request = &append.request;
     let notify_in_statement = inner.notify == PgNotify::InTransaction;
@@ -155,7 +169,13 @@ async fn send_once(
             .bind(request.command_id)
             .bind(notify_in_statement.then_some(inner.channel.as_str()));
     }
-    let row = match inner.commands.lease(&inner.pool).await {
+    // Sent again, it runs on a connection checked just now: another connection the same
+    // failure ended must not take it.
+    let check = match attempt {
+        Attempt::First => Check::IfIdle,
+        Attempt::Again(_) => Check::Always,
+    };
+    let row = match inner.commands.lease(&inner.pool, check).await {
         Err(error) => Err(error),
         Ok(lease) if inner.inline.has_handlers() => {
             inner
@@ -174,6 +194,15 @@ async fn send_once(
     };
     Ok(match row {
         Ok(Some(row)) => {
+            if let Some(refusal) = held_elsewhere(
+                request.command_id,
+                row.holder_type.as_deref(),
+                row.holder_id.as_deref(),
+                &request.stream_type,
+                &request.stream_id,
+            ) {
+                return Err(refusal);
+            }
             let outcome = row.into_outcome()?;
             let sent = if outcome.duplicate {
                 Sent::Duplicate(outcome)
@@ -255,6 +284,15 @@ async fn failed(
             (_, error) => database(error),
         },
         Failure::Statement => database(error),
+        Failure::Unknown => match error {
+            Some(source) => Error::OutcomeUnknown {
+                stream: append.stream(),
+                sendings: SENDINGS,
+                source,
+            }
+            .into(),
+            None => database(None),
+        },
     }
 }
 
@@ -262,30 +300,37 @@ async fn failed(
 pub(super) async fn find_command(
     inner: &Inner,
     command_id: Uuid,
+    stream_type: &str,
+    stream_id: &str,
 ) -> cqrs_core::Result<Option<AppendOutcome>> {
     let row: Option<OutcomeRow> = inner
-        .statements
-        .get(Statement::FindCommand)
-        .bind(command_id)
-        .fetch_optional(&inner.pool)
-        .await?;
-    match row {
-        None => Ok(None),
-        Some(row) => Ok(Some(AppendOutcome {
-            duplicate: true,
-            ..row.into_outcome()?
-        })),
+        .read(Statement::FindCommand, |sql| sql.bind(command_id))
+        .await?
+        .pop();
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    if let Some(refusal) = held_elsewhere(
+        Some(command_id),
+        row.holder_type.as_deref(),
+        row.holder_id.as_deref(),
+        stream_type,
+        stream_id,
+    ) {
+        return Err(refusal);
     }
+    Ok(Some(AppendOutcome {
+        duplicate: true,
+        ..row.into_outcome()?
+    }))
 }
 
 /// Which of `event_ids` is stored already, if any.
 async fn find_event_id(inner: &Inner, event_ids: &[Uuid]) -> cqrs_core::Result<Option<Uuid>> {
     let row: Option<(Uuid,)> = inner
-        .statements
-        .get(Statement::FindEventId)
-        .bind(event_ids)
-        .fetch_optional(&inner.pool)
-        .await?;
+        .read(Statement::FindEventId, |sql| sql.bind(event_ids))
+        .await?
+        .pop();
     Ok(row.map(|(event_id,)| event_id))
 }
 
@@ -293,13 +338,13 @@ async fn find_event_id(inner: &Inner, event_ids: &[Uuid]) -> cqrs_core::Result<O
 async fn find_own(inner: &Inner, append: &Prepared) -> cqrs_core::Result<Option<AppendOutcome>> {
     let request = &append.request;
     let found: Option<(i64, i64, i64, i64, i64)> = inner
-        .statements
-        .get(Statement::FindAppended)
-        .bind(request.stream_type.as_ref())
-        .bind(request.stream_id.as_str())
-        .bind(&append.event_ids)
-        .fetch_optional(&inner.pool)
-        .await?;
+        .read(Statement::FindAppended, |sql| {
+            sql.bind(request.stream_type.as_ref())
+                .bind(request.stream_id.as_str())
+                .bind(&append.event_ids)
+        })
+        .await?
+        .pop();
     let Some((first_version, stream_version, transaction_id, sequence, count)) = found else {
         return Ok(None);
     };

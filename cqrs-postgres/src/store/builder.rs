@@ -194,9 +194,11 @@ impl PgEventStoreBuilder {
     /// # Errors
     ///
     /// [`Error::InvalidName`](crate::Error::InvalidName) for a schema name outside the
-    /// accepted alphabet.
+    /// accepted alphabet, or an inline projection's name of more than 128 bytes or
+    /// holding whitespace or control characters.
     pub fn build(self) -> Result<PgEventStore> {
         let schema = SchemaName::parse(&self.schema)?;
+        self.inline.check_names()?;
         Ok(PgEventStore::from_parts(Parts {
             pool: self.pool,
             schema,

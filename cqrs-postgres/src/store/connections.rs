@@ -15,11 +15,12 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
-use sqlx::{ConnectOptions, Connection as _, PgConnection, PgPool, Postgres};
+use sqlx::postgres::PgRow;
+use sqlx::{ConnectOptions, Connection as _, FromRow, PgConnection, PgPool, Postgres};
 use tokio::sync::{Semaphore, SemaphorePermit};
-use tracing::debug;
+use tracing::{debug, warn};
 
-use crate::db::session_survives;
+use crate::db::{Sql, connection_lost, session_survives};
 
 /// Up to `max` connections, opened on demand and kept open while the store lives.
 pub(crate) struct CommandConnections {
@@ -43,6 +44,16 @@ struct Idle {
 /// A connection idle for longer than this is checked (a round trip) before use: the
 /// server, or something between, may have closed it meanwhile.
 const CHECK_AFTER_IDLE: Duration = Duration::from_secs(10);
+
+/// When a leased connection is checked with a round trip before use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// When it has been idle long, or another connection was lost since it was.
+    IfIdle,
+    /// Always: for a statement sent again after its connection failed, which must not
+    /// land on another connection that failed the same way.
+    Always,
+}
 
 impl fmt::Debug for CommandConnections {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -72,12 +83,26 @@ impl CommandConnections {
 
     /// A connection for one command statement (or transaction): an idle one, or a new
     /// one opened with the pool's options; waits while `max` are in use. With `max` 0, a
-    /// connection of the pool.
-    pub(crate) async fn lease(&self, pool: &PgPool) -> Result<Lease<'_>, sqlx::Error> {
+    /// connection of the pool. With [`Check::Always`], the connection answered a ping
+    /// just now (or is new).
+    pub(crate) async fn lease(
+        &self,
+        pool: &PgPool,
+        check: Check,
+    ) -> Result<Lease<'_>, sqlx::Error> {
         if self.max == 0 {
+            let mut conn = pool.acquire().await?;
+            if check == Check::Always && conn.ping().await.is_err() {
+                // The pool hands out the connections it has; this one is closed, and
+                // the next is checked too.
+                conn.close_on_drop();
+                drop(conn);
+                conn = pool.acquire().await?;
+                conn.ping().await?;
+            }
             return Ok(Lease {
                 owner: self,
-                conn: Some(Held::Pool(pool.acquire().await?)),
+                conn: Some(Held::Pool(conn)),
                 reusable: false,
                 _permit: None,
             });
@@ -87,21 +112,27 @@ impl CommandConnections {
             .acquire()
             .await
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let conn = match idle {
-            Some(idle) if !idle.suspect && idle.since.elapsed() < CHECK_AFTER_IDLE => idle.conn,
-            Some(Idle { mut conn, .. }) => match conn.ping().await {
-                Ok(()) => conn,
-                Err(error) => {
-                    debug!(%error, "an idle command connection was closed; opening another");
-                    pool.connect_options().connect().await?
+        let conn = loop {
+            let idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            match idle {
+                Some(idle)
+                    if check == Check::IfIdle
+                        && !idle.suspect
+                        && idle.since.elapsed() < CHECK_AFTER_IDLE =>
+                {
+                    break idle.conn;
                 }
-            },
-            None => pool.connect_options().connect().await?,
+                Some(Idle { mut conn, .. }) => match conn.ping().await {
+                    Ok(()) => break conn,
+                    // Closed meanwhile: the next idle one is checked too.
+                    Err(error) => debug!(%error, "an idle command connection was closed"),
+                },
+                None => break pool.connect_options().connect().await?,
+            }
         };
         Ok(Lease {
             owner: self,
@@ -109,6 +140,44 @@ impl CommandConnections {
             reusable: false,
             _permit: Some(permit),
         })
+    }
+
+    /// Runs the read `query` (made anew for each sending) on a connection leased with
+    /// `check`. A read whose connection fails is sent once more, on a connection checked
+    /// just before: it changes nothing, so sending it again is always safe.
+    pub(crate) async fn read<T, F>(
+        &self,
+        pool: &PgPool,
+        mut check: Check,
+        query: F,
+    ) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: for<'r> FromRow<'r, PgRow> + Send + Unpin,
+        F: Fn() -> Sql,
+    {
+        let mut sent_again = false;
+        loop {
+            let rows = match self.lease(pool, check).await {
+                Ok(mut lease) => {
+                    let rows = match lease.conn() {
+                        Ok(conn) => query().try_fetch_all(conn).await,
+                        Err(error) => Err(error),
+                    };
+                    lease.release(&rows);
+                    rows
+                }
+                Err(error) => Err(error),
+            };
+            match rows {
+                Err(error) if !sent_again && connection_lost(&error) => {
+                    warn!(%error, "a read lost its connection; reading again");
+                    self.check_idle_before_use();
+                    check = Check::Always;
+                    sent_again = true;
+                }
+                rows => return rows,
+            }
+        }
     }
 
     /// Has every idle connection checked before its next use: one of them was just found

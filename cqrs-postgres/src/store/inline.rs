@@ -19,7 +19,7 @@ use super::inline_sql::{self, APPENDED_COLUMNS, PgInlineSql};
 use super::prepared::Prepared;
 use crate::db::{
     Error, OutcomeRow, Projections, SchemaName, Splice, Sql, Statement, Statements,
-    connection_lost, position, to_u64,
+    check_projection_name, connection_lost, position, to_u64,
 };
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -128,6 +128,14 @@ impl Inline {
     /// Adds a projection whose SQL runs inside the append statement.
     pub(crate) fn add_statement(&mut self, statement: PgInlineSql) {
         self.statements.push(statement);
+    }
+
+    /// Checks the names of the inline handlers (those of inline SQL were checked by
+    /// [`PgInlineSql::new`]).
+    pub(crate) fn check_names(&self) -> Result<(), Error> {
+        self.handlers
+            .iter()
+            .try_for_each(|handler| check_projection_name(handler.name()))
     }
 
     /// Whether an append needs a transaction of several statements: some projection is a

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, Executor as _, PgConnection, SqlSafeStr as _};
 
-use crate::db::{Error, SchemaName};
+use crate::db::{Error, SchemaName, check_projection_name};
 
 /// An inline projection written as one SQL statement, which the store runs as part of
 /// the append statement itself: the view changes in the same statement as the log, at no
@@ -78,9 +78,11 @@ impl PgInlineSql {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidInlineSql`] when `sql` is empty, never mentions
-    /// `appended`, or refers to a bind parameter (`$1`, …).
+    /// [`Error::InvalidName`] for a name of more than 128 bytes, or holding whitespace or
+    /// control characters; [`Error::InvalidInlineSql`] when `sql` is empty, never
+    /// mentions `appended`, or refers to a bind parameter (`$1`, …).
     pub fn new(name: &'static str, sql: impl Into<String>) -> Result<Self, Error> {
+        check_projection_name(name)?;
         let sql = sql.into();
         let sql = sql.trim().trim_end_matches(';').trim_end();
         let invalid = |reason| Error::InvalidInlineSql {

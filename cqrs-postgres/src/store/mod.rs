@@ -35,10 +35,11 @@ pub use inline_sql::PgInlineSql;
 pub use notify::PgNotify;
 
 use self::batch::Batcher;
+use self::connections::Check;
 use self::connections::CommandConnections;
 use self::inline::Inline;
 use self::notify::Notifier;
-use crate::db::{Error, MIGRATOR, Projections, Result, SchemaName, Sql, Statements};
+use crate::db::{Error, MIGRATOR, Projections, Result, SchemaName, Sql, Statement, Statements};
 
 /// The schema a store uses unless told otherwise.
 pub const DEFAULT_SCHEMA: &str = "cqrs";
@@ -90,6 +91,26 @@ pub struct PgEventStore {
 impl Inner {
     fn projections(&self) -> Projections {
         Projections::new(Arc::clone(&self.statements), &self.schema)
+    }
+
+    /// The rows of the read `statement` (its parameters bound by `bind`), on the store's
+    /// command connections: a read whose connection failed (a server restarted, a session
+    /// ended) is sent once more on a connection checked first, so the caller never sees
+    /// a connection the store could have replaced.
+    async fn read<T>(
+        &self,
+        statement: Statement,
+        bind: impl Fn(Sql) -> Sql,
+    ) -> cqrs_core::Result<Vec<T>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        self.commands
+            .read(&self.pool, Check::IfIdle, || {
+                bind(self.statements.get(statement))
+            })
+            .await
+            .map_err(|source| Error::database(statement.name(), source).into())
     }
 }
 

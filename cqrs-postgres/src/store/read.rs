@@ -10,10 +10,11 @@ use sqlx::types::Json;
 use tracing::warn;
 use uuid::Uuid;
 
+use super::connections::Check;
 use super::{PgEventStore, append};
 use crate::db::{
-    Error, EventRow, LogRow, PositionRow, ReplayRow, SnapshotRow, Statement, connection_lost,
-    position, to_i64_saturating, to_u32, to_u64,
+    Error, EventRow, LogRow, PositionRow, ReplayRow, SnapshotRow, Statement, position,
+    to_i64_saturating, to_u32, to_u64,
 };
 
 #[async_trait]
@@ -33,12 +34,11 @@ impl EventStore for PgEventStore {
     ) -> cqrs_core::Result<Vec<RecordedEvent>> {
         let inner = &self.inner;
         let rows: Vec<EventRow> = inner
-            .statements
-            .get(Statement::Load)
-            .bind(stream_type)
-            .bind(stream_id)
-            .bind(to_i64_saturating(after_version))
-            .fetch_all(&inner.pool)
+            .read(Statement::Load, |sql| {
+                sql.bind(stream_type)
+                    .bind(stream_id)
+                    .bind(to_i64_saturating(after_version))
+            })
             .await?;
         rows.into_iter()
             .map(|row| row.into_recorded(stream_type.to_owned(), stream_id.to_owned()))
@@ -61,38 +61,18 @@ impl EventStore for PgEventStore {
         let inner = &self.inner;
         // A state version past i32::MAX cannot be stored, so no snapshot matches it.
         let wanted = i32::try_from(state_version).unwrap_or(-1);
-        let mut sent_again = false;
-        let rows = loop {
-            let query = inner
-                .statements
-                .get(Statement::LoadForCommand)
-                .bind(stream_type)
-                .bind(stream_id)
-                .bind(wanted);
-            let rows: sqlx::Result<Vec<ReplayRow>> = match inner.commands.lease(&inner.pool).await {
-                Ok(mut lease) => {
-                    let rows = match lease.conn() {
-                        Ok(conn) => query.try_fetch_all(conn).await,
-                        Err(error) => Err(error),
-                    };
-                    lease.release(&rows);
-                    rows
-                }
-                Err(error) => Err(error),
-            };
-            match rows {
-                // A read: sent again on another connection.
-                Err(error) if !sent_again && connection_lost(&error) => {
-                    warn!(%error, "a command's load lost its connection; loading again");
-                    inner.commands.check_idle_before_use();
-                    sent_again = true;
-                }
-                Ok(rows) => break rows,
-                Err(error) => {
-                    return Err(Error::database(Statement::LoadForCommand.name(), error).into());
-                }
-            }
-        };
+        let rows: Vec<ReplayRow> = inner
+            .commands
+            .read(&inner.pool, Check::IfIdle, || {
+                inner
+                    .statements
+                    .get(Statement::LoadForCommand)
+                    .bind(stream_type)
+                    .bind(stream_id)
+                    .bind(wanted)
+            })
+            .await
+            .map_err(|e| Error::database(Statement::LoadForCommand.name(), e))?;
         let mut loaded = LoadedStream::default();
         loaded.events.reserve(rows.len());
         for row in rows {
@@ -105,6 +85,16 @@ impl EventStore for PgEventStore {
                         schema_version: to_u32("schema_version", schema_version)?,
                         payload,
                     });
+                }
+                // A snapshot the stream does not reach: ignored, and the events after
+                // it are all of the stream's.
+                (None, _, _, None) => {
+                    warn!(
+                        aggregate_type = stream_type,
+                        aggregate_id = stream_id,
+                        stream_version,
+                        "the stored snapshot is ahead of its stream; ignored"
+                    );
                 }
                 // The snapshot's row: the only one without an event type.
                 (None, _, _, Some(state)) => {
@@ -156,8 +146,13 @@ impl EventStore for PgEventStore {
         fields(command_id = %command_id),
         err
     )]
-    async fn find_command(&self, command_id: Uuid) -> cqrs_core::Result<Option<AppendOutcome>> {
-        append::find_command(&self.inner, command_id).await
+    async fn find_command(
+        &self,
+        command_id: Uuid,
+        stream_type: &str,
+        stream_id: &str,
+    ) -> cqrs_core::Result<Option<AppendOutcome>> {
+        append::find_command(&self.inner, command_id, stream_type, stream_id).await
     }
 
     #[tracing::instrument(
@@ -180,14 +175,13 @@ impl EventStore for PgEventStore {
         let event_types: Vec<&str> = filter.event_types.iter().map(AsRef::as_ref).collect();
         let inner = &self.inner;
         let rows: Vec<LogRow> = inner
-            .statements
-            .get(Statement::ReadAll)
-            .bind(to_i64_saturating(after.commit()))
-            .bind(to_i64_saturating(after.sequence()))
-            .bind(&stream_types)
-            .bind(&event_types)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&inner.pool)
+            .read(Statement::ReadAll, |sql| {
+                sql.bind(to_i64_saturating(after.commit()))
+                    .bind(to_i64_saturating(after.sequence()))
+                    .bind(&stream_types)
+                    .bind(&event_types)
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            })
             .await?;
         rows.into_iter().map(LogRow::into_recorded).collect()
     }
@@ -195,11 +189,7 @@ impl EventStore for PgEventStore {
     #[tracing::instrument(level = "debug", name = "cqrs_postgres.head", skip_all, err)]
     async fn head(&self) -> cqrs_core::Result<Position> {
         let inner = &self.inner;
-        let row: Option<PositionRow> = inner
-            .statements
-            .get(Statement::Head)
-            .fetch_optional(&inner.pool)
-            .await?;
+        let row: Option<PositionRow> = inner.read(Statement::Head, |sql| sql).await?.pop();
         match row {
             None => Ok(Position::START),
             Some(row) => Ok(position(row.transaction_id, row.sequence)?),
@@ -220,12 +210,11 @@ impl EventStore for PgEventStore {
     ) -> cqrs_core::Result<Option<Snapshot>> {
         let inner = &self.inner;
         let row: Option<SnapshotRow> = inner
-            .statements
-            .get(Statement::LoadSnapshot)
-            .bind(stream_type)
-            .bind(stream_id)
-            .fetch_optional(&inner.pool)
-            .await?;
+            .read(Statement::LoadSnapshot, |sql| {
+                sql.bind(stream_type).bind(stream_id)
+            })
+            .await?
+            .pop();
         match row {
             None => Ok(None),
             Some(row) => Ok(Some(row.into_snapshot(stream_type, stream_id)?)),
@@ -254,16 +243,20 @@ impl EventStore for PgEventStore {
         let state_version = i32::try_from(snapshot.state_version)
             .map_err(|_| invalid("its state version does not fit an integer"))?;
         let inner = &self.inner;
-        inner
-            .statements
-            .get(Statement::SaveSnapshot)
-            .bind(&snapshot.stream_type)
-            .bind(&snapshot.stream_id)
-            .bind(stream_version)
-            .bind(state_version)
-            .bind(Json(&snapshot.state))
-            .execute(&inner.pool)
-            .await?;
+        // Sending it again is safe: a snapshot never replaces a newer one.
+        let reached: Option<(bool,)> = inner
+            .read(Statement::SaveSnapshot, |sql| {
+                sql.bind(&snapshot.stream_type)
+                    .bind(&snapshot.stream_id)
+                    .bind(stream_version)
+                    .bind(state_version)
+                    .bind(Json(&snapshot.state))
+            })
+            .await?
+            .pop();
+        if !reached.is_some_and(|(reached,)| reached) {
+            return Err(invalid("the stream has no event at its version"));
+        }
         Ok(())
     }
 }

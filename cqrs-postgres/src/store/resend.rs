@@ -12,11 +12,27 @@
 use cqrs_core::store::AppendOutcome;
 
 /// Whether an append is sent for the first time, or again after its connection failed
-/// with it in flight (so it may already have been written).
+/// with it in flight (so it may already have been written), with the number of sendings
+/// so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Attempt {
     First,
-    Again,
+    Again(u8),
+}
+
+/// How many times an append is sent at most while its connections keep failing. Each
+/// sending again runs on a connection checked just before, so this takes a connection
+/// failing between its check and its statement, twice in a row.
+pub(crate) const SENDINGS: u8 = 3;
+
+impl Attempt {
+    /// The sending after this one.
+    pub(crate) fn next(self) -> Self {
+        match self {
+            Self::First => Self::Again(2),
+            Self::Again(n) => Self::Again(n.saturating_add(1)),
+        }
+    }
 }
 
 /// One of the log's keys an append ran into.
@@ -58,8 +74,11 @@ pub(crate) enum Failure {
     EventIdTaken,
     /// An inline SQL projection refused the events.
     InlineSql,
-    /// The statement failed, or its connection did twice.
+    /// The statement failed.
     Statement,
+    /// Its connection failed with it in flight every time it was sent: whether it was
+    /// written is unknown.
+    Unknown,
 }
 
 /// The next step of the append path.
@@ -95,14 +114,14 @@ pub(crate) fn after_send(attempt: Attempt, has_command_id: bool, sent: Sent) -> 
         Sent::Taken(Key::CommandId) | Sent::Failed => Next::Fail(Failure::Statement),
         Sent::Taken(Key::EventId) => match attempt {
             Attempt::First => Next::Fail(Failure::EventIdTaken),
-            Attempt::Again => Next::FindOwn {
+            Attempt::Again(_) => Next::FindOwn {
                 recorded: None,
                 otherwise: Failure::EventIdTaken,
             },
         },
         Sent::Lost => match attempt {
-            Attempt::First => Next::SendAgain,
-            Attempt::Again => Next::Fail(Failure::Statement),
+            Attempt::Again(sent) if sent >= SENDINGS => Next::Fail(Failure::Unknown),
+            Attempt::First | Attempt::Again(_) => Next::SendAgain,
         },
         Sent::InlineSql => Next::Fail(Failure::InlineSql),
     }
@@ -147,7 +166,7 @@ fn duplicate(attempt: Attempt, outcome: AppendOutcome) -> Next {
     match attempt {
         Attempt::First => Next::Done(outcome),
         // The original may be this append's own first sending.
-        Attempt::Again => Next::FindOwn {
+        Attempt::Again(_) => Next::FindOwn {
             recorded: Some(outcome),
             otherwise: Failure::Statement,
         },
@@ -157,7 +176,7 @@ fn duplicate(attempt: Attempt, outcome: AppendOutcome) -> Next {
 fn conflict(attempt: Attempt) -> Next {
     match attempt {
         Attempt::First => Next::Fail(Failure::Conflict),
-        Attempt::Again => Next::FindOwn {
+        Attempt::Again(_) => Next::FindOwn {
             recorded: None,
             otherwise: Failure::Conflict,
         },
@@ -213,14 +232,16 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_connection_sends_once_more_then_fails() {
+    fn a_lost_connection_sends_again_up_to_the_limit_then_the_outcome_is_unknown() {
+        let mut attempt = Attempt::First;
+        for _ in 1..SENDINGS {
+            assert_eq!(after_send(attempt, false, Sent::Lost), Next::SendAgain);
+            attempt = attempt.next();
+        }
+        assert_eq!(attempt, Attempt::Again(SENDINGS));
         assert_eq!(
-            after_send(Attempt::First, false, Sent::Lost),
-            Next::SendAgain
-        );
-        assert_eq!(
-            after_send(Attempt::Again, false, Sent::Lost),
-            Next::Fail(Failure::Statement)
+            after_send(attempt, false, Sent::Lost),
+            Next::Fail(Failure::Unknown)
         );
     }
 
@@ -251,7 +272,7 @@ mod tests {
     fn a_sending_again_that_runs_into_the_log_looks_for_its_own_events() {
         for sent in [Sent::Stale, Sent::Taken(Key::StreamVersion)] {
             assert_eq!(
-                after_send(Attempt::Again, false, sent),
+                after_send(Attempt::Again(2), false, sent),
                 Next::FindOwn {
                     recorded: None,
                     otherwise: Failure::Conflict
@@ -259,21 +280,21 @@ mod tests {
             );
         }
         assert_eq!(
-            after_send(Attempt::Again, false, Sent::Taken(Key::EventId)),
+            after_send(Attempt::Again(2), false, Sent::Taken(Key::EventId)),
             Next::FindOwn {
                 recorded: None,
                 otherwise: Failure::EventIdTaken
             }
         );
         assert_eq!(
-            after_send(Attempt::Again, true, Sent::Duplicate(outcome(4, true))),
+            after_send(Attempt::Again(2), true, Sent::Duplicate(outcome(4, true))),
             Next::FindOwn {
                 recorded: Some(outcome(4, true)),
                 otherwise: Failure::Statement
             }
         );
         assert_eq!(
-            after_command(Attempt::Again, Key::StreamVersion, None),
+            after_command(Attempt::Again(2), Key::StreamVersion, None),
             Next::FindOwn {
                 recorded: None,
                 otherwise: Failure::Conflict

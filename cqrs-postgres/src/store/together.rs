@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use super::Inner;
 use super::batch::{Entry, Reply};
-use crate::db::{Statement, connection_lost, position, to_u64};
+use super::connections::Check;
+use crate::db::{Statement, connection_lost, held_elsewhere, position, to_u64};
 
 /// A row of `append_batch.sql` or `append_batch_plain.sql`: one append written, or found
 /// by its command id.
@@ -22,6 +23,11 @@ struct BatchRow {
     stream_version: i64,
     transaction_id: i64,
     sequence: i64,
+    /// The stream a command id was recorded for (only on a duplicate's row).
+    #[sqlx(default)]
+    holder_type: Option<String>,
+    #[sqlx(default)]
+    holder_id: Option<String>,
 }
 
 impl BatchRow {
@@ -88,17 +94,18 @@ pub(super) async fn send(inner: &Inner, batch: Vec<Entry>) {
         .bind(&schema_versions)
         .bind(&payloads)
         .bind(&metadata);
-    let rows: sqlx::Result<Vec<BatchRow>> = match inner.commands.lease(&inner.pool).await {
-        Ok(mut lease) => {
-            let rows = match lease.conn() {
-                Ok(conn) => query.try_fetch_all(conn).await,
-                Err(error) => Err(error),
-            };
-            lease.release(&rows);
-            rows
-        }
-        Err(error) => Err(error),
-    };
+    let rows: sqlx::Result<Vec<BatchRow>> =
+        match inner.commands.lease(&inner.pool, Check::IfIdle).await {
+            Ok(mut lease) => {
+                let rows = match lease.conn() {
+                    Ok(conn) => query.try_fetch_all(conn).await,
+                    Err(error) => Err(error),
+                };
+                lease.release(&rows);
+                rows
+            }
+            Err(error) => Err(error),
+        };
     let mut rows = match rows {
         Ok(rows) => rows,
         Err(error) => {
@@ -122,7 +129,19 @@ pub(super) async fn send(inner: &Inner, batch: Vec<Entry>) {
                 && row.stream_type == append.request.stream_type
         });
         let outcome = match found {
-            Some(found) => rows.swap_remove(found).into_outcome(),
+            Some(found) => {
+                let row = rows.swap_remove(found);
+                match held_elsewhere(
+                    append.request.command_id,
+                    row.holder_type.as_deref(),
+                    row.holder_id.as_deref(),
+                    &append.request.stream_type,
+                    &append.request.stream_id,
+                ) {
+                    Some(refusal) => Err(refusal),
+                    None => row.into_outcome(),
+                }
+            }
             None => Err(append.conflict()),
         };
         entry.reply(Reply::Done(outcome));

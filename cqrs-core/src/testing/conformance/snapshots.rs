@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 
 use super::Verdict;
 use super::helpers::{Expect, TYPE, append, events, replayed_versions, snapshot};
-use crate::EventStore;
 use crate::store::Snapshot;
+use crate::{Error, EventStore};
 
 pub(super) async fn snapshot_of_unknown_stream_is_none(store: Arc<dyn EventStore>) -> Verdict {
     let found = store
@@ -77,6 +77,30 @@ pub(super) async fn older_snapshot_never_replaces_newer(store: Arc<dyn EventStor
         Some(5),
         "snapshot version"
     );
+    Ok(())
+}
+
+pub(super) async fn snapshot_ahead_of_its_stream_is_refused(store: Arc<dyn EventStore>) -> Verdict {
+    for (stored, version) in [(0, 1), (3, 4), (3, 0)] {
+        let stream_id = format!("s{stored}-{version}");
+        if stored > 0 {
+            append(&*store, &stream_id, 0, events(stored)).await?;
+        }
+        let refused = store.save_snapshot(snapshot(&stream_id, version, 1)).await;
+        ensure!(
+            matches!(refused, Err(Error::InvalidSnapshot { .. })),
+            "a snapshot at version {version} of a stream at {stored}: expected \
+             Error::InvalidSnapshot, got {refused:?}"
+        );
+        let found = store
+            .load_snapshot(TYPE, &stream_id)
+            .await
+            .expect_ok("load_snapshot")?;
+        ensure!(
+            found.is_none(),
+            "the refused snapshot was stored: {found:?}"
+        );
+    }
     Ok(())
 }
 

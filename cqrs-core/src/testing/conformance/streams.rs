@@ -10,7 +10,7 @@ use super::Verdict;
 use super::helpers::{
     Expect, TYPE, append, event, events, everything, expect_conflict, numbers, request, versions,
 };
-use crate::store::{AppendRequest, NewEvent};
+use crate::store::{AppendRequest, MAX_STREAM_ID_LEN, MAX_STREAM_TYPE_LEN, NewEvent};
 use crate::{Error, EventStore, Metadata};
 
 pub(super) async fn loading_a_missing_stream_returns_no_events(
@@ -364,7 +364,7 @@ pub(super) async fn repeated_command_id_returns_original_outcome_and_writes_noth
     Ok(())
 }
 
-pub(super) async fn repeated_command_id_on_another_stream_writes_nothing(
+pub(super) async fn repeated_command_id_on_another_stream_is_refused_and_writes_nothing(
     store: Arc<dyn EventStore>,
 ) -> Verdict {
     let command_id = Uuid::new_v4();
@@ -372,14 +372,27 @@ pub(super) async fn repeated_command_id_on_another_stream_writes_nothing(
         .append(request("a", 0, events(1)).with_command_id(command_id))
         .await
         .expect_ok("first append")?;
-    let repeat = store
-        .append(request("b", 0, events(1)).with_command_id(command_id))
-        .await
-        .expect_ok("repeated append")?;
-    ensure!(
-        repeat.duplicate,
-        "the repeat was not flagged as a duplicate"
-    );
+    let names_stream_a = |result: Result<_, Error>, what: &str| match result {
+        Err(Error::CommandIdInUse {
+            command_id: id,
+            stream_type,
+            stream_id,
+        }) if id == command_id && stream_type == TYPE && stream_id == "a" => Ok(()),
+        other => Err(format!(
+            "{what}: expected Error::CommandIdInUse naming stream a, got {other:?}"
+        )),
+    };
+    names_stream_a(
+        store
+            .append(request("b", 0, events(1)).with_command_id(command_id))
+            .await
+            .map(drop),
+        "the repeat on another stream",
+    )?;
+    names_stream_a(
+        store.find_command(command_id, TYPE, "b").await.map(drop),
+        "find_command on another stream",
+    )?;
     let b = store.load(TYPE, "b", 0).await.expect_ok("load")?;
     ensure!(
         b.is_empty(),
@@ -394,7 +407,7 @@ pub(super) async fn find_command_returns_the_original_outcome(
 ) -> Verdict {
     let command_id = Uuid::new_v4();
     let unknown = store
-        .find_command(command_id)
+        .find_command(command_id, TYPE, "s")
         .await
         .expect_ok("find_command")?;
     ensure!(
@@ -407,7 +420,7 @@ pub(super) async fn find_command_returns_the_original_outcome(
         .await
         .expect_ok("append")?;
     let found = store
-        .find_command(command_id)
+        .find_command(command_id, TYPE, "s")
         .await
         .expect_ok("find_command")?
         .ok_or("the command id was not found")?;
@@ -426,29 +439,66 @@ pub(super) async fn find_command_returns_the_original_outcome(
 pub(super) async fn racing_appends_with_one_command_id_write_once(
     store: Arc<dyn EventStore>,
 ) -> Verdict {
+    // One command id on eight streams at once: one append writes, and the others are
+    // refused, naming the stream that holds the id (whichever won).
     let command_id = Uuid::new_v4();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..8 {
         let store = Arc::clone(&store);
         tasks.spawn(async move {
-            store
-                .append(request(&format!("s{i}"), 0, events(2)).with_command_id(command_id))
-                .await
+            let stream = format!("s{i}");
+            let outcome = store
+                .append(request(&stream, 0, events(2)).with_command_id(command_id))
+                .await;
+            (stream, outcome)
         });
     }
-    let mut written = 0;
-    let mut positions = HashSet::new();
+    let mut winners = Vec::new();
+    let mut named = HashSet::new();
     while let Some(joined) = tasks.join_next().await {
-        let outcome = joined
-            .map_err(|e| format!("task panicked: {e}"))?
-            .expect_ok("append")?;
-        if !outcome.duplicate {
-            written += 1;
+        let (stream, outcome) = joined.map_err(|e| format!("task panicked: {e}"))?;
+        match outcome {
+            Ok(outcome) if !outcome.duplicate => winners.push(stream),
+            Err(Error::CommandIdInUse { stream_id, .. }) => {
+                named.insert(stream_id);
+            }
+            other => return Err(format!("{stream}: unexpected {other:?}")),
         }
-        positions.insert(outcome.position);
     }
-    ensure_eq!(written, 1, "appends that wrote");
-    ensure_eq!(positions.len(), 1, "distinct outcomes reported");
+    ensure_eq!(winners.len(), 1, "appends that wrote");
+    ensure!(
+        named.iter().all(|holder| *holder == winners[0]),
+        "the refusals name {named:?}, not the stream that wrote ({})",
+        winners[0]
+    );
     ensure_eq!(everything(&*store).await?.len(), 2, "events in the log");
+    Ok(())
+}
+
+pub(super) async fn stream_ids_past_the_limit_are_refused_and_write_nothing(
+    store: Arc<dyn EventStore>,
+) -> Verdict {
+    let longest = "i".repeat(MAX_STREAM_ID_LEN);
+    append(&*store, &longest, 0, events(1)).await?;
+    for (stream_type, stream_id) in [
+        (TYPE.to_owned(), "i".repeat(MAX_STREAM_ID_LEN + 1)),
+        (TYPE.to_owned(), "é".repeat(MAX_STREAM_ID_LEN / 2 + 1)),
+        ("t".repeat(MAX_STREAM_TYPE_LEN + 1), "s".to_owned()),
+    ] {
+        let refused = store
+            .append(AppendRequest::new(
+                stream_type.clone(),
+                stream_id,
+                0,
+                events(1),
+            ))
+            .await;
+        ensure!(
+            matches!(refused, Err(Error::InvalidAppend { .. })),
+            "a stream of type {} bytes and a too long id: expected Error::InvalidAppend, got {refused:?}",
+            stream_type.len()
+        );
+    }
+    ensure_eq!(everything(&*store).await?.len(), 1, "events in the log");
     Ok(())
 }
