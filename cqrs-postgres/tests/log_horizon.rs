@@ -221,3 +221,66 @@ async fn an_append_held_open_holds_readers_back_and_nothing_is_skipped() {
     runner.shutdown().await;
     t.cleanup().await;
 }
+
+/// A reader whose role may not see the appenders' sessions (no superuser, no
+/// `pg_read_all_stats`) reads the log all the same, and stops below an append held open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reader_that_may_not_see_other_sessions_never_skips() {
+    const ROLE: &str = "cqrs_test_plain_reader";
+    let t = TestStore::new("horizon_role").await;
+    let schema = t.store.schema().to_owned();
+    // Roles belong to the cluster: another test process may create it at the same moment.
+    let _ = sqlx::query(AssertSqlSafe(format!("CREATE ROLE {ROLE} LOGIN")))
+        .execute(t.pool())
+        .await;
+    for grant in [
+        format!("GRANT USAGE ON SCHEMA \"{schema}\" TO {ROLE}"),
+        format!("GRANT SELECT ON ALL TABLES IN SCHEMA \"{schema}\" TO {ROLE}"),
+    ] {
+        sqlx::query(AssertSqlSafe(grant))
+            .execute(t.pool())
+            .await
+            .expect("grant");
+    }
+    let options = common::connect_options("plain reader").username(ROLE);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await
+        .expect("connect as the plain role");
+    let reader = cqrs_postgres::PgEventStore::builder(pool)
+        .schema(&schema)
+        .build()
+        .expect("the reader's store");
+
+    let before = add(&t.store, "before", 0, 1).await;
+    assert_eq!(reader.head().await.expect("head"), before);
+    let holder = hold_stream(&t, "held").await;
+    let after = add(&t.store, "after", 0, 1).await;
+    for _ in 0..5 {
+        let read = reader
+            .read_all(before, 10, &EventFilter::all())
+            .await
+            .expect("read_all as the plain role");
+        assert!(read.is_empty(), "read past the held append: {read:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.commit().await.expect("commit");
+    let read = reader
+        .read_all(before, 10, &EventFilter::all())
+        .await
+        .expect("read_all");
+    assert_eq!(read.last().map(|e| e.position), Some(after));
+    assert_eq!(read.len(), 2, "the held event and the one after it");
+    reader.pool().close().await;
+    for revoke in [
+        format!("REVOKE ALL ON ALL TABLES IN SCHEMA \"{schema}\" FROM {ROLE}"),
+        format!("REVOKE ALL ON SCHEMA \"{schema}\" FROM {ROLE}"),
+    ] {
+        sqlx::query(AssertSqlSafe(revoke))
+            .execute(t.pool())
+            .await
+            .expect("revoke");
+    }
+    t.cleanup().await;
+}
