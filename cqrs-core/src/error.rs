@@ -227,6 +227,17 @@ pub enum ProjectionError {
         reached: Position,
     },
 
+    /// The runner does not know the projection waited on: it is not the one a memory
+    /// projector runs, or no backend runner registered it in time (a misspelt name, a
+    /// projection not deployed yet).
+    ///
+    /// Fix the name, or start a runner that runs the projection.
+    #[error("no runner knows projection `{projection}`")]
+    Unknown {
+        /// The projection's name.
+        projection: String,
+    },
+
     /// Reading the log, or decoding an event of it, failed.
     #[error(transparent)]
     Store(#[from] Error),

@@ -11,6 +11,7 @@ mod event;
 mod pipeline;
 mod private;
 mod projection;
+mod wait;
 
 pub mod memory;
 pub mod store;
@@ -29,13 +30,15 @@ pub use pipeline::{
 pub use pipeline::{DefaultServices, GivenServices, ServicesOf};
 pub use projection::{Project, Projection};
 pub use store::{EventFilter, EventStore};
+pub use wait::{ReadYourWrites, Token};
 
 /// The names most programs need: `use cqrs_core::prelude::*;`.
 pub mod prelude {
     pub use crate::memory::{MemoryEventStore, Projector};
     pub use crate::{
         Aggregate, Command, CommandError, CommandMetadata, CommandOutcome, Cqrs, CqrsTuning, Event,
-        EventEnvelope, EventStore, Position, Projection, RetryPolicy, SnapshotPolicy,
+        EventEnvelope, EventStore, Position, Projection, ReadYourWrites, RetryPolicy,
+        SnapshotPolicy, Token,
     };
     pub use crate::{Apply, Handle, Project};
 }

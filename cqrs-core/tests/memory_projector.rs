@@ -13,6 +13,7 @@ use cqrs_core::store::{AppendRequest, NewEvent};
 use cqrs_core::testing::ProjectionFixture;
 use cqrs_core::{
     Aggregate, Cqrs, EventEnvelope, EventFilter, EventStore, Position, Projection, ProjectionError,
+    ReadYourWrites, Token,
 };
 
 /// Folds every ledger stream into its state, recording the positions it saw.
@@ -173,7 +174,7 @@ async fn a_spawned_projector_follows_the_log_and_serves_read_your_writes() {
                 let outcome = cqrs.execute(&id, add(round)).await.expect("execute");
                 let token = outcome.position.expect("an event was recorded");
                 projector
-                    .wait_for(token, Duration::from_secs(5))
+                    .wait_for::<LedgerView>(token, Duration::from_secs(5))
                     .await
                     .expect("the view catches up");
                 let seen = projector
@@ -191,7 +192,7 @@ async fn a_spawned_projector_follows_the_log_and_serves_read_your_writes() {
         joined.expect("writer panicked");
     }
     projector
-        .wait_for(store.head().await.expect("head"), Duration::from_secs(5))
+        .wait_for::<LedgerView>(store.head().await.expect("head"), Duration::from_secs(5))
         .await
         .expect("wait");
     assert_eq!(projector.read(|v| v.seen.len()).await, 160);
@@ -202,7 +203,10 @@ async fn waiting_for_a_position_not_yet_written_times_out_with_a_typed_error() {
     let store = MemoryEventStore::new();
     let projector = Projector::new(store, LedgerView::default());
     let future = Position::new(99, 99);
-    match projector.wait_for(future, Duration::from_millis(50)).await {
+    match projector
+        .wait_for::<LedgerView>(future, Duration::from_millis(50))
+        .await
+    {
         Err(ProjectionError::Timeout {
             projection,
             target,
@@ -270,8 +274,62 @@ async fn a_polling_projector_follows_a_store_without_notifications() {
         last = cqrs.execute("p", add(i)).await.expect("execute").position;
     }
     projector
-        .wait_for(last.expect("a position"), Duration::from_secs(5))
+        .wait_for::<LedgerView>(last.expect("a position"), Duration::from_secs(5))
         .await
         .expect("the polling projector catches up");
     assert_eq!(projector.read(|v| v.states["p"].total).await, 10);
+}
+
+/// Another view, which the ledger projector does not run.
+#[derive(Debug, Default)]
+struct OtherView;
+
+impl Projection for OtherView {
+    const NAME: &'static str = "other_view";
+    type Event = LedgerEvent;
+    type Context = ();
+    type Error = Refused;
+
+    async fn handle(&mut self, (): &mut (), _: &EventEnvelope<LedgerEvent>) -> Result<(), Refused> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn waiting_on_a_view_the_projector_does_not_run_is_a_typed_error() {
+    let store = MemoryEventStore::new();
+    let cqrs = Cqrs::<Ledger, _>::new(store.clone());
+    let projector = Projector::new(store.clone(), LedgerView::default());
+    let outcome = cqrs.execute("l", add(1)).await.expect("execute");
+    match projector
+        .wait_for::<OtherView>(&outcome, Duration::from_secs(1))
+        .await
+    {
+        Err(ProjectionError::Unknown { projection }) => assert_eq!(projection, "other_view"),
+        other => panic!("expected Unknown, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_joined_token_waits_for_every_command_behind_it() {
+    let store = MemoryEventStore::new();
+    let cqrs = Cqrs::<Ledger, _>::new(store.clone());
+    let projector = Projector::new(store.clone(), LedgerView::default());
+    let mut outcomes = Vec::new();
+    for (stream, amount) in [("a", 1), ("b", 2), ("a", 3), ("c", 4)] {
+        outcomes.push(cqrs.execute(stream, add(amount)).await.expect("execute"));
+    }
+    let token: Token = outcomes.iter().collect();
+    assert_eq!(
+        Some(token.position()),
+        outcomes.iter().filter_map(|o| o.position).max()
+    );
+    projector
+        .wait_for::<LedgerView>(token, Duration::from_secs(1))
+        .await
+        .expect("wait");
+    let totals = projector
+        .read(|v| ["a", "b", "c"].map(|s| v.states.get(s).map(|l| l.total)))
+        .await;
+    assert_eq!(totals, [Some(4), Some(2), Some(4)]);
 }

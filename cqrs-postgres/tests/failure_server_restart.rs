@@ -293,7 +293,7 @@ async fn a_crashing_server_loses_no_acknowledged_append_and_the_view_stays_exact
         }
     }
     runner
-        .wait_for("balances", last, Duration::from_secs(30))
+        .wait_for_named("balances", last, Duration::from_secs(30))
         .await
         .expect("the projection catches up after the crashes");
     assert_eq!(

@@ -105,7 +105,7 @@ async fn readers_are_not_delayed(t: &TestStore, conn: &mut PgConnection, what: &
         seen_before = position;
         let waited = Instant::now();
         runner
-            .wait_for("balances", position, POLL * 4)
+            .wait_for_named("balances", position, POLL * 4)
             .await
             .expect("the projection passes the append");
         waits.push(waited.elapsed());
@@ -186,7 +186,7 @@ async fn an_append_held_open_holds_readers_back_and_nothing_is_skipped() {
         .expect("start");
     let before = add(&t.store, "before", 0, 1).await;
     runner
-        .wait_for("balances", before, Duration::from_secs(5))
+        .wait_for_named("balances", before, Duration::from_secs(5))
         .await
         .expect("caught up");
     let holder = hold_stream(&t, "held").await;
@@ -206,7 +206,7 @@ async fn an_append_held_open_holds_readers_back_and_nothing_is_skipped() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let waited = runner
-        .wait_for("balances", after, Duration::from_millis(300))
+        .wait_for_named("balances", after, Duration::from_millis(300))
         .await;
     assert!(
         waited.is_err_and(|e| e.is_timeout()),
@@ -214,7 +214,7 @@ async fn an_append_held_open_holds_readers_back_and_nothing_is_skipped() {
     );
     holder.commit().await.expect("commit the held append");
     runner
-        .wait_for("balances", after, Duration::from_secs(5))
+        .wait_for_named("balances", after, Duration::from_secs(5))
         .await
         .expect("the projection goes on once it commits");
     let read = t

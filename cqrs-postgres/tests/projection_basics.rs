@@ -41,7 +41,7 @@ async fn the_view_equals_the_fold_of_the_log() {
         last = last.max(position.expect("writer"));
     }
     runner
-        .wait_for("balances", last, WAIT)
+        .wait_for_named("balances", last, WAIT)
         .await
         .expect("caught up");
 
@@ -86,7 +86,7 @@ async fn events_it_does_not_want_still_count_as_passed() {
         .await
         .expect("append");
     runner
-        .wait_for("balances", other.position, WAIT)
+        .wait_for_named("balances", other.position, WAIT)
         .await
         .expect("an unwanted event is passed too");
     let status = runner.status_of("balances").await.expect("status");
@@ -96,7 +96,7 @@ async fn events_it_does_not_want_still_count_as_passed() {
     // Waiting for a position the log has not reached times out, typed.
     let beyond = Position::new(other.position.commit() + 1_000_000, 0);
     let error = runner
-        .wait_for("balances", beyond, Duration::from_millis(300))
+        .wait_for_named("balances", beyond, Duration::from_millis(300))
         .await
         .expect_err("cannot pass a position that does not exist");
     assert!(
@@ -130,7 +130,7 @@ async fn a_projection_wanting_few_events_walks_the_log_in_windows() {
         last = projection_support::add(&t.store, "wanted", i, i + 1).await;
     }
     runner
-        .wait_for("balances", last, WAIT)
+        .wait_for_named("balances", last, WAIT)
         .await
         .expect("caught up");
     assert_eq!(
@@ -198,7 +198,7 @@ async fn a_document_view_needs_no_sql() {
     add_many(&t.store, "d-1", 0, 30, 7, 3).await;
     let last = add_many(&t.store, "d-2", 0, 5, 5, 10).await;
     runner
-        .wait_for(CounterSummary::NAME, last, WAIT)
+        .wait_for::<PgDocumentView<CounterSummary>>(last, WAIT)
         .await
         .expect("caught up");
     let one = PgDocumentView::<CounterSummary>::get(&t.store, "d-1")

@@ -136,7 +136,7 @@ async fn twenty_random_crashes_never_skip_or_repeat_an_event() {
         .await
         .expect("start");
     runner
-        .wait_for("balances", last, WAIT)
+        .wait_for_named("balances", last, WAIT)
         .await
         .expect("caught up");
     let expected = fold(t.pool(), &schema).await;
@@ -188,7 +188,7 @@ async fn worker_processes_killed_with_sigkill_never_skip_or_repeat_an_event() {
         Duration::from_millis(50),
     );
     watcher
-        .wait_for("balances", last, WAIT)
+        .wait_for_named("balances", last, WAIT)
         .await
         .expect("caught up");
     assert_eq!(

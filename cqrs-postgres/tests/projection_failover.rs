@@ -91,7 +91,7 @@ async fn the_survivor_takes_over_within_five_seconds() {
     // The survivor also applies what was appended around the kill.
     let after = add(&t.store, "f-after", 0, 1).await;
     watcher
-        .wait_for("balances", after.max(kill_position), WAIT)
+        .wait_for_named("balances", after.max(kill_position), WAIT)
         .await
         .expect("the survivor projects");
     let projecting = killed_at.elapsed();
@@ -112,7 +112,7 @@ async fn the_survivor_takes_over_within_five_seconds() {
         last = last.max(position.expect("writer"));
     }
     watcher
-        .wait_for("balances", last, WAIT)
+        .wait_for_named("balances", last, WAIT)
         .await
         .expect("caught up");
     assert_eq!(

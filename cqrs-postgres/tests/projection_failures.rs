@@ -90,7 +90,7 @@ async fn a_persistent_failure_stops_only_that_projection_until_skipped_or_retrie
 
     // The other projection is not held up.
     runner
-        .wait_for("seen", last, WAIT)
+        .wait_for_named("seen", last, WAIT)
         .await
         .expect("seen catches up");
 
@@ -113,7 +113,7 @@ async fn a_persistent_failure_stops_only_that_projection_until_skipped_or_retrie
     assert!(status.lag > Duration::ZERO);
 
     // Still failing: a retry stops at the same event again.
-    assert!(runner.retry("balances", 1).await.expect("retry"));
+    assert!(runner.retry::<Balances>().await.expect("retry"));
     let again = eventually(WAIT, || async {
         let status = runner.status_of("balances").await.expect("status");
         (status[0].state == PgProjectionState::Failed).then(|| status[0].clone())
@@ -124,7 +124,7 @@ async fn a_persistent_failure_stops_only_that_projection_until_skipped_or_retrie
 
     // Skip it: the projection goes on and stops at the next bad event.
     assert_eq!(
-        runner.skip("balances", 1).await.expect("skip"),
+        runner.skip::<Balances>().await.expect("skip"),
         Some(failed_at)
     );
     let next = eventually(WAIT, || async {
@@ -142,9 +142,9 @@ async fn a_persistent_failure_stops_only_that_projection_until_skipped_or_retrie
 
     // Fixed in the meantime: retry applies it and catches up.
     faults.heal("f-1", 9);
-    assert!(runner.retry("balances", 1).await.expect("retry"));
+    assert!(runner.retry::<Balances>().await.expect("retry"));
     runner
-        .wait_for("balances", last, WAIT)
+        .wait_for_named("balances", last, WAIT)
         .await
         .expect("caught up");
     // Everything but the skipped event.
@@ -158,11 +158,11 @@ async fn a_persistent_failure_stops_only_that_projection_until_skipped_or_retrie
     assert_eq!(status[0].failed_at, None);
 
     // Nothing to retry or skip now.
-    assert!(!runner.retry("balances", 1).await.expect("retry"));
-    assert_eq!(runner.skip("balances", 1).await.expect("skip"), None);
+    assert!(!runner.retry::<Balances>().await.expect("retry"));
+    assert_eq!(runner.skip::<Balances>().await.expect("skip"), None);
     let late = add(&t.store, "f-1", 12, 1).await;
     runner
-        .wait_for("balances", late, WAIT)
+        .wait_for_named("balances", late, WAIT)
         .await
         .expect("live again");
     runner.shutdown().await;
@@ -209,9 +209,9 @@ async fn an_event_that_does_not_decode_stops_the_projection_there() {
     );
 
     // Skipped, the projection goes on with the events after it.
-    assert!(runner.skip("balances", 1).await.expect("skip").is_some());
+    assert!(runner.skip::<Balances>().await.expect("skip").is_some());
     runner
-        .wait_for("balances", last, WAIT)
+        .wait_for_named("balances", last, WAIT)
         .await
         .expect("caught up");
     assert_eq!(

@@ -64,7 +64,7 @@ async fn the_view_is_current_when_the_append_returns() {
     let status = runner.status_of("balances").await.expect("status");
     assert_eq!(status[0].state, PgProjectionState::Inline);
     runner
-        .wait_for("balances", other.position, Duration::from_millis(1))
+        .wait_for_named("balances", other.position, Duration::from_millis(1))
         .await
         .expect("an inline projection is always current");
     runner.shutdown().await;

@@ -102,7 +102,7 @@ async fn the_view_is_current_when_the_append_returns() {
     assert_eq!(status.len(), 1);
     assert_eq!(status[0].state, PgProjectionState::Inline);
     runner
-        .wait_for("balances_sql", other.position, Duration::from_millis(1))
+        .wait_for_named("balances_sql", other.position, Duration::from_millis(1))
         .await
         .expect("an inline projection is always current");
     runner.shutdown().await;

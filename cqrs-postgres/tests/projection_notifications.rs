@@ -40,7 +40,7 @@ async fn a_terminated_listener_delays_a_projection_by_at_most_the_poll_interval(
         .expect("start");
     let first = add(&t.store, "n-1", 0, 1).await;
     runner
-        .wait_for("balances", first, Duration::from_secs(10))
+        .wait_for_named("balances", first, Duration::from_secs(10))
         .await
         .expect("running");
     eventually(Duration::from_secs(10), || async {
@@ -80,7 +80,7 @@ async fn a_terminated_listener_delays_a_projection_by_at_most_the_poll_interval(
         let position = add(&t.store, "n-1", version, 1).await;
         let appended = Instant::now();
         runner
-            .wait_for("balances", position, POLL + SLACK)
+            .wait_for_named("balances", position, POLL + SLACK)
             .await
             .expect("projected within the poll interval");
         worst = worst.max(appended.elapsed());
@@ -105,7 +105,7 @@ async fn a_terminated_listener_delays_a_projection_by_at_most_the_poll_interval(
     let position = add(&t.store, "n-1", 9, 1).await;
     let appended = Instant::now();
     runner
-        .wait_for("balances", position, Duration::from_secs(10))
+        .wait_for_named("balances", position, Duration::from_secs(10))
         .await
         .expect("projected");
     println!(
@@ -137,7 +137,7 @@ async fn without_notifications_polling_alone_keeps_the_projection_going() {
         let position = add(&store, "p-1", version, 2).await;
         let appended = Instant::now();
         runner
-            .wait_for("balances", position, POLL + SLACK)
+            .wait_for_named("balances", position, POLL + SLACK)
             .await
             .expect("projected within the poll interval");
         worst = worst.max(appended.elapsed());

@@ -7,6 +7,7 @@ mod projection_support;
 use std::time::{Duration, Instant};
 
 use common::TestStore;
+use cqrs_core::{ProjectionError, Token};
 use cqrs_postgres::PgProjectionRunner;
 use projection_support::{Balances, add, fold, rows, served_view};
 
@@ -36,7 +37,7 @@ async fn after_the_wait_the_view_holds_the_write_every_time() {
                 let position = add(&store, &account, version, 1).await;
                 let begun = Instant::now();
                 runner
-                    .wait_for("balances", position, Duration::from_secs(10))
+                    .wait_for::<Balances>(position, Duration::from_secs(10))
                     .await
                     .expect("the projection passes the write");
                 waits.push(begun.elapsed());
@@ -74,5 +75,70 @@ async fn after_the_wait_the_view_holds_the_write_every_time() {
         fold(t.pool(), &schema).await
     );
     runner.shutdown().await;
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_on_a_projection_no_runner_knows_is_an_error_not_a_return() {
+    let t = TestStore::new("proj_unknown").await;
+    let schema = t.store.schema().to_owned();
+    let runner = PgProjectionRunner::builder(t.store.clone())
+        .view(Balances::<1>::new(&schema))
+        .start()
+        .await
+        .expect("start");
+    let position = add(&t.store, "a", 0, 1).await;
+    let begun = Instant::now();
+    match runner
+        .wait_for_named("balancse", position, Duration::from_millis(300))
+        .await
+    {
+        Err(ProjectionError::Unknown { projection }) => assert_eq!(projection, "balancse"),
+        other => panic!("expected Unknown, got {other:?}"),
+    }
+    assert!(
+        begun.elapsed() >= Duration::from_millis(300),
+        "it waited for a registration"
+    );
+    runner.shutdown().await;
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_begun_before_the_projection_is_registered_returns_once_it_has_caught_up() {
+    let t = TestStore::new("proj_later").await;
+    let schema = t.store.schema().to_owned();
+    // A runner with nothing to run yet: the wait is for a view another process starts.
+    let waiter = PgProjectionRunner::builder(t.store.clone())
+        .start()
+        .await
+        .expect("start");
+    let first = add(&t.store, "a", 0, 1).await;
+    let second = add(&t.store, "b", 0, 2).await;
+    // Two commands' tokens, joined: the wait covers both.
+    let token: Token = [first, second].into_iter().collect();
+    assert_eq!(token.position(), first.max(second));
+    let wait = tokio::spawn({
+        let waiter = waiter.clone();
+        async move {
+            waiter
+                .wait_for::<Balances>(token, Duration::from_secs(10))
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!wait.is_finished(), "no runner runs the view yet");
+    let runner = PgProjectionRunner::builder(t.store.clone())
+        .view(Balances::<1>::new(&schema))
+        .start()
+        .await
+        .expect("start");
+    wait.await
+        .expect("join")
+        .expect("the wait ends once the view has both writes");
+    let view = rows(t.pool(), &served_view(&schema)).await;
+    assert_eq!(view.len(), 2, "both writes are in the view: {view:?}");
+    runner.shutdown().await;
+    waiter.shutdown().await;
     t.cleanup().await;
 }

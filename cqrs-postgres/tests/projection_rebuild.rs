@@ -28,13 +28,13 @@ async fn a_rebuild_equals_the_view_built_live() {
         last = last.max(add_many(&t.store, &format!("r-{s}"), 0, 80, 9, s + 1).await);
     }
     runner
-        .wait_for("balances", last, WAIT)
+        .wait_for_named("balances", last, WAIT)
         .await
         .expect("caught up");
     let live = rows(t.pool(), &table::<1>(&schema)).await;
     assert_eq!(live, fold(t.pool(), &schema).await);
 
-    assert!(runner.rebuild("balances", 1).await.expect("rebuild"));
+    assert!(runner.rebuild::<Balances>().await.expect("rebuild"));
     let status = runner.status_of("balances").await.expect("status");
     assert_eq!(status[0].state, PgProjectionState::Rebuilding);
     // Writers go on during the rebuild.
@@ -50,7 +50,7 @@ async fn a_rebuild_equals_the_view_built_live() {
     let after = rows(t.pool(), &table::<1>(&schema)).await;
     assert_eq!(after, fold(t.pool(), &schema).await);
     assert_eq!(&after[..live.len()], &live[..]);
-    assert!(!runner.rebuild("nothing", 1).await.expect("rebuild"));
+    assert!(!runner.rebuild_named("nothing", 1).await.expect("rebuild"));
     runner.shutdown().await;
     t.cleanup().await;
 }
@@ -69,7 +69,7 @@ async fn a_new_version_is_served_only_once_it_has_caught_up() {
     for s in 0..4 {
         last = last.max(add_many(&t.store, &format!("b-{s}"), 0, 100, 10, 2).await);
     }
-    blue.wait_for("balances", last, WAIT)
+    blue.wait_for_named("balances", last, WAIT)
         .await
         .expect("v1 caught up");
 
@@ -93,7 +93,7 @@ async fn a_new_version_is_served_only_once_it_has_caught_up() {
     assert!(!building.active);
     let late = add_many(&t.store, "b-late", 0, 5, 5, 7).await;
     green
-        .wait_for("balances", late, WAIT)
+        .wait_for_named("balances", late, WAIT)
         .await
         .expect("the served version is live");
     let status = green.status_of("balances").await.expect("status");
@@ -120,7 +120,7 @@ async fn a_new_version_is_served_only_once_it_has_caught_up() {
     assert!(!status.iter().find(|s| s.version == 1).expect("v1").active);
     let more = add_many(&t.store, "b-later", 0, 3, 3, 1).await;
     green
-        .wait_for("balances", more, WAIT)
+        .wait_for_named("balances", more, WAIT)
         .await
         .expect("v2 is live");
     let served = rows(t.pool(), &served_view(&schema)).await;
@@ -129,8 +129,8 @@ async fn a_new_version_is_served_only_once_it_has_caught_up() {
 
     // The old version can be forgotten; the served one cannot.
     blue.shutdown().await;
-    assert!(!green.retire("balances", 2).await.expect("retire"));
-    assert!(green.retire("balances", 1).await.expect("retire"));
+    assert!(!green.retire::<Balances<2>>(2).await.expect("retire"));
+    assert!(green.retire::<Balances<2>>(1).await.expect("retire"));
     let status = green.status_of("balances").await.expect("status");
     assert_eq!(status.len(), 1);
     assert_eq!(status[0].version, 2);

@@ -7,7 +7,9 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, warn};
 
 use super::MemoryEventStore;
-use crate::{EventFilter, EventStore, Position, Projection, ProjectionError};
+use crate::{
+    EventFilter, EventStore, Position, Projection, ProjectionError, ReadYourWrites, Token,
+};
 
 /// Runs a [`Projection`] whose view lives in memory (`Context = ()`) over a
 /// [`MemoryEventStore`] (woken by every append), or over any other [`EventStore`]
@@ -257,14 +259,9 @@ where
         read(&self.inner.lock().await.projection)
     }
 
-    /// Waits until the view has processed `position` (a command's read-your-writes
-    /// token), catching up on the way.
-    ///
-    /// # Errors
-    ///
-    /// [`ProjectionError::Timeout`] when the view has not reached `position` within
-    /// `timeout`; the errors of [`catch_up`](Self::catch_up).
-    pub async fn wait_for(
+    /// Waits until the view has processed `position`, catching up on the way: what
+    /// [`ReadYourWrites::wait_for`] does for this projector's own projection.
+    async fn wait_for_position(
         &self,
         position: Position,
         timeout: Duration,
@@ -332,6 +329,33 @@ where
             .instrument(span),
         );
         ProjectorTask(task)
+    }
+}
+
+impl<P, S> ReadYourWrites for Projector<P, S>
+where
+    P: Projection<Context = ()>,
+    S: EventStore + ?Sized,
+{
+    /// Waits until this projector's view has passed `token`, catching up on the way.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Unknown`] when `Q` is not this projector's projection;
+    /// [`ProjectionError::Timeout`] when the view has not reached the token within
+    /// `timeout`; the errors of [`catch_up`](Self::catch_up).
+    async fn wait_for<Q: Projection>(
+        &self,
+        token: impl Into<Token> + Send,
+        timeout: Duration,
+    ) -> Result<(), ProjectionError> {
+        if Q::NAME != P::NAME {
+            return Err(ProjectionError::Unknown {
+                projection: Q::NAME.to_owned(),
+            });
+        }
+        self.wait_for_position(token.into().position(), timeout)
+            .await
     }
 }
 

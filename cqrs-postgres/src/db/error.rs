@@ -72,15 +72,16 @@ pub enum Error {
         problem: String,
     },
 
-    /// An append's connection failed with it in flight every time it was sent: it may
-    /// or may not have been written.
+    /// An append's connection failed with it in flight every time it was sent, or the
+    /// connection of the lookup that was to tell whether it had been written failed too:
+    /// it may or may not have been written.
     ///
     /// Retry the command with the same command id: if the append was written, the retry
     /// returns its outcome and writes nothing; if not, it is written then. Without a
     /// command id, a retry may write the events twice (under new event ids).
     #[error(
-        "the append to `{stream}` may or may not have been written: its connection failed \
-         {sendings} times"
+        "the append to `{stream}` may or may not have been written: sent {sendings} \
+         time(s), its connection failed before its outcome was known"
     )]
     OutcomeUnknown {
         /// The stream appended to (`type/id`).

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use cqrs_core::{Position, ProjectionError};
+use cqrs_core::{Position, Projection, ProjectionError, ReadYourWrites, Token};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, warn};
@@ -131,7 +131,7 @@ impl Drop for Inner {
 ///     .await?;
 /// // read your write
 /// runner
-///     .wait_for("balances", outcome.position, Duration::from_secs(5))
+///     .wait_for::<Balances>(outcome.position, Duration::from_secs(5))
 ///     .await?;
 /// for status in runner.status().await? {
 ///     println!("{} v{}: {} at {}", status.name, status.version, status.state, status.position);
@@ -194,37 +194,55 @@ impl PgProjectionRunner {
         rows.into_iter().map(PgProjectionStatus::from_row).collect()
     }
 
-    /// Waits until the served version of the projection `name` has passed `position`
-    /// (a command's position token): when it returns, a query of the view sees the write.
-    /// Returns at once for an inline projection.
-    ///
-    /// Woken by the checkpoint notifications; it queries the checkpoint once at the start
-    /// and again every poll interval or after the listener reconnected. A name no runner
-    /// has registered yet counts as being at the start of the log.
+    /// Waits until the served version of projection `P` has passed `token` (see
+    /// [`wait_for_named`](Self::wait_for_named)): when it returns, a query of the view sees
+    /// the writes behind it. The same as [`ReadYourWrites::wait_for`], without importing
+    /// the trait.
     ///
     /// # Errors
     ///
-    /// [`ProjectionError::Timeout`] when the projection has not passed `position` within
-    /// `timeout`; [`ProjectionError::Backend`] holding an [`Error`] when a query fails or
-    /// the runner was shut down.
+    /// As for [`wait_for_named`](Self::wait_for_named).
+    pub async fn wait_for<P: Projection>(
+        &self,
+        token: impl Into<Token>,
+        timeout: Duration,
+    ) -> std::result::Result<(), ProjectionError> {
+        self.wait_for_named(P::NAME, token, timeout).await
+    }
+
+    /// Waits until the served version of the projection `name` has passed `token`: what
+    /// [`wait_for`](Self::wait_for) does for a projection named by its type, for a name
+    /// known only at run time (an inline SQL projection's, an operator's tool).
+    ///
+    /// Returns at once for an inline projection. Woken by the checkpoint notifications;
+    /// it queries the checkpoint once at the start and again every poll interval or after
+    /// the listener reconnected. A name no runner has registered yet is waited for.
+    ///
+    /// # Errors
+    ///
+    /// [`ProjectionError::Timeout`] when the projection has not passed `token` within
+    /// `timeout`; [`ProjectionError::Unknown`] when no runner registered `name` within
+    /// it; [`ProjectionError::Backend`] holding an [`Error`] when a query fails or the
+    /// runner was shut down.
     #[tracing::instrument(
         level = "debug",
         name = "cqrs_postgres.projection.wait_for",
         skip_all,
-        fields(projection = %name, position = %position),
+        fields(projection = %name),
         err
     )]
-    pub async fn wait_for(
+    pub async fn wait_for_named(
         &self,
         name: &str,
-        position: Position,
+        token: impl Into<Token>,
         timeout: Duration,
     ) -> std::result::Result<(), ProjectionError> {
+        let position = token.into().position();
         let shared = &self.inner.shared;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut served = shared.hub.subscribe_served(name);
         let mut connections = shared.hub.subscribe_connections();
-        let mut reached = Position::START;
+        let mut reached = None;
         loop {
             served.borrow_and_update();
             connections.borrow_and_update();
@@ -237,7 +255,7 @@ impl PgProjectionRunner {
                 if inline || checkpoint >= position {
                     return Ok(());
                 }
-                reached = checkpoint;
+                reached = Some(checkpoint);
             }
             let poll = tokio::time::sleep(shared.config.poll_interval);
             tokio::pin!(poll);
@@ -251,16 +269,21 @@ impl PgProjectionRunner {
                             if announced >= position {
                                 return Ok(());
                             }
-                            reached = announced;
+                            reached = Some(announced);
                         }
                     }
                     _ = connections.changed() => break,
                     () = &mut poll => break,
                     () = tokio::time::sleep_until(deadline) => {
-                        return Err(ProjectionError::Timeout {
-                            projection: name.to_owned(),
-                            target: position,
-                            reached,
+                        return Err(match reached {
+                            Some(reached) => ProjectionError::Timeout {
+                                projection: name.to_owned(),
+                                target: position,
+                                reached,
+                            },
+                            None => ProjectionError::Unknown {
+                                projection: name.to_owned(),
+                            },
                         });
                     }
                 }
@@ -268,54 +291,91 @@ impl PgProjectionRunner {
         }
     }
 
-    /// Asks the owner of projection `name` at `version` to empty its view (with
+    /// Asks the owner of projection `P` at its current
+    /// [`VERSION`](cqrs_core::Projection::VERSION) to empty its view (with
     /// [`PgView::reset`](crate::PgView::reset)) and replay the log from the start. Its
     /// status is [`Rebuilding`](crate::PgProjectionState::Rebuilding) until it has caught
-    /// up; its view is partial meanwhile (a new
-    /// [`VERSION`](cqrs_core::Projection::VERSION) is the way to rebuild without readers
-    /// seeing that). Returns `false` when there is no such projection.
+    /// up; its view is partial meanwhile (a new `VERSION` is the way to rebuild without
+    /// readers seeing that). Returns `false` when there is no such projection.
     ///
     /// # Errors
     ///
     /// [`Error::Database`] when the update fails.
-    pub async fn rebuild(&self, name: &str, version: u32) -> Result<bool> {
+    pub async fn rebuild<P: Projection>(&self) -> Result<bool> {
+        self.rebuild_named(P::NAME, P::VERSION).await
+    }
+
+    /// What [`rebuild`](Self::rebuild) does, for a projection named at run time (an
+    /// operator's tool).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the update fails.
+    pub async fn rebuild_named(&self, name: &str, version: u32) -> Result<bool> {
         self.control(name, version, Control::Rebuild)
             .await
             .map(|position| position.is_some())
     }
 
-    /// Resumes a failed projection at the event it failed on, with a fresh set of
-    /// attempts. Returns `false` when it had not failed.
+    /// Resumes projection `P` at its current version, failed, at the event it failed on,
+    /// with a fresh set of attempts. Returns `false` when it had not failed.
     ///
     /// # Errors
     ///
     /// [`Error::Database`] when the update fails.
-    pub async fn retry(&self, name: &str, version: u32) -> Result<bool> {
+    pub async fn retry<P: Projection>(&self) -> Result<bool> {
+        self.retry_named(P::NAME, P::VERSION).await
+    }
+
+    /// What [`retry`](Self::retry) does, for a projection named at run time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the update fails.
+    pub async fn retry_named(&self, name: &str, version: u32) -> Result<bool> {
         self.control(name, version, Control::Retry)
             .await
             .map(|position| position.is_some())
     }
 
-    /// Resumes a failed projection after the event it failed on, which it will never
-    /// apply. Returns the skipped event's position, or `None` when it had not failed.
+    /// Resumes projection `P` at its current version, failed, after the event it failed
+    /// on, which it will never apply. Returns the skipped event's position, or `None`
+    /// when it had not failed.
     ///
     /// # Errors
     ///
     /// [`Error::Database`] when the update fails.
-    pub async fn skip(&self, name: &str, version: u32) -> Result<Option<Position>> {
+    pub async fn skip<P: Projection>(&self) -> Result<Option<Position>> {
+        self.skip_named(P::NAME, P::VERSION).await
+    }
+
+    /// What [`skip`](Self::skip) does, for a projection named at run time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the update fails.
+    pub async fn skip_named(&self, name: &str, version: u32) -> Result<Option<Position>> {
         self.control(name, version, Control::Skip).await
     }
 
-    /// Forgets a version of projection `name` that is no longer served (after a
-    /// blue/green switch): its row goes, so status stops reporting it. Its tables are
-    /// yours to drop. Stop the processes that still run that version first, or they
-    /// register it again. Returns `false` when there is no such version, or it is the
-    /// served one.
+    /// Forgets `version` of projection `P`, no longer served (after a blue/green switch):
+    /// its row goes, so status stops reporting it. Its tables are yours to drop. Stop the
+    /// processes that still run that version first, or they register it again. Returns
+    /// `false` when there is no such version, or it is the served one.
     ///
     /// # Errors
     ///
     /// [`Error::Database`] when the delete fails.
-    pub async fn retire(&self, name: &str, version: u32) -> Result<bool> {
+    pub async fn retire<P: Projection>(&self, version: u32) -> Result<bool> {
+        self.retire_named(P::NAME, version).await
+    }
+
+    /// What [`retire`](Self::retire) does, for a projection named at run time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the delete fails.
+    pub async fn retire_named(&self, name: &str, version: u32) -> Result<bool> {
         let shared = &self.inner.shared;
         shared.projections.retire(&shared.pool, name, version).await
     }
@@ -362,5 +422,16 @@ impl PgProjectionRunner {
                 debug!(%error, "the listener task ended abnormally");
             }
         }
+    }
+}
+
+impl ReadYourWrites for PgProjectionRunner {
+    /// See [`PgProjectionRunner::wait_for`].
+    async fn wait_for<P: Projection>(
+        &self,
+        token: impl Into<Token> + Send,
+        timeout: Duration,
+    ) -> std::result::Result<(), ProjectionError> {
+        self.wait_for_named(P::NAME, token, timeout).await
     }
 }

@@ -109,15 +109,14 @@ async fn alone(
                 Next::FindCommand(key) => {
                     let request = &append.request;
                     let recorded = match request.command_id {
-                        Some(command_id) => {
-                            find_command(
-                                inner,
-                                command_id,
-                                &request.stream_type,
-                                &request.stream_id,
-                            )
-                            .await?
-                        }
+                        Some(command_id) => find_command(
+                            inner,
+                            command_id,
+                            &request.stream_type,
+                            &request.stream_id,
+                        )
+                        .await
+                        .map_err(|lookup| unknown_if_lost(append, attempt, lookup))?,
                         None => None,
                     };
                     next = after_command(attempt, key, recorded);
@@ -126,7 +125,9 @@ async fn alone(
                     recorded,
                     otherwise,
                 } => {
-                    let own = find_own(inner, append).await?;
+                    let own = find_own(inner, append)
+                        .await
+                        .map_err(|lookup| unknown_if_lost(append, attempt, lookup))?;
                     next = after_own(own, recorded, otherwise);
                 }
                 Next::Fail(failure) => {
@@ -293,6 +294,27 @@ async fn failed(
             .into(),
             None => database(None),
         },
+    }
+}
+
+/// The error of a lookup that was to tell what became of `append`: when the lookup
+/// lost its connection (after being sent again once), whether the append was written
+/// is unknown, and the caller is told so.
+fn unknown_if_lost(append: &Prepared, attempt: Attempt, lookup: CoreError) -> CoreError {
+    let CoreError::Backend(backend) = lookup else {
+        return lookup;
+    };
+    match backend.downcast::<Error>() {
+        Ok(error) => match *error {
+            Error::Database { source, .. } if connection_lost(&source) => Error::OutcomeUnknown {
+                stream: append.stream(),
+                sendings: attempt.sendings(),
+                source,
+            }
+            .into(),
+            error => error.into(),
+        },
+        Err(other) => CoreError::Backend(other),
     }
 }
 

@@ -26,6 +26,14 @@ pub(crate) enum Attempt {
 pub(crate) const SENDINGS: u8 = 3;
 
 impl Attempt {
+    /// How many times the append has been sent, this sending included.
+    pub(crate) fn sendings(self) -> u8 {
+        match self {
+            Self::First => 1,
+            Self::Again(n) => n,
+        }
+    }
+
     /// The sending after this one.
     pub(crate) fn next(self) -> Self {
         match self {

@@ -283,7 +283,7 @@ pub async fn caught_up(
     timeout: Duration,
 ) {
     runner
-        .wait_for(name, position, timeout)
+        .wait_for_named(name, position, timeout)
         .await
         .expect("the projection catches up");
 }

@@ -20,7 +20,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use cqrs_core::memory::{MemoryEventStore, Projector};
 use cqrs_core::store::{AppendRequest, NewEvent};
-use cqrs_core::{Aggregate, CommandError, CommandMetadata, Cqrs, EventStore, Metadata};
+use cqrs_core::{
+    Aggregate, CommandError, CommandMetadata, Cqrs, EventStore, Metadata, ReadYourWrites,
+};
 use cqrs_postgres::{PgEventStore, PgInlineSql};
 use example_bank_account::{AccountCommand, AccountEvent, Balances, BankAccount};
 use tracing_subscriber::EnvFilter;
@@ -218,7 +220,9 @@ async fn tour<S: EventStore>(
 
     println!("\n6. The balances read model, read after waiting for our last write");
     let token = first.position.context("the withdrawal recorded an event")?;
-    balances.wait_for(token, Duration::from_secs(5)).await?;
+    balances
+        .wait_for::<Balances>(token, Duration::from_secs(5))
+        .await?;
     println!("   (waited for position {token})");
     println!(
         "   {:<17} {:<6} {:>10} {:>10}",

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_core::{Cqrs, CqrsTuning, Position};
+use cqrs_core::{Cqrs, CqrsTuning, Position, Projection};
 use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgRunnerTuning};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -133,8 +133,9 @@ impl App {
         self.runner.shutdown().await;
     }
 
-    async fn wait_for(&self, view: &str, position: Position) -> Result<(), ApiError> {
-        match self.runner.wait_for(view, position, self.read_wait).await {
+    /// Waits until the view `V` has processed `position`.
+    async fn wait_for<V: Projection>(&self, position: Position) -> Result<(), ApiError> {
+        match self.runner.wait_for::<V>(position, self.read_wait).await {
             Ok(()) => Ok(()),
             Err(cqrs_core::ProjectionError::Timeout { .. }) => Err(view_lagging(position)),
             Err(error) => Err(ApiError::internal(&error)),
@@ -143,14 +144,12 @@ impl App {
 
     /// Waits until the order view has processed `position`.
     pub(crate) async fn wait_for_orders(&self, position: Position) -> Result<(), ApiError> {
-        self.wait_for(<OrderView as cqrs_core::Projection>::NAME, position)
-            .await
+        self.wait_for::<OrderView>(position).await
     }
 
     /// Waits until the stock view has processed `position`.
     pub(crate) async fn wait_for_stock(&self, position: Position) -> Result<(), ApiError> {
-        self.wait_for(<StockView as cqrs_core::Projection>::NAME, position)
-            .await
+        self.wait_for::<StockView>(position).await
     }
 
     /// The order view's row for `id`.

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use cqrs_core::{EventStore, Position, Projection};
+use cqrs_core::{EventStore, Position};
 use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgRunnerTuning};
 use sqlx::{AssertSqlSafe, PgPool};
 
@@ -109,7 +109,7 @@ pub(crate) async fn rebuild_child(schema: &str, target: Position) -> anyhow::Res
         .start()
         .await?;
     runner
-        .wait_for(Balances::NAME, target, Duration::from_secs(3600))
+        .wait_for::<Balances>(target, Duration::from_secs(3600))
         .await?;
     let secs = started.elapsed().as_secs_f64();
     runner.shutdown().await;
@@ -149,7 +149,7 @@ pub(crate) async fn plain_rebuild(
         .start()
         .await?;
     runner
-        .wait_for(PlainBalances::NAME, target, Duration::from_secs(3600))
+        .wait_for::<PlainBalances>(target, Duration::from_secs(3600))
         .await?;
     let elapsed = started.elapsed();
     runner.shutdown().await;

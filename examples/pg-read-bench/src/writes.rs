@@ -175,7 +175,7 @@ pub(crate) async fn live_lag(pool: &PgPool, schema: &str, deposits: u64) -> anyh
     .await?;
     // Wait until it owns the projection.
     runner
-        .wait_for(Balances::NAME, Position::START, Duration::from_secs(10))
+        .wait_for::<Balances>(Position::START, Duration::from_secs(10))
         .await?;
     for _ in 0..200 {
         if runner
@@ -248,7 +248,7 @@ pub(crate) async fn live_lag(pool: &PgPool, schema: &str, deposits: u64) -> anyh
         .max()
         .unwrap_or(Position::START);
     runner
-        .wait_for(Balances::NAME, last, Duration::from_secs(30))
+        .wait_for::<Balances>(last, Duration::from_secs(30))
         .await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     recorder.abort();
