@@ -208,6 +208,28 @@ impl Projections {
         Ok(row.map(|(active,)| active))
     }
 
+    /// The served version of `name` and its checkpoint, if one is served; its row stays
+    /// locked until the transaction of `conn` ends, so the served checkpoint cannot move
+    /// while a switch is decided on it.
+    pub(crate) async fn lock_served(
+        &self,
+        conn: &mut PgConnection,
+        name: &str,
+    ) -> Result<Option<(u32, Position)>> {
+        let row: Option<(i32, i64, i64)> = self
+            .statements
+            .get(Statement::ProjectionServed)
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.map(|(version, transaction_id, sequence)| {
+            // A stored version that is not a u32 is older than any of ours.
+            let version = u32::try_from(version).unwrap_or(0);
+            Ok((version, position(transaction_id, sequence)?))
+        })
+        .transpose()
+    }
+
     /// Makes `version` the served version of `name`, in place of an older one.
     pub(crate) async fn switch(
         &self,

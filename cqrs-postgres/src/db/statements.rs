@@ -56,6 +56,8 @@ pub(crate) enum Statement {
     ProjectionBatch,
     /// Moving a checkpoint.
     ProjectionAdvance,
+    /// The served version's checkpoint, locked for a blue/green switch.
+    ProjectionServed,
     /// First half of a blue/green switch.
     ProjectionDeactivate,
     /// Second half of a blue/green switch.
@@ -75,7 +77,7 @@ pub(crate) enum Statement {
 }
 
 impl Statement {
-    const ALL: [Self; 29] = [
+    const ALL: [Self; 30] = [
         Self::Append,
         Self::AppendPlain,
         Self::AppendBatch,
@@ -97,6 +99,7 @@ impl Statement {
         Self::ProjectionClaim,
         Self::ProjectionBatch,
         Self::ProjectionAdvance,
+        Self::ProjectionServed,
         Self::ProjectionDeactivate,
         Self::ProjectionActivate,
         Self::ProjectionReset,
@@ -131,6 +134,7 @@ impl Statement {
             Self::ProjectionClaim => "projection_claim",
             Self::ProjectionBatch => "projection_batch",
             Self::ProjectionAdvance => "projection_advance",
+            Self::ProjectionServed => "projection_served",
             Self::ProjectionDeactivate => "projection_deactivate",
             Self::ProjectionActivate => "projection_activate",
             Self::ProjectionReset => "projection_reset",
@@ -165,6 +169,7 @@ impl Statement {
             Self::ProjectionClaim => include_str!("../sql/projection_claim.sql"),
             Self::ProjectionBatch => include_str!("../sql/projection_batch.sql"),
             Self::ProjectionAdvance => include_str!("../sql/projection_advance.sql"),
+            Self::ProjectionServed => include_str!("../sql/projection_served.sql"),
             Self::ProjectionDeactivate => include_str!("../sql/projection_deactivate.sql"),
             Self::ProjectionActivate => include_str!("../sql/projection_activate.sql"),
             Self::ProjectionReset => include_str!("../sql/projection_reset.sql"),

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use cqrs_core::{BoxError, Event, EventEnvelope, EventFilter, Position, Projection};
 use sqlx::{Postgres, Transaction};
 use tokio::task::JoinHandle;
+use tracing::debug;
 
 use super::guard::guarded;
+use super::plan::{Stored, may_take_over};
 use super::shared::Shared;
 use super::view::PgView;
 use crate::db::{Advance, Error, Header, Result, Window};
@@ -101,8 +103,9 @@ impl<V: PgView> Drop for Abandon<'_, V> {
 
 /// How applying a batch ended.
 pub(super) enum Applied {
-    /// The view's changes and the checkpoint committed.
-    Committed,
+    /// The view's changes and the checkpoint committed; `served`: the version became
+    /// the served one with them.
+    Committed { served: bool },
     /// The handler (or the decoding before it) failed on the event at `position`;
     /// `before` is the batch's event just before it, if any.
     HandlerFailed {
@@ -124,7 +127,7 @@ pub(super) enum Applied {
 /// commit is forgotten (see [`Abandon`]).
 pub(super) async fn apply<V: PgView>(
     shared: &Shared,
-    batch: Abandon<'_, V>,
+    mut batch: Abandon<'_, V>,
     events: Events<V::Event>,
     serve: bool,
     advance: Advance<'_>,
@@ -148,14 +151,11 @@ pub(super) async fn apply<V: PgView>(
     if let Err(source) = guarded(batch.view.flush(&mut tx)).await {
         return Ok(Applied::FlushFailed { positions, source });
     }
-    if serve {
-        if let Err(source) = guarded(batch.view.activate(&mut tx)).await {
-            return Err(hook_failed::<V>("activate", source));
-        }
-        shared
-            .projections
-            .switch(&mut tx, V::NAME, V::VERSION)
-            .await?;
+    let mut advance = advance;
+    let served = serve && take_over(shared, &mut tx, &mut batch, advance.to).await?;
+    if serve && !served {
+        // Not served yet: still built beside the served version.
+        advance.state = Stored::Rebuilding.as_str();
     }
     if shared
         .projections
@@ -169,7 +169,36 @@ pub(super) async fn apply<V: PgView>(
         .await
         .map_err(|e| Error::database("commit", e))?;
     batch.disarm();
-    Ok(Applied::Committed)
+    Ok(Applied::Committed { served })
+}
+
+/// Makes the version the served one, in the batch's transaction, if the served version
+/// (whose row this locks until the commit) is older and not ahead of `to`; returns
+/// whether it did. Otherwise the version stays beside it, and the next batch that
+/// catches up tries again.
+async fn take_over<V: PgView>(
+    shared: &Shared,
+    tx: &mut Transaction<'static, Postgres>,
+    batch: &mut Abandon<'_, V>,
+    to: Position,
+) -> Result<bool> {
+    let served = shared.projections.lock_served(tx, V::NAME).await?;
+    if !may_take_over(served, V::VERSION, to) {
+        if let Some((version, at)) = served {
+            debug!(
+                served = version,
+                served_at = %at,
+                at = %to,
+                "the served version is ahead or newer; not switching yet"
+            );
+        }
+        return Ok(false);
+    }
+    if let Err(source) = guarded(batch.view.activate(tx)).await {
+        return Err(hook_failed::<V>("activate", source));
+    }
+    shared.projections.switch(tx, V::NAME, V::VERSION).await?;
+    Ok(true)
 }
 
 /// The error of a view's hook.

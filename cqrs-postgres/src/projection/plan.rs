@@ -208,6 +208,15 @@ pub(super) fn plan(row: Row, window: Window, version: u32) -> Plan {
     })
 }
 
+/// Whether a batch of `version` that brings its checkpoint to `to` may become the served
+/// version of its name, given the served version and its checkpoint (locked in the
+/// batch's transaction): only in place of an older version that is not ahead of it, so
+/// that the served checkpoint never moves back and a reader never loses a write it was
+/// told the view holds.
+pub(super) fn may_take_over(served: Option<(u32, Position)>, version: u32, to: Position) -> bool {
+    served.is_none_or(|(current, at)| current < version && at <= to)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,5 +364,21 @@ mod tests {
         assert_eq!(last.state, Stored::CaughtUp);
         let at_head = commit(plan(rebuilding(p(30)), window(p(30), 0, 0), 1));
         assert!(at_head.ends_rebuild, "even with nothing left to replay");
+    }
+
+    #[test]
+    fn a_newer_version_takes_over_only_from_an_older_one_not_ahead_of_it() {
+        assert!(may_take_over(None, 2, p(5)), "nothing served yet");
+        assert!(may_take_over(Some((1, p(5))), 2, p(5)), "level");
+        assert!(may_take_over(Some((1, p(4))), 2, p(5)), "behind");
+        assert!(
+            !may_take_over(Some((1, p(6))), 2, p(5)),
+            "the served one is ahead"
+        );
+        assert!(
+            !may_take_over(Some((3, p(1))), 2, p(5)),
+            "a newer one is served"
+        );
+        assert!(!may_take_over(Some((2, p(1))), 2, p(5)), "already served");
     }
 }

@@ -196,8 +196,9 @@ impl PgProjectionRunner {
 
     /// Waits until the served version of projection `P` has passed `token` (see
     /// [`wait_for_named`](Self::wait_for_named)): when it returns, a query of the view sees
-    /// the writes behind it. The same as [`ReadYourWrites::wait_for`], without importing
-    /// the trait.
+    /// the writes behind it, and goes on seeing them across blue/green switches (a new
+    /// version is served only once it is at or past the served one). The same as
+    /// [`ReadYourWrites::wait_for`], without importing the trait.
     ///
     /// # Errors
     ///

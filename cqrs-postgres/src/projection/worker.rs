@@ -361,15 +361,15 @@ impl<V: PgView> Worker<V> {
                 match shared.projections.advance(&shared.pool, advance).await? {
                     Some(_) => {
                         batch_of.disarm();
-                        Applied::Committed
+                        Applied::Committed { served: false }
                     }
                     None => Applied::Fenced,
                 }
             }
         };
         match applied {
-            Applied::Committed => {
-                if commit.serve {
+            Applied::Committed { served } => {
+                if served {
                     info!(position = %commit.to, "new version caught up; now served");
                 }
                 if commit.ends_rebuild {
@@ -377,7 +377,10 @@ impl<V: PgView> Worker<V> {
                 }
                 debug!(position = %commit.to, "projection batch committed");
                 self.go_on_from(commit.to);
-                Ok(if commit.caught_up {
+                // A switch put off because the served version was ahead: read again at
+                // once, up to where it is now.
+                let put_off = commit.serve && !served;
+                Ok(if commit.caught_up && !put_off {
                     Step::Idle {
                         head: commit.head,
                         applied: true,
