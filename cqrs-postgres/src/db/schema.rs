@@ -25,6 +25,23 @@ impl SchemaName {
         &self.name
     }
 
+    /// The statement that opens a transaction in which a view's SQL runs: the store's
+    /// schema first on `search_path` for that transaction only (the connection's own path
+    /// after it), so a view's unqualified table names resolve in the store's schema; and
+    /// `synchronous_commit` off unless `synchronous_commit`.
+    pub(crate) fn begin_view_transaction(&self, synchronous_commit: bool) -> String {
+        // The validated alphabet holds no `'` either, so the name sits in a literal as is.
+        let mut sql = format!(
+            "BEGIN; SELECT set_config('search_path', concat_ws(', ', '{}', \
+             nullif(current_setting('search_path'), '')), true)",
+            self.quoted()
+        );
+        if !synchronous_commit {
+            sql.push_str("; SET LOCAL synchronous_commit TO off");
+        }
+        sql
+    }
+
     /// The name as a quoted identifier. The validated alphabet holds no `"`, so quoting
     /// needs no escaping; quoting keeps names such as `user` from reading as keywords.
     pub(crate) fn quoted(&self) -> String {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use cqrs_core::{BoxError, Event, EventEnvelope, EventFilter, Position, Projection};
-use sqlx::{Postgres, Transaction};
+use sqlx::{AssertSqlSafe, Postgres, Transaction};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
@@ -210,18 +210,15 @@ pub(super) fn hook_failed<V: Projection>(hook: &'static str, source: BoxError) -
     }
 }
 
-/// Opens a batch's transaction. Unless configured otherwise, its commit does not wait
-/// for the WAL flush: a server crash can only lose a batch together with its
+/// Opens a batch's transaction, with the store's schema first on `search_path` (so the
+/// view's unqualified names resolve there). Unless configured otherwise, its commit does
+/// not wait for the WAL flush: a server crash can only lose a batch together with its
 /// checkpoint, which the worker then applies again (see
 /// [`PgRunnerTuning::synchronous_commit`](crate::PgRunnerTuning::synchronous_commit)).
 pub(super) async fn begin(shared: &Shared) -> Result<Transaction<'static, Postgres>> {
-    let begun = if shared.config.synchronous_commit {
-        shared.pool.begin().await
-    } else {
-        shared
-            .pool
-            .begin_with("BEGIN; SET LOCAL synchronous_commit TO off")
-            .await
-    };
-    begun.map_err(|e| Error::database("begin", e))
+    shared
+        .pool
+        .begin_with(AssertSqlSafe(Arc::clone(&shared.begin)))
+        .await
+        .map_err(|e| Error::database("begin", e))
 }

@@ -139,6 +139,8 @@ impl PgProjectionRunnerBuilder {
                 });
             }
         }
+        // The store's inline projections are reported by the runner too.
+        store.register_inline().await?;
         let projections = store.projections();
         let pool = store.pool().clone();
         let mut keys = Vec::with_capacity(registrations.len());
@@ -184,6 +186,9 @@ impl PgProjectionRunnerBuilder {
             projections,
             hub,
             owner: owner.clone(),
+            begin: store
+                .begin_view_transaction(config.synchronous_commit)
+                .into(),
             config: config.clone(),
             shutdown: shutdown.clone(),
         });

@@ -145,4 +145,7 @@ pub(crate) struct Shared {
     pub(crate) owner: String,
     pub(crate) config: Config,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// The statement that opens a view's transaction: the store's schema first on
+    /// `search_path`, and the configured `synchronous_commit`.
+    pub(crate) begin: Arc<str>,
 }

@@ -13,6 +13,17 @@ use sqlx::PgConnection;
 /// inside a transaction of the runner: what it writes commits together with the
 /// projection's checkpoint, or not at all.
 ///
+/// # Where the tables live
+///
+/// Each of those transactions (and the append's, for a view kept
+/// [inline](crate::PgEventStoreBuilder::inline)) puts the store's schema first on
+/// `search_path`, for the transaction only: a view that names its tables without a schema
+/// (`balances_v1`) keeps them in the store's schema, beside the log, whatever the pool's
+/// connections are set to. Its SQL can read the schema as `current_schema()`. For SQL of
+/// your own in that setting (creating the tables before a runner starts, say), use
+/// [`PgEventStore::begin_in_schema`](crate::PgEventStore::begin_in_schema); readers on the
+/// pool name the tables with the schema (`cqrs.balances`) or set their own path.
+///
 /// # Batches
 ///
 /// The runner reads a batch of events, opens a transaction, calls

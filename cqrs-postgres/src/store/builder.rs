@@ -156,7 +156,8 @@ impl PgEventStoreBuilder {
     /// nothing is written: an inline projection can refuse writes, so keep its handler
     /// simple.
     ///
-    /// Inline projections are registered in the projections table (on the first
+    /// Inline projections are registered in the projections table up front, by
+    /// [`PgEventStore::migrate`] and by a runner's start (else by the store's first
     /// append): [`PgProjectionRunner::status`](crate::PgProjectionRunner::status) reports
     /// them as [`Inline`](crate::PgProjectionState::Inline), and
     /// [`wait_for`](crate::PgProjectionRunner::wait_for) returns at once for them. Events
@@ -254,7 +255,7 @@ impl Parts {
             commands: CommandConnections::new(max),
             batcher: Batcher::new(tuning.append_batches),
             // Registered in the projections table of this store's schema.
-            inline: inline.unregistered(),
+            inline: inline.for_store(&schema),
             statements,
             pool,
             schema,

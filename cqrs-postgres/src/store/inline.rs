@@ -6,12 +6,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use cqrs_core::store::{NewEvent, RecordedEvent};
 use cqrs_core::{EventFilter, Position, Projection};
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool};
+use tokio::sync::OnceCell;
 use tracing::trace;
 
 use super::connections::Lease;
@@ -90,9 +90,12 @@ where
 pub(crate) struct Inline {
     handlers: Vec<Arc<dyn InlineHandler>>,
     statements: Vec<PgInlineSql>,
-    /// Whether their rows in the projections table were written and their statements
-    /// checked (once per store).
-    registered: Arc<AtomicBool>,
+    /// Set once their rows in the projections table are written and their statements
+    /// checked (once per store; callers at the same moment wait for the one doing it).
+    registered: Arc<OnceCell<()>>,
+    /// The statement that opens the append's transaction when handlers run in it: the
+    /// store's schema first on `search_path` (see [`SchemaName::begin_view_transaction`]).
+    begin: Arc<str>,
 }
 
 impl fmt::Debug for Inline {
@@ -105,12 +108,14 @@ impl fmt::Debug for Inline {
 }
 
 impl Inline {
-    /// The same projections, not yet registered (for a store of their own).
-    pub(crate) fn unregistered(&self) -> Self {
+    /// The same projections for a store of their own in `schema`, not yet registered.
+    pub(crate) fn for_store(&self, schema: &SchemaName) -> Self {
         Self {
             handlers: self.handlers.clone(),
             statements: self.statements.clone(),
-            registered: Arc::new(AtomicBool::new(false)),
+            registered: Arc::new(OnceCell::new()),
+            // The append's transaction: its commit stays synchronous.
+            begin: schema.begin_view_transaction(true).into(),
         }
     }
 
@@ -172,20 +177,32 @@ impl Inline {
         })
     }
 
-    /// Before the store's first append with inline projections: checks each SQL
-    /// statement with the server, then writes the projections' rows, marked inline, so
-    /// that status reports them and a wait on them returns at once.
+    /// Checks each SQL statement with the server, then writes the projections' rows,
+    /// marked inline, so that status reports them and a wait on them returns at once.
+    /// Done once per store: by [`migrate`](crate::PgEventStore::migrate), a runner's
+    /// start, or else the first append; callers at the same moment share one
+    /// registration.
     pub(crate) async fn register(
         &self,
         pool: &PgPool,
         schema: &SchemaName,
         projections: &Projections,
     ) -> Result<(), Error> {
-        if (self.handlers.is_empty() && self.statements.is_empty())
-            || self.registered.load(Ordering::Acquire)
-        {
+        if self.handlers.is_empty() && self.statements.is_empty() {
             return Ok(());
         }
+        self.registered
+            .get_or_try_init(|| self.register_now(pool, schema, projections))
+            .await?;
+        Ok(())
+    }
+
+    async fn register_now(
+        &self,
+        pool: &PgPool,
+        schema: &SchemaName,
+        projections: &Projections,
+    ) -> Result<(), Error> {
         let mut conn = pool
             .acquire()
             .await
@@ -208,7 +225,6 @@ impl Inline {
                 .register(&mut conn, name, version, filter, true)
                 .await?;
         }
-        self.registered.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -229,7 +245,10 @@ impl Inline {
             Ok(conn) => conn,
             Err(error) => return Ok(Err(error)),
         };
-        let mut tx = match conn.begin().await {
+        let mut tx = match conn
+            .begin_with(AssertSqlSafe(Arc::clone(&self.begin)))
+            .await
+        {
             Ok(tx) => tx,
             Err(error) => return Ok(Err(error)),
         };

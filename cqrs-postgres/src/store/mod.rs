@@ -229,6 +229,42 @@ impl PgEventStore {
         &self.inner.channel
     }
 
+    /// Opens a transaction on the store's pool in which unqualified names resolve in the
+    /// store's schema first (its `search_path` is set for the transaction only): the
+    /// setting every view's SQL runs in, under a runner and inline. For SQL of your own
+    /// next to the views, such as creating their tables before a runner starts.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = cqrs_postgres::PgEventStore::connect("postgres://postgres@localhost/app").await?;
+    /// let mut tx = store.begin_in_schema().await?;
+    /// // Lands in the store's schema (`cqrs` by default), not in `public`.
+    /// sqlx::query("CREATE TABLE IF NOT EXISTS totals (id text PRIMARY KEY, n bigint)")
+    ///     .execute(&mut *tx)
+    ///     .await?;
+    /// tx.commit().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when no connection can be had or the server refuses.
+    pub async fn begin_in_schema(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.inner
+            .pool
+            .begin_with(AssertSqlSafe(self.begin_view_transaction(true)))
+            .await
+            .map_err(|e| Error::database("begin", e))
+    }
+
+    /// The statement that opens a view's transaction in this store's schema (for the
+    /// projection wing).
+    pub(crate) fn begin_view_transaction(&self, synchronous_commit: bool) -> String {
+        self.inner.schema.begin_view_transaction(synchronous_commit)
+    }
+
     /// The projections table of this store (for the projection wing).
     pub(crate) fn projections(&self) -> Projections {
         self.inner.projections()
@@ -239,7 +275,9 @@ impl PgEventStore {
     /// call from several processes at once: sqlx serialises migrators with an advisory
     /// lock.
     ///
-    /// Nothing runs this implicitly: call it at deployment or at startup.
+    /// Nothing runs this implicitly: call it at deployment or at startup. It also
+    /// registers the store's inline projections (see
+    /// [`register_inline`](Self::register_inline)).
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
@@ -271,10 +309,34 @@ impl PgEventStore {
             if let Err(error) = sqlx::Connection::close(conn).await {
                 tracing::debug!(%error, "closing the migration connection failed");
             }
-            result
+            result?;
+            self.register_inline().await
         }
         .instrument(span)
         .await
+    }
+
+    /// Registers the store's inline projections ([`inline`](PgEventStoreBuilder::inline),
+    /// [`inline_sql`](PgEventStoreBuilder::inline_sql)): checks each inline SQL statement
+    /// with the server and writes their rows in the projections table, so that
+    /// [`PgProjectionRunner::status`](crate::PgProjectionRunner::status) reports them and
+    /// a wait on them returns at once. Done once per store, and up front by
+    /// [`migrate`](Self::migrate) and by
+    /// [`PgProjectionRunnerBuilder::start`](crate::PgProjectionRunnerBuilder::start);
+    /// otherwise the store's first append does it. Nothing to do for a store without
+    /// inline projections.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InlineSql`] when the server refuses an inline SQL statement;
+    /// [`Error::Database`] when writing the rows fails (for example before the
+    /// migrations).
+    pub async fn register_inline(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner
+            .inline
+            .register(&inner.pool, &inner.schema, &inner.projections())
+            .await
     }
 
     async fn migrate_on(&self, conn: &mut sqlx::PgConnection) -> Result<()> {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use cqrs_core::{Cqrs, CqrsTuning, Position, Projection};
 use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgRunnerTuning};
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::http::{ApiError, view_lagging};
 use crate::inventory::Warehouse;
@@ -64,7 +64,15 @@ pub struct App {
     /// Runs the views and the reactions.
     pub runner: Arc<PgProjectionRunner>,
     pool: PgPool,
+    queries: Arc<Queries>,
     read_wait: Duration,
+}
+
+/// The views' queries, their tables named in the store's schema.
+#[derive(Debug)]
+struct Queries {
+    order: String,
+    stock: String,
 }
 
 impl App {
@@ -74,10 +82,7 @@ impl App {
     ///
     /// [`StartError`] naming the step that failed.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        // The views' tables live in the same schema as the store: point unqualified
-        // names there.
         let options: PgConnectOptions = config.database_url.parse().map_err(StartError::Connect)?;
-        let options = options.options([("search_path", config.schema.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(32)
             .test_before_acquire(false)
@@ -89,11 +94,18 @@ impl App {
             .build()
             .map_err(StartError::Store)?;
         store.migrate().await.map_err(StartError::Store)?;
-        let mut conn = pool.acquire().await.map_err(StartError::Connect)?;
-        create_tables(&mut conn)
-            .await
-            .map_err(StartError::Connect)?;
-        drop(conn);
+        // The views' tables, in the store's schema like the views' own SQL.
+        let mut tx = store.begin_in_schema().await.map_err(StartError::Store)?;
+        create_tables(&mut tx).await.map_err(StartError::Connect)?;
+        tx.commit().await.map_err(StartError::Connect)?;
+        let schema = store.schema();
+        let queries = Queries {
+            order: format!(
+                "SELECT id, customer, status, reason, lines, version FROM \"{schema}\".order_view \
+                 WHERE id = $1"
+            ),
+            stock: format!("SELECT on_hand FROM \"{schema}\".stock_view WHERE sku = $1"),
+        };
 
         let orders = Arc::new(
             Cqrs::<Order, _>::builder(store.clone())
@@ -124,6 +136,7 @@ impl App {
             store,
             runner: Arc::new(runner),
             pool,
+            queries: Arc::new(queries),
             read_wait: config.read_wait,
         })
     }
@@ -154,17 +167,15 @@ impl App {
 
     /// The order view's row for `id`.
     pub(crate) async fn order_view(&self, id: &str) -> Result<Option<OrderRow>, sqlx::Error> {
-        sqlx::query_as::<_, OrderRow>(
-            "SELECT id, customer, status, reason, lines, version FROM order_view WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
+        sqlx::query_as::<_, OrderRow>(AssertSqlSafe(self.queries.order.as_str()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
     }
 
     /// Units on hand of `sku` per the stock view.
     pub(crate) async fn stock_view(&self, sku: &str) -> Result<i64, sqlx::Error> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT on_hand FROM stock_view WHERE sku = $1")
+        let row: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(self.queries.stock.as_str()))
             .bind(sku)
             .fetch_optional(&self.pool)
             .await?;

@@ -12,9 +12,11 @@ use sqlx::PgConnection;
 use crate::inventory::{InventoryCommand, InventoryEvent, WAREHOUSE, Warehouse};
 use crate::orders::{Order, OrderCommand, OrderEvent, OrderLine};
 
-/// Creates the views' tables if they do not exist. The service runs it at start, so that
-/// reads find the tables before the runner has set its views up; the views run it again
-/// when a runner takes them over.
+/// Creates the views' tables if they do not exist, in the first schema of the
+/// transaction's `search_path`: the store's, in a view's transaction and in
+/// `PgEventStore::begin_in_schema`. The service runs it at start, so that reads find the
+/// tables before the runner has set its views up; the views run it again when a runner
+/// takes them over.
 ///
 /// # Errors
 ///
