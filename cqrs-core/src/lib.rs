@@ -5,6 +5,7 @@
 mod aggregate;
 mod cache;
 mod command;
+mod document;
 mod envelope;
 mod error;
 mod event;
@@ -20,6 +21,7 @@ pub mod testing;
 
 pub use aggregate::{Aggregate, Apply, Handle, SnapshotPolicy};
 pub use command::{Command, CommandMetadata};
+pub use document::Document;
 pub use envelope::{EventEnvelope, Metadata, ParsePositionError, Position};
 pub use error::{BoxError, Error, ProjectionError, Result};
 pub use event::{CodecError, Event, EventType, Upcaster, codec};
@@ -34,11 +36,11 @@ pub use wait::{ReadYourWrites, Token};
 
 /// The names most programs need: `use cqrs_core::prelude::*;`.
 pub mod prelude {
-    pub use crate::memory::{MemoryEventStore, Projector};
+    pub use crate::memory::{Documents, MemoryEventStore, Projector};
     pub use crate::{
-        Aggregate, Command, CommandError, CommandMetadata, CommandOutcome, Cqrs, CqrsTuning, Event,
-        EventEnvelope, EventStore, Position, Projection, ReadYourWrites, RetryPolicy,
-        SnapshotPolicy, Token,
+        Aggregate, Command, CommandError, CommandMetadata, CommandOutcome, Cqrs, CqrsTuning,
+        Document, Event, EventEnvelope, EventStore, Metadata, Position, Projection, ReadYourWrites,
+        RetryPolicy, SnapshotPolicy, Token,
     };
     pub use crate::{Apply, Handle, Project};
 }

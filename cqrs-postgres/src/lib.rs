@@ -7,7 +7,7 @@ mod store;
 
 pub use db::{Error, MIGRATOR, Result};
 pub use projection::{
-    PgDocument, PgDocumentView, PgProjectionRunner, PgProjectionRunnerBuilder, PgProjectionState,
+    PgDocumentView, PgProjectionRunner, PgProjectionRunnerBuilder, PgProjectionState,
     PgProjectionStatus, PgRunnerTuning, PgView,
 };
 pub use store::{

@@ -208,6 +208,13 @@ impl Projection for CutsTheCommit {
     }
 }
 
+impl cqrs_postgres::PgView for CutsTheCommit {
+    /// It keeps no table: nothing to empty.
+    async fn reset(&mut self, _: &mut PgConnection) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inline_append_whose_commit_reply_is_lost_is_reported_written_once() {
     let t = TestStore::new("lostcommit").await;

@@ -9,9 +9,7 @@ use std::time::Duration;
 use common::TestStore;
 use cqrs_core::store::{AppendRequest, NewEvent};
 use cqrs_core::{EventEnvelope, EventStore, Position};
-use cqrs_postgres::{
-    PgDocument, PgDocumentView, PgProjectionRunner, PgProjectionState, PgRunnerTuning,
-};
+use cqrs_postgres::{PgDocumentView, PgProjectionRunner, PgProjectionState, PgRunnerTuning};
 use projection_support::{Balances, add_many, caught_up, fold, rows, served_view};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -175,7 +173,7 @@ struct CounterSummary {
     last_version: u64,
 }
 
-impl PgDocument for CounterSummary {
+impl cqrs_core::Document for CounterSummary {
     const NAME: &'static str = "counter_summaries";
     type Event = common::counter::Added;
 
@@ -231,14 +229,14 @@ async fn a_document_view_needs_no_sql() {
 async fn document_views_refuse_names_that_are_not_plain_identifiers() {
     #[derive(Debug, Default, Serialize, Deserialize)]
     struct Bad;
-    impl PgDocument for Bad {
+    impl cqrs_core::Document for Bad {
         const NAME: &'static str = "Robert'); DROP TABLE students;--";
         type Event = common::counter::Added;
         fn apply(&mut self, _: &EventEnvelope<common::counter::Added>) {}
     }
     #[derive(Debug, Default, Serialize, Deserialize)]
     struct Clash;
-    impl PgDocument for Clash {
+    impl cqrs_core::Document for Clash {
         const NAME: &'static str = "events";
         type Event = common::counter::Added;
         fn apply(&mut self, _: &EventEnvelope<common::counter::Added>) {}

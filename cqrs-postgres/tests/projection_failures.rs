@@ -10,9 +10,7 @@ use std::time::Duration;
 use common::{TestStore, eventually};
 use cqrs_core::store::{AppendRequest, NewEvent};
 use cqrs_core::{EventEnvelope, EventStore};
-use cqrs_postgres::{
-    PgDocument, PgDocumentView, PgProjectionRunner, PgProjectionState, PgRunnerTuning,
-};
+use cqrs_postgres::{PgDocumentView, PgProjectionRunner, PgProjectionState, PgRunnerTuning};
 use projection_support::{Balances, Faults, add, add_many, caught_up, fold, rows, served_view};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -25,7 +23,7 @@ struct Seen {
     events: u64,
 }
 
-impl PgDocument for Seen {
+impl cqrs_core::Document for Seen {
     const NAME: &'static str = "seen";
     type Event = common::counter::Added;
     fn apply(&mut self, _: &EventEnvelope<common::counter::Added>) {

@@ -155,6 +155,13 @@ impl cqrs_core::Projection for Recorder {
     }
 }
 
+impl cqrs_postgres::PgView for Recorder {
+    /// It keeps no table: nothing to empty.
+    async fn reset(&mut self, _: &mut sqlx::PgConnection) -> Result<(), std::convert::Infallible> {
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handlers_see_each_event_as_the_log_stores_it() {
     let t = TestStore::new("proj_inline_env").await;

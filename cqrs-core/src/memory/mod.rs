@@ -1,7 +1,9 @@
 //! The in-memory store and projection runner: the whole contract without a database.
 
+mod documents;
 mod projector;
 mod store;
 
+pub use documents::Documents;
 pub use projector::{Projector, ProjectorTask};
 pub use store::MemoryEventStore;

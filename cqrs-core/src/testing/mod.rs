@@ -1,7 +1,9 @@
 //! Test support (feature `testing`): the storage conformance suite every backend runs,
-//! and given/when/then fixtures for aggregates and projections.
+//! the view conformance suite every projection runner runs, and given/when/then fixtures
+//! for aggregates and projections.
 
 pub mod conformance;
 mod fixture;
+pub mod views;
 
 pub use fixture::{AggregateFixture, FixtureResult, ProjectionFixture};

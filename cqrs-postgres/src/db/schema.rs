@@ -25,6 +25,19 @@ impl SchemaName {
         &self.name
     }
 
+    /// The statement that puts the store's schema first on a session's `search_path`
+    /// (the session's own path after it), for the store's own connections: a view kept
+    /// inline resolves its unqualified names there, and the store's statements, all
+    /// qualified, keep their plans (a prepared statement is planned again whenever it
+    /// runs under another path).
+    pub(crate) fn session_search_path(&self) -> String {
+        format!(
+            "SELECT set_config('search_path', concat_ws(', ', '{}', \
+             nullif(current_setting('search_path'), '')), false)",
+            self.quoted()
+        )
+    }
+
     /// The statement that opens a transaction in which a view's SQL runs: the store's
     /// schema first on `search_path` for that transaction only (the connection's own path
     /// after it), so a view's unqualified table names resolve in the store's schema; and

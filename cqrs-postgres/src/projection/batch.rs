@@ -113,8 +113,9 @@ pub(super) enum Applied {
         position: Position,
         source: BoxError,
     },
-    /// The view's `flush` failed on the batch of `positions`.
-    FlushFailed {
+    /// The view's `hook` (`prepare` or `flush`) failed on the batch of `positions`.
+    HookFailed {
+        hook: &'static str,
         positions: Vec<Position>,
         source: BoxError,
     },
@@ -134,6 +135,18 @@ pub(super) async fn apply<V: PgView>(
 ) -> Result<Applied> {
     let positions: Vec<Position> = events.iter().map(|(p, _)| *p).collect();
     let mut tx = begin(shared).await?;
+    let decoded: Vec<&EventEnvelope<V::Event>> = events
+        .iter()
+        .map_while(|(_, event)| event.as_ref().ok())
+        .collect();
+    if let Err(source) = guarded(batch.view.prepare(&mut tx, &decoded)).await {
+        return Ok(Applied::HookFailed {
+            hook: "prepare",
+            positions,
+            source,
+        });
+    }
+    drop(decoded);
     for (index, (position, event)) in events.into_iter().enumerate() {
         let outcome = match event {
             Ok(event) => guarded(batch.view.handle(&mut tx, &event)).await,
@@ -149,7 +162,11 @@ pub(super) async fn apply<V: PgView>(
         }
     }
     if let Err(source) = guarded(batch.view.flush(&mut tx)).await {
-        return Ok(Applied::FlushFailed { positions, source });
+        return Ok(Applied::HookFailed {
+            hook: "flush",
+            positions,
+            source,
+        });
     }
     let mut advance = advance;
     let served = serve && take_over(shared, &mut tx, &mut batch, advance.to).await?;

@@ -149,15 +149,15 @@ impl PgProjectionRunnerBuilder {
                 .acquire()
                 .await
                 .map_err(|e| Error::database("acquire", e))?;
-            for registration in &registrations {
+            // Owned copies: a reference to a registration (whose task maker need not be
+            // `Sync`) held across an await would make this future not `Send`.
+            let wanted: Vec<(&'static str, u32, EventFilter)> = registrations
+                .iter()
+                .map(|r| (r.name, r.version, r.filter.clone()))
+                .collect();
+            for (name, version, filter) in wanted {
                 let key = projections
-                    .register(
-                        &mut conn,
-                        registration.name,
-                        registration.version,
-                        &registration.filter,
-                        false,
-                    )
+                    .register(&mut conn, name, version, &filter, false)
                     .await?;
                 keys.push(key);
             }

@@ -5,14 +5,12 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use cqrs_core::{Event, EventEnvelope, EventFilter, Projection};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use cqrs_core::{Document, EventEnvelope, EventFilter, Projection};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use super::view::PgView;
-use crate::db::{Error, Sql, check_identifier};
+use crate::db::{Error, SchemaName, Sql, check_identifier};
 use crate::store::PgEventStore;
 
 /// Names a document view may not take: the store's own tables.
@@ -24,91 +22,7 @@ const RESERVED: &[&str] = &[
     "_cqrs_migrations",
 ];
 
-/// A read model kept as one JSON document per key by a [`PgDocumentView`]: no SQL to
-/// write.
-///
-/// Each event the view wants is folded into the document of its [`key`](Self::key)
-/// (by default the event's stream id, so one document per aggregate), starting from
-/// `Default`.
-///
-/// ```
-/// # #![allow(dead_code)]
-/// use cqrs_core::EventEnvelope;
-/// use cqrs_postgres::PgDocument;
-/// use serde::{Deserialize, Serialize};
-/// # use cqrs_core::{CodecError, Event, EventType, codec};
-/// # #[derive(Debug, Clone, Serialize, Deserialize)]
-/// # enum AccountEvent { Opened { owner: String }, Deposited { amount: u64 } }
-/// # impl Event for AccountEvent {
-/// #     const TYPES: &'static [EventType] = &[
-/// #         EventType { name: "Opened", version: 1 },
-/// #         EventType { name: "Deposited", version: 1 },
-/// #     ];
-/// #     fn event_type(&self) -> &'static str {
-/// #         match self { Self::Opened { .. } => "Opened", Self::Deposited { .. } => "Deposited" }
-/// #     }
-/// #     fn schema_version(&self) -> u32 { 1 }
-/// #     fn encode(&self) -> Result<serde_json::Value, CodecError> { codec::encode(self) }
-/// #     fn decode(t: &str, v: u32, p: serde_json::Value) -> Result<Self, CodecError> {
-/// #         codec::check_known::<Self>(t, v)?;
-/// #         codec::decode(t, v, p)
-/// #     }
-/// # }
-///
-/// /// Served as the SQL view `account_summaries` (in the store's schema).
-/// #[derive(Debug, Default, Serialize, Deserialize)]
-/// struct AccountSummary {
-///     owner: String,
-///     balance: u64,
-///     deposits: u32,
-/// }
-///
-/// impl PgDocument for AccountSummary {
-///     const NAME: &'static str = "account_summaries";
-///     type Event = AccountEvent;
-///
-///     fn apply(&mut self, event: &EventEnvelope<AccountEvent>) {
-///         match &event.payload {
-///             AccountEvent::Opened { owner } => self.owner.clone_from(owner),
-///             AccountEvent::Deposited { amount } => {
-///                 self.balance += amount;
-///                 self.deposits += 1;
-///             }
-///         }
-///     }
-/// }
-/// ```
-pub trait PgDocument: Serialize + DeserializeOwned + Default + Send + Sync + 'static {
-    /// The view's name: the projection's [`NAME`](Projection::NAME), the SQL view
-    /// readers query, and the stem of the table of each version (`<NAME>_v<VERSION>`),
-    /// all in the store's schema. Lowercase ASCII letters, digits and `_`, at most 48
-    /// characters, and none of the store's own table names.
-    const NAME: &'static str;
-
-    /// The documents' shape. A new version is built beside the served one, in its own
-    /// table, and replaces it once caught up.
-    const VERSION: u32 = 1;
-
-    /// The events folded into documents.
-    type Event: Event;
-
-    /// Which stored events to fold. Defaults to every type name of
-    /// [`Event`](Self::Event).
-    fn filter() -> EventFilter {
-        EventFilter::event_types(Self::Event::TYPES)
-    }
-
-    /// The document an event belongs to; `None` ignores the event. Defaults to the
-    /// event's stream id.
-    fn key(event: &EventEnvelope<Self::Event>) -> Option<String> {
-        Some(event.stream_id.clone())
-    }
-
-    /// Folds one event into the document.
-    fn apply(&mut self, event: &EventEnvelope<Self::Event>);
-}
-
-/// The [`PgView`] that keeps a [`PgDocument`] per key in a table: run it with
+/// The [`PgView`] that keeps a [`Document`] per key in a table: run it with
 /// [`PgProjectionRunnerBuilder::view`](crate::PgProjectionRunnerBuilder::view), read it
 /// with [`get`](Self::get) and [`all`](Self::all), or with SQL from the view `NAME`.
 ///
@@ -119,7 +33,7 @@ pub trait PgDocument: Serialize + DeserializeOwned + Default + Send + Sync + 'st
 ///
 /// ```no_run
 /// # use cqrs_core::EventEnvelope;
-/// # use cqrs_postgres::PgDocument;
+/// # use cqrs_core::Document;
 /// # use serde::{Deserialize, Serialize};
 /// # use cqrs_core::{CodecError, Event, EventType, codec};
 /// # #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,7 +50,7 @@ pub trait PgDocument: Serialize + DeserializeOwned + Default + Send + Sync + 'st
 /// # }
 /// # #[derive(Debug, Default, Serialize, Deserialize)]
 /// # struct AccountSummary { balance: u64 }
-/// # impl PgDocument for AccountSummary {
+/// # impl Document for AccountSummary {
 /// #     const NAME: &'static str = "account_summaries";
 /// #     type Event = Deposited;
 /// #     fn apply(&mut self, event: &EventEnvelope<Deposited>) {
@@ -159,10 +73,24 @@ pub trait PgDocument: Serialize + DeserializeOwned + Default + Send + Sync + 'st
 /// # }
 /// ```
 pub struct PgDocumentView<D> {
-    sql: Statements,
+    sql: Arc<Statements>,
     /// Documents touched by the current batch, written back by `flush`.
     buffer: HashMap<String, D>,
+    /// Kept inline: the keys a transaction touches are locked before they are read.
+    lock: bool,
     _document: PhantomData<fn() -> D>,
+}
+
+/// A copy with an empty buffer: what an inline view runs each append on.
+impl<D> Clone for PgDocumentView<D> {
+    fn clone(&self) -> Self {
+        Self {
+            sql: Arc::clone(&self.sql),
+            buffer: HashMap::new(),
+            lock: self.lock,
+            _document: PhantomData,
+        }
+    }
 }
 
 impl<D> fmt::Debug for PgDocumentView<D> {
@@ -180,13 +108,15 @@ struct Statements {
     table: String,
     create: Arc<str>,
     load: Arc<str>,
+    load_many: Arc<str>,
+    lock: Arc<str>,
     store: Arc<str>,
     truncate: Arc<str>,
     activate: Arc<str>,
 }
 
 impl Statements {
-    fn new<D: PgDocument>(schema: &str) -> Result<Self, Error> {
+    fn new<D: Document>(schema: &str) -> Result<Self, Error> {
         check_identifier("table", D::NAME, 48)?;
         if RESERVED.contains(&D::NAME) {
             return Err(Error::InvalidName {
@@ -206,6 +136,18 @@ impl Statements {
                  updated_at timestamptz NOT NULL DEFAULT now())"
             )),
             load: Arc::from(format!("SELECT document FROM {table} WHERE id = $1::text")),
+            load_many: Arc::from(format!(
+                "SELECT id, document FROM {table} WHERE id = ANY($1::text[])"
+            )),
+            // Transaction-scoped advisory locks, one per key (a hash of it, in the class
+            // of this table), taken in the order of their numbers by every transaction:
+            // no two appends wait on each other in a circle.
+            lock: Arc::from(format!(
+                "SELECT count(*) FROM (\
+                 SELECT pg_advisory_xact_lock(hashtext('{table}'), h) FROM (\
+                 SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY h\
+                 ) AS keys) AS locked"
+            )),
             store: Arc::from(format!(
                 "INSERT INTO {table} AS t (id, document) \
                  SELECT * FROM unnest($1::text[], $2::jsonb[]) \
@@ -221,22 +163,61 @@ impl Statements {
     }
 }
 
-fn view_name<D: PgDocument>(store: &PgEventStore) -> Result<String, Error> {
+fn view_name<D: Document>(store: &PgEventStore) -> Result<String, Error> {
     check_identifier("table", D::NAME, 48)?;
     Ok(format!("\"{}\".\"{}\"", store.schema(), D::NAME))
 }
 
-impl<D: PgDocument> PgDocumentView<D> {
+impl<D: Document> PgDocumentView<D> {
     /// The view of `D` in `store`'s schema.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidName`] when [`D::NAME`](PgDocument::NAME) is not a plain
+    /// [`Error::InvalidName`] when [`D::NAME`](Document::NAME) is not a plain
     /// identifier of at most 48 characters, or names one of the store's tables.
     pub fn new(store: &PgEventStore) -> Result<Self, Error> {
+        Self::in_schema(store.schema())
+    }
+
+    /// The view of `D` in the schema `schema`: for a store still being built, to keep
+    /// the view [inline](crate::PgEventStoreBuilder::inline).
+    ///
+    /// ```no_run
+    /// # use cqrs_core::{Document, EventEnvelope};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Clone, Serialize, Deserialize, cqrs_core::Event)]
+    /// # struct Deposited { amount: u64 }
+    /// # #[derive(Debug, Default, Serialize, Deserialize)]
+    /// # struct Balance { amount: u64 }
+    /// # impl Document for Balance {
+    /// #     const NAME: &'static str = "balances";
+    /// #     type Event = Deposited;
+    /// #     fn apply(&mut self, event: &EventEnvelope<Deposited>) { self.amount += event.payload.amount; }
+    /// # }
+    /// use cqrs_postgres::{PgDocumentView, PgEventStore};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = sqlx::PgPool::connect("postgres://postgres@localhost/app").await?;
+    /// let store = PgEventStore::builder(pool)
+    ///     .schema("bank")
+    ///     .inline(PgDocumentView::<Balance>::in_schema("bank")?)
+    ///     .build()?;
+    /// store.migrate().await?; // creates the view's table too
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] for a schema name outside the accepted alphabet, and as
+    /// for [`new`](Self::new).
+    pub fn in_schema(schema: &str) -> Result<Self, Error> {
+        let schema = SchemaName::parse(schema)?;
         Ok(Self {
-            sql: Statements::new::<D>(store.schema())?,
+            sql: Arc::new(Statements::new::<D>(schema.as_str())?),
             buffer: HashMap::new(),
+            lock: false,
             _document: PhantomData,
         })
     }
@@ -285,7 +266,7 @@ impl<D: PgDocument> PgDocumentView<D> {
     }
 }
 
-fn decode<D: PgDocument>(key: &str, document: serde_json::Value) -> Result<D, Error> {
+fn decode<D: Document>(key: &str, document: serde_json::Value) -> Result<D, Error> {
     serde_json::from_value(document).map_err(|source| Error::Document {
         view: D::NAME,
         key: key.to_owned(),
@@ -293,7 +274,7 @@ fn decode<D: PgDocument>(key: &str, document: serde_json::Value) -> Result<D, Er
     })
 }
 
-impl<D: PgDocument> Projection for PgDocumentView<D> {
+impl<D: Document> Projection for PgDocumentView<D> {
     const NAME: &'static str = D::NAME;
     const VERSION: u32 = D::VERSION;
     type Event = D::Event;
@@ -331,7 +312,56 @@ impl<D: PgDocument> Projection for PgDocumentView<D> {
     }
 }
 
-impl<D: PgDocument> PgView for PgDocumentView<D> {
+impl<D: Document> PgView for PgDocumentView<D> {
+    /// Loads every document the batch touches with one statement; kept inline, locks
+    /// their keys first (in a statement of its own, so the load reads what the
+    /// transactions that held the locks committed).
+    async fn prepare(
+        &mut self,
+        cx: &mut PgConnection,
+        events: &[&EventEnvelope<D::Event>],
+    ) -> Result<(), Error> {
+        let mut keys: Vec<String> = events
+            .iter()
+            .filter_map(|event| D::key(event))
+            .filter(|key| !self.buffer.contains_key(key))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if self.lock {
+            let _: (i64,) = Sql::new("document_lock", AssertSqlSafe(Arc::clone(&self.sql.lock)))
+                .bind(&keys)
+                .fetch_one(&mut *cx)
+                .await?;
+        }
+        let stored: Vec<(String, Json<serde_json::Value>)> = Sql::new(
+            "document_load",
+            AssertSqlSafe(Arc::clone(&self.sql.load_many)),
+        )
+        .bind(&keys)
+        .fetch_all(&mut *cx)
+        .await?;
+        let mut stored: HashMap<String, serde_json::Value> = stored
+            .into_iter()
+            .map(|(key, Json(document))| (key, document))
+            .collect();
+        for key in keys {
+            let document = match stored.remove(&key) {
+                Some(document) => decode::<D>(&key, document)?,
+                None => D::default(),
+            };
+            self.buffer.insert(key, document);
+        }
+        Ok(())
+    }
+
+    fn kept_inline(&mut self) {
+        self.lock = true;
+    }
+
     async fn setup(&mut self, cx: &mut PgConnection) -> Result<(), Error> {
         Sql::new(
             "document_create",

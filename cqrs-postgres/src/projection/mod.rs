@@ -16,6 +16,7 @@ mod batch;
 mod builder;
 mod document;
 mod guard;
+mod inline;
 mod listener;
 mod ownership;
 mod plan;
@@ -26,7 +27,7 @@ mod view;
 mod worker;
 
 pub use builder::PgProjectionRunnerBuilder;
-pub use document::{PgDocument, PgDocumentView};
+pub use document::PgDocumentView;
 pub use runner::PgProjectionRunner;
 pub use shared::PgRunnerTuning;
 pub use status::{PgProjectionState, PgProjectionStatus};

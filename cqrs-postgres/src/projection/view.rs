@@ -153,6 +153,26 @@ pub trait PgView: Projection<Context = PgConnection> {
         cx: &mut PgConnection,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// Called in the batch's transaction (or, inline, the append's) before its events are
+    /// handled, with all of them in order: to load, or lock, what they will touch with
+    /// one statement rather than one per event. Does nothing by default.
+    fn prepare(
+        &mut self,
+        cx: &mut PgConnection,
+        events: &[&EventEnvelope<Self::Event>],
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        let _ = (cx, events);
+        async { Ok(()) }
+    }
+
+    /// Called once when the view is kept [inline](crate::PgEventStoreBuilder::inline):
+    /// concurrent appends then run copies of it at the same moment, each in its own
+    /// transaction, so a view that reads what it then writes (a document, a running
+    /// total kept in Rust) must lock it first, in [`prepare`](Self::prepare), in an
+    /// order every transaction follows. (Under a runner, one worker at a time applies
+    /// the view's batches.) Does nothing by default.
+    fn kept_inline(&mut self) {}
+
     /// Writes what [`handle`](Projection::handle) buffered, at the end of each batch,
     /// before the checkpoint moves.
     fn flush(

@@ -400,11 +400,15 @@ impl<V: PgView> Worker<V> {
                 position,
                 source,
             } => self.handler_failed(before, position, source).await,
-            Applied::FlushFailed { positions, source } => match positions.as_slice() {
-                [] => Err(hook_failed::<V>("flush", source)),
+            Applied::HookFailed {
+                hook,
+                positions,
+                source,
+            } => match positions.as_slice() {
+                [] => Err(hook_failed::<V>(hook, source)),
                 [only] => self.handler_failed(None, *only, source).await,
                 several => {
-                    // Narrow the batch down to the event the flush fails on.
+                    // Narrow the batch down to the event the hook fails on.
                     self.until = Some(several[several.len() / 2 - 1]);
                     Ok(Step::Progress)
                 }

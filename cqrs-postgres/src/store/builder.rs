@@ -4,12 +4,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use cqrs_core::Projection;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 
 use super::batch::Batcher;
 use super::connections::CommandConnections;
-use super::inline::Inline;
+use super::inline::{Inline, InlineHandler};
 use super::inline_sql::PgInlineSql;
 use super::notify::{Notifier, PgNotify};
 use super::{DEFAULT_SCHEMA, Inner, PgEventStore};
@@ -145,29 +144,10 @@ impl PgEventStoreBuilder {
         self
     }
 
-    /// Also runs `projection` inside the transaction of every append: its view is
-    /// updated in the same commit as the events, so it never lags.
-    ///
-    /// The append becomes a transaction of a few statements instead of one. The handler
-    /// gets the transaction and each appended event its
-    /// [`filter`](cqrs_core::Projection::filter) keeps; it runs on a clone of
-    /// `projection`, so concurrent appends do not wait on each other. If it fails, the
-    /// append fails with [`Error::InlineHandler`](crate::Error::InlineHandler) and
-    /// nothing is written: an inline projection can refuse writes, so keep its handler
-    /// simple.
-    ///
-    /// Inline projections are registered in the projections table up front, by
-    /// [`PgEventStore::migrate`] and by a runner's start (else by the store's first
-    /// append): [`PgProjectionRunner::status`](crate::PgProjectionRunner::status) reports
-    /// them as [`Inline`](crate::PgProjectionState::Inline), and
-    /// [`wait_for`](crate::PgProjectionRunner::wait_for) returns at once for them. Events
-    /// appended before the projection was added are not applied: create its view from
-    /// the log first (for instance with a runner, before switching to inline).
-    pub fn inline<P>(mut self, projection: P) -> Self
-    where
-        P: Projection<Context = PgConnection> + Clone + Sync,
-    {
-        self.inline.add_handler(projection);
+    /// Adds an inline view's handler (see the projection wing's
+    /// [`inline`](Self::inline)).
+    pub(crate) fn inline_handler(mut self, handler: Arc<dyn InlineHandler>) -> Self {
+        self.inline.add_handler(handler);
         self
     }
 
@@ -252,7 +232,7 @@ impl Parts {
             channel: events_channel(&schema),
             // With no connections of its own for commands, none for notifications.
             notifier: Notifier::new(max > 0, Arc::clone(&statements)),
-            commands: CommandConnections::new(max),
+            commands: CommandConnections::new(max, schema.session_search_path().into()),
             batcher: Batcher::new(tuning.append_batches),
             // Registered in the projections table of this store's schema.
             inline: inline.for_store(&schema),

@@ -11,12 +11,14 @@
 //! is unknown.
 
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgRow;
-use sqlx::{ConnectOptions, Connection as _, FromRow, PgConnection, PgPool, Postgres};
+use sqlx::{
+    AssertSqlSafe, ConnectOptions, Connection as _, FromRow, PgConnection, PgPool, Postgres,
+};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{debug, warn};
 
@@ -25,6 +27,9 @@ use crate::db::{Sql, connection_lost, session_survives};
 /// Up to `max` connections, opened on demand and kept open while the store lives.
 pub(crate) struct CommandConnections {
     max: usize,
+    /// Run once on each connection opened: puts the store's schema first on its
+    /// `search_path` (see `SchemaName::session_search_path`).
+    session: Arc<str>,
     /// Connections ready for use.
     idle: Mutex<Vec<Idle>>,
     permits: Semaphore,
@@ -66,9 +71,10 @@ impl fmt::Debug for CommandConnections {
 }
 
 impl CommandConnections {
-    pub(crate) fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize, session: Arc<str>) -> Self {
         Self {
             max,
+            session,
             idle: Mutex::new(Vec::new()),
             // More permits than the semaphore holds would be as good as no limit anyway.
             permits: Semaphore::new(max.min(Semaphore::MAX_PERMITS)),
@@ -131,7 +137,13 @@ impl CommandConnections {
                     // Closed meanwhile: the next idle one is checked too.
                     Err(error) => debug!(%error, "an idle command connection was closed"),
                 },
-                None => break pool.connect_options().connect().await?,
+                None => {
+                    let mut conn = pool.connect_options().connect().await?;
+                    sqlx::raw_sql(AssertSqlSafe(Arc::clone(&self.session)))
+                        .execute(&mut conn)
+                        .await?;
+                    break conn;
+                }
             }
         };
         Ok(Lease {
@@ -210,6 +222,12 @@ pub(crate) struct Lease<'a> {
 }
 
 impl Lease<'_> {
+    /// Whether the connection is one of the store's own, whose session has the store's
+    /// schema first on its `search_path` (a pool's connection has the pool's path).
+    pub(crate) fn in_store_schema(&self) -> bool {
+        matches!(self.conn, Some(Held::Own(_)))
+    }
+
     pub(crate) fn conn(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
         match self.conn.as_mut() {
             Some(Held::Own(conn)) => Ok(conn),
@@ -255,7 +273,7 @@ mod tests {
     #[test]
     fn any_limit_is_accepted() {
         for max in [0, 1, 16, usize::MAX] {
-            assert_eq!(CommandConnections::new(max).max(), max);
+            assert_eq!(CommandConnections::new(max, Arc::from("")).max(), max);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use cqrs_core::store::{NewEvent, RecordedEvent};
-use cqrs_core::{EventFilter, Position, Projection};
+use cqrs_core::{EventFilter, Position};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 use tracing::trace;
@@ -22,67 +22,24 @@ use crate::db::{
     check_projection_name, connection_lost, position, to_u64,
 };
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One inline projection, its type erased.
-trait InlineHandler: Send + Sync {
+/// One inline view, its type erased: the store's side of what the projection wing's
+/// views implement (see `projection::inline`).
+pub(crate) trait InlineHandler: Send + Sync {
     fn name(&self) -> &'static str;
     fn version(&self) -> u32;
     fn filter(&self) -> &EventFilter;
-    /// Applies the events of one append (those its filter keeps).
+    /// Creates the view's tables and points readers at them, in a transaction of the
+    /// store's schema, when the store registers its inline projections.
+    fn setup<'a>(&'a self, conn: &'a mut PgConnection) -> BoxFuture<'a, Result<(), Error>>;
+    /// Applies the events of one append (those its filter keeps) and writes what the
+    /// view buffered.
     fn apply<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         events: &'a [RecordedEvent],
     ) -> BoxFuture<'a, cqrs_core::Result<()>>;
-}
-
-struct Handler<P> {
-    projection: P,
-    filter: EventFilter,
-}
-
-impl<P> InlineHandler for Handler<P>
-where
-    P: Projection<Context = PgConnection> + Clone + Sync,
-{
-    fn name(&self) -> &'static str {
-        P::NAME
-    }
-
-    fn version(&self) -> u32 {
-        P::VERSION
-    }
-
-    fn filter(&self) -> &EventFilter {
-        &self.filter
-    }
-
-    fn apply<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        events: &'a [RecordedEvent],
-    ) -> BoxFuture<'a, cqrs_core::Result<()>> {
-        Box::pin(async move {
-            // Each append gets its own copy, so concurrent appends never wait on it.
-            let mut projection = self.projection.clone();
-            for event in events
-                .iter()
-                .filter(|e| self.filter.matches(&e.stream_type, &e.event_type))
-            {
-                let decoded = event.decode::<P::Event>()?;
-                projection
-                    .handle(&mut *conn, &decoded)
-                    .await
-                    .map_err(|source| Error::InlineHandler {
-                        projection: P::NAME,
-                        position: event.position,
-                        source: Box::new(source),
-                    })?;
-            }
-            Ok(())
-        })
-    }
 }
 
 /// The inline projections of a store (none by default).
@@ -119,15 +76,9 @@ impl Inline {
         }
     }
 
-    /// Adds a projection whose handler runs in the append's transaction.
-    pub(crate) fn add_handler<P>(&mut self, projection: P)
-    where
-        P: Projection<Context = PgConnection> + Clone + Sync,
-    {
-        self.handlers.push(Arc::new(Handler {
-            projection,
-            filter: P::filter(),
-        }));
+    /// Adds a view whose handler runs in the append's transaction.
+    pub(crate) fn add_handler(&mut self, handler: Arc<dyn InlineHandler>) {
+        self.handlers.push(handler);
     }
 
     /// Adds a projection whose SQL runs inside the append statement.
@@ -210,6 +161,19 @@ impl Inline {
         for statement in &self.statements {
             inline_sql::check(&mut conn, schema, statement).await?;
         }
+        if !self.handlers.is_empty() {
+            // The views' tables, in the store's schema, before any append needs them.
+            let mut tx =
+                sqlx::Connection::begin_with(&mut *conn, AssertSqlSafe(Arc::clone(&self.begin)))
+                    .await
+                    .map_err(|e| Error::database("begin", e))?;
+            for handler in &self.handlers {
+                handler.setup(&mut tx).await?;
+            }
+            tx.commit()
+                .await
+                .map_err(|e| Error::database("commit", e))?;
+        }
         let all = EventFilter::all();
         let names = self
             .handlers
@@ -241,14 +205,19 @@ impl Inline {
         append: &Prepared,
         query: Sql,
     ) -> cqrs_core::Result<sqlx::Result<Option<OutcomeRow>>> {
+        // The store's own sessions have its schema first on their path already; a pool's
+        // connection gets it for the transaction.
+        let in_store_schema = lease.in_store_schema();
         let conn = match lease.conn() {
             Ok(conn) => conn,
             Err(error) => return Ok(Err(error)),
         };
-        let mut tx = match conn
-            .begin_with(AssertSqlSafe(Arc::clone(&self.begin)))
-            .await
-        {
+        let mut tx = match if in_store_schema {
+            conn.begin().await
+        } else {
+            conn.begin_with(AssertSqlSafe(Arc::clone(&self.begin)))
+                .await
+        } {
             Ok(tx) => tx,
             Err(error) => return Ok(Err(error)),
         };

@@ -24,6 +24,8 @@ mod read;
 mod resend;
 mod together;
 
+pub(crate) use inline::{BoxFuture, InlineHandler};
+
 use std::sync::Arc;
 
 use sqlx::postgres::PgPoolOptions;

@@ -149,7 +149,17 @@ impl Projection for PlainBalances {
 /// The balance view kept inline: written in each append's transaction.
 #[derive(Debug, Clone)]
 pub(crate) struct InlineBalances {
+    pub(crate) table: Arc<str>,
     pub(crate) upsert: Arc<str>,
+}
+
+impl PgView for InlineBalances {
+    async fn reset(&mut self, cx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(format!("TRUNCATE {}", self.table)))
+            .execute(cx)
+            .await?;
+        Ok(())
+    }
 }
 
 impl Projection for InlineBalances {

@@ -89,7 +89,10 @@ pub(crate) async fn inline(pool: &PgPool, schema: &str, deposits: u64) -> anyhow
     .into();
     let handler_store = store
         .to_builder()
-        .inline(InlineBalances { upsert })
+        .inline(InlineBalances {
+            table: by_handler.as_str().into(),
+            upsert,
+        })
         .build()?;
     let sql_store = store.to_builder().inline_sql(PgInlineSql::new(
         "bench_inline_sql_balances",

@@ -1,0 +1,305 @@
+//! The suite's tests.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use super::model::{ACCOUNT, NOTEBOOK, SuiteEvent};
+use super::{Check, DocumentRunner, Holdings, Statement, SuiteDocument, Verdict, WAIT};
+use crate::memory::Documents;
+use crate::store::{AppendRequest, NewEvent};
+use crate::{EventStore, Metadata, Position, Token};
+
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr, $($msg:tt)+) => {{
+        let (left, right) = (&$left, &$right);
+        if left != right {
+            return Err(format!("{}: got {:?}, expected {:?}", format!($($msg)+), left, right));
+        }
+    }};
+}
+
+/// Every test, by name.
+pub(super) fn tests<R: DocumentRunner>() -> Vec<(&'static str, Check<R>)> {
+    fn boxed<F: Future<Output = Verdict> + Send + 'static>(
+        check: F,
+    ) -> Pin<Box<dyn Future<Output = Verdict> + Send>> {
+        Box::pin(check)
+    }
+    vec![
+        (
+            "every_wanted_event_is_folded_once_in_stream_order_into_its_documents_key",
+            |runner| boxed(folds_each_wanted_event_once(runner)),
+        ),
+        (
+            "a_writer_that_waited_for_its_token_sees_its_write",
+            |runner| boxed(writers_see_their_writes(runner)),
+        ),
+        ("a_rebuild_gives_the_same_documents", |runner| {
+            boxed(a_rebuild_gives_the_same_documents(runner))
+        }),
+    ]
+}
+
+fn entry(amount: i64, owner: &str) -> SuiteEvent {
+    SuiteEvent::Entered {
+        amount,
+        owner: owner.to_owned(),
+    }
+}
+
+fn note(text: &str) -> SuiteEvent {
+    SuiteEvent::Noted {
+        text: text.to_owned(),
+    }
+}
+
+/// Appends `events` to `stream_type/stream_id` at `expected`.
+async fn append<S: EventStore>(
+    store: &S,
+    stream_type: &'static str,
+    stream_id: &str,
+    expected: u64,
+    events: &[SuiteEvent],
+) -> Result<Position, String> {
+    let events = events
+        .iter()
+        .map(|e| NewEvent::from_event(e, Metadata::default()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("encoding: {e}"))?;
+    let outcome = store
+        .append(AppendRequest::new(stream_type, stream_id, expected, events))
+        .await
+        .map_err(|e| format!("append to {stream_type}/{stream_id}: {e}"))?;
+    Ok(outcome.position)
+}
+
+/// The documents of `D` folded from the store's whole log: what every runner must serve.
+async fn fold<D: SuiteDocument, S: EventStore>(store: &S) -> Result<BTreeMap<String, D>, String> {
+    let mut documents = Documents::<D>::default();
+    let filter = D::filter();
+    let mut after = Position::START;
+    loop {
+        let batch = store
+            .read_all(after, 500, &filter)
+            .await
+            .map_err(|e| format!("read_all: {e}"))?;
+        let Some(last) = batch.last() else {
+            return Ok(documents.into_map());
+        };
+        after = last.position;
+        for recorded in batch {
+            let event = recorded
+                .into_decoded::<D::Event>()
+                .map_err(|e| format!("decoding the log: {e}"))?;
+            documents.apply(&event);
+        }
+    }
+}
+
+/// Waits for `token` on `D`'s view and checks its documents against the fold of the log.
+async fn served_equals_the_log<D: SuiteDocument, R: DocumentRunner>(
+    runner: &R,
+    token: Token,
+) -> Result<BTreeMap<String, D>, String> {
+    runner.wait_for::<D>(token, WAIT).await.map_err(|e| {
+        format!(
+            "waiting for `{}` to pass {}: {e}",
+            D::NAME,
+            token.position()
+        )
+    })?;
+    let served = runner
+        .documents::<D>()
+        .await
+        .map_err(|e| format!("reading `{}`: {e}", D::NAME))?;
+    let folded = fold::<D, _>(&runner.store()).await?;
+    if runner.folds_in_log_order() {
+        ensure_eq!(served, folded, "the documents of `{}`", D::NAME);
+    } else {
+        let unordered = |documents: &BTreeMap<String, D>| -> BTreeMap<String, D> {
+            documents
+                .iter()
+                .map(|(key, d)| (key.clone(), d.across_streams_unordered()))
+                .collect()
+        };
+        ensure_eq!(
+            unordered(&served),
+            unordered(&folded),
+            "the documents of `{}` (across streams in any order)",
+            D::NAME
+        );
+    }
+    Ok(served)
+}
+
+async fn keep_both<R: DocumentRunner>(runner: &mut R) -> Result<(), String> {
+    runner
+        .keep::<Statement>()
+        .await
+        .map_err(|e| format!("keeping `{}`: {e}", Statement::NAME))?;
+    runner
+        .keep::<Holdings>()
+        .await
+        .map_err(|e| format!("keeping `{}`: {e}", Holdings::NAME))
+}
+
+use crate::Document as _;
+
+/// Five accounts written round-robin (alone and three entries at a time), notes among
+/// them and in a stream of their own, one account nobody holds.
+async fn folds_each_wanted_event_once<R: DocumentRunner>(mut runner: R) -> Verdict {
+    keep_both(&mut runner).await?;
+    let store = runner.store();
+    let owners = ["ada", "ada", "bob", "", "bob"];
+    let mut versions = [0_u64; 5];
+    let mut expected: BTreeMap<String, Statement> = BTreeMap::new();
+    let mut token = Token::default();
+    for round in 0..8_i64 {
+        for (a, owner) in owners.iter().enumerate() {
+            let account = format!("acct-{a}");
+            let mut events = vec![entry(round * 10 + 1, owner)];
+            if round % 3 == 1 {
+                events.push(note("between"));
+                events.push(entry(-(round + 1), owner));
+            }
+            let position = append(&store, ACCOUNT, &account, versions[a], &events).await?;
+            token = token.join(position);
+            let statement = expected.entry(account).or_default();
+            for event in &events {
+                versions[a] += 1;
+                if let SuiteEvent::Entered { amount, .. } = event {
+                    statement.entries.push((versions[a], *amount));
+                    statement.balance += amount;
+                }
+            }
+        }
+        let position = append(
+            &store,
+            NOTEBOOK,
+            "notes",
+            u64::try_from(round).unwrap_or(0),
+            &[note("unrelated")],
+        )
+        .await?;
+        token = token.join(position);
+    }
+    let statements = served_equals_the_log::<Statement, R>(&runner, token).await?;
+    ensure_eq!(
+        statements,
+        expected,
+        "each account's entries, in stream order, once"
+    );
+    let holdings = served_equals_the_log::<Holdings, R>(&runner, token).await?;
+    ensure_eq!(
+        holdings.keys().collect::<Vec<_>>(),
+        ["ada", "bob"],
+        "one document per owner; nobody's entries are in none"
+    );
+    let ada = &holdings["ada"];
+    ensure_eq!(
+        ada.accounts,
+        ["acct-0", "acct-1"],
+        "ada's accounts in the order first seen"
+    );
+    ensure_eq!(
+        ada.total,
+        expected["acct-0"].balance + expected["acct-1"].balance,
+        "ada's total"
+    );
+    Ok(())
+}
+
+/// Eight writers, each on an account of its own, each waiting for its token after every
+/// append and then reading its document.
+async fn writers_see_their_writes<R: DocumentRunner>(mut runner: R) -> Verdict {
+    const WRITERS: usize = 8;
+    const APPENDS: u64 = 12;
+    keep_both(&mut runner).await?;
+    let runner = Arc::new(runner);
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let runner = Arc::clone(&runner);
+        writers.spawn(async move {
+            let store = runner.store();
+            let account = format!("writer-{w}");
+            let mut token = Token::default();
+            for n in 0..APPENDS {
+                let amount = i64::try_from(n).unwrap_or(0) + 1;
+                let position =
+                    append(&store, ACCOUNT, &account, n, &[entry(amount, "many")]).await?;
+                token = token.join(position);
+                runner
+                    .wait_for::<Statement>(position.into(), WAIT)
+                    .await
+                    .map_err(|e| format!("{account} waiting for {position}: {e}"))?;
+                let documents = runner
+                    .documents::<Statement>()
+                    .await
+                    .map_err(|e| format!("{account} reading: {e}"))?;
+                let seen = documents.get(&account).map_or(0, |s| s.entries.len());
+                ensure_eq!(
+                    u64::try_from(seen).unwrap_or(0),
+                    n + 1,
+                    "{account}'s entries right after waiting for its append {n}"
+                );
+            }
+            Ok::<Token, String>(token)
+        });
+    }
+    let mut token = Token::default();
+    while let Some(joined) = writers.join_next().await {
+        token = token.join(joined.map_err(|e| format!("a writer panicked: {e}"))??);
+    }
+    served_equals_the_log::<Statement, R>(&runner, token).await?;
+    let holdings = served_equals_the_log::<Holdings, R>(&runner, token).await?;
+    let many = holdings.get("many").map(|h| (h.accounts.len(), h.entries));
+    ensure_eq!(
+        many,
+        Some((WRITERS, u64::try_from(WRITERS).unwrap_or(0) * APPENDS)),
+        "the owner of every writer's account"
+    );
+    Ok(())
+}
+
+/// A view rebuilt from the log holds what it held, and goes on folding.
+async fn a_rebuild_gives_the_same_documents<R: DocumentRunner>(mut runner: R) -> Verdict {
+    keep_both(&mut runner).await?;
+    let store = runner.store();
+    let mut token = Token::default();
+    for a in 0..4_u64 {
+        for n in 0..6_u64 {
+            let owner = if a % 2 == 0 { "even" } else { "odd" };
+            let amount = i64::try_from(a * 100 + n).unwrap_or(0);
+            token = token.join(
+                append(
+                    &store,
+                    ACCOUNT,
+                    &format!("r-{a}"),
+                    n,
+                    &[entry(amount, owner)],
+                )
+                .await?,
+            );
+        }
+    }
+    let before = served_equals_the_log::<Statement, R>(&runner, token).await?;
+    let rebuilt = runner
+        .rebuild::<Statement>()
+        .await
+        .map_err(|e| format!("rebuilding `{}`: {e}", Statement::NAME))?;
+    if !rebuilt {
+        // This runner leaves rebuilds to another one: nothing more to check.
+        return Ok(());
+    }
+    let after = served_equals_the_log::<Statement, R>(&runner, token).await?;
+    ensure_eq!(after, before, "the documents after the rebuild");
+    for a in 0..4_u64 {
+        token =
+            token.join(append(&store, ACCOUNT, &format!("r-{a}"), 6, &[entry(1, "late")]).await?);
+    }
+    served_equals_the_log::<Statement, R>(&runner, token).await?;
+    served_equals_the_log::<Holdings, R>(&runner, token).await?;
+    Ok(())
+}

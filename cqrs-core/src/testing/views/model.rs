@@ -1,0 +1,166 @@
+//! The domain the view suite writes: ledger entries of accounts held by owners, notes
+//! the views ignore, and three documents folded from them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{CodecError, EventType, codec};
+use crate::{Document, Event, EventEnvelope, EventFilter};
+
+/// The stream type of the ledger's accounts.
+pub(super) const ACCOUNT: &str = "suite_account";
+/// A stream type of events no view wants.
+pub(super) const NOTEBOOK: &str = "suite_notebook";
+
+/// What the suite appends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum SuiteEvent {
+    /// An entry on an account.
+    Entered {
+        /// The amount entered.
+        amount: i64,
+        /// Who holds the account (`""`: nobody).
+        owner: String,
+    },
+    /// A note, which no view folds.
+    Noted {
+        /// What it says.
+        text: String,
+    },
+}
+
+impl Event for SuiteEvent {
+    const TYPES: &'static [EventType] = &[
+        EventType {
+            name: "SuiteEntered",
+            version: 1,
+        },
+        EventType {
+            name: "SuiteNoted",
+            version: 1,
+        },
+    ];
+
+    fn event_type(&self) -> &'static str {
+        match self {
+            Self::Entered { .. } => "SuiteEntered",
+            Self::Noted { .. } => "SuiteNoted",
+        }
+    }
+
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    fn encode(&self) -> Result<serde_json::Value, CodecError> {
+        codec::encode(self)
+    }
+
+    fn decode(
+        event_type: &str,
+        schema_version: u32,
+        payload: serde_json::Value,
+    ) -> Result<Self, CodecError> {
+        codec::check_known::<Self>(event_type, schema_version)?;
+        codec::decode(event_type, schema_version, payload)
+    }
+}
+
+/// The entries of the ledger, the only events the views want.
+fn entries() -> EventFilter {
+    EventFilter::event_types(&SuiteEvent::TYPES[..1]).and_stream_type(ACCOUNT)
+}
+
+/// One document per account: every entry's stream version and amount, in the order
+/// folded, so an entry skipped, applied twice or out of order shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Statement {
+    /// `(stream version, amount)` of each entry folded.
+    pub entries: Vec<(u64, i64)>,
+    /// The sum of the amounts.
+    pub balance: i64,
+}
+
+impl Document for Statement {
+    const NAME: &'static str = "suite_statements";
+    type Event = SuiteEvent;
+
+    fn filter() -> EventFilter {
+        entries()
+    }
+
+    fn apply(&mut self, event: &EventEnvelope<SuiteEvent>) {
+        if let SuiteEvent::Entered { amount, .. } = &event.payload {
+            self.entries.push((event.stream_version, *amount));
+            self.balance += amount;
+        }
+    }
+}
+
+/// One document per owner, across the accounts they hold: keyed by a payload field, and
+/// ignoring entries of nobody's account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holdings {
+    /// The accounts entered, in the order first seen.
+    pub accounts: Vec<String>,
+    /// How many entries were folded.
+    pub entries: u64,
+    /// The sum of the amounts.
+    pub total: i64,
+}
+
+impl Document for Holdings {
+    const NAME: &'static str = "suite_holdings";
+    type Event = SuiteEvent;
+
+    fn filter() -> EventFilter {
+        entries()
+    }
+
+    fn key(event: &EventEnvelope<SuiteEvent>) -> Option<String> {
+        match &event.payload {
+            SuiteEvent::Entered { owner, .. } if !owner.is_empty() => Some(owner.clone()),
+            _ => None,
+        }
+    }
+
+    fn apply(&mut self, event: &EventEnvelope<SuiteEvent>) {
+        if let SuiteEvent::Entered { amount, .. } = &event.payload {
+            if !self.accounts.contains(&event.stream_id) {
+                self.accounts.push(event.stream_id.clone());
+            }
+            self.entries += 1;
+            self.total += amount;
+        }
+    }
+}
+
+/// The documents the suite keeps ([`Statement`], [`Holdings`]), as a runner needs them:
+/// plain data that compares, clones and prints.
+pub trait SuiteDocument: Document + Clone + PartialEq + std::fmt::Debug {
+    /// The document with what depends on the order of events of different streams
+    /// made independent of it: what two runners that fold concurrent appends in
+    /// different orders (see [`DocumentRunner::folds_in_log_order`]) must agree on.
+    ///
+    /// [`DocumentRunner::folds_in_log_order`]: super::DocumentRunner::folds_in_log_order
+    #[must_use]
+    fn across_streams_unordered(&self) -> Self {
+        self.clone()
+    }
+}
+
+/// Each account's entries come from its one stream: their order is the stream's.
+impl SuiteDocument for Statement {}
+
+impl SuiteDocument for Holdings {
+    /// The accounts, sorted: listed in the order first seen, they follow the order in
+    /// which the runner folded the entries of different accounts.
+    fn across_streams_unordered(&self) -> Self {
+        let mut accounts = self.accounts.clone();
+        accounts.sort();
+        Self {
+            accounts,
+            ..self.clone()
+        }
+    }
+}
