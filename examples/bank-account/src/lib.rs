@@ -183,6 +183,39 @@ impl Project for Balances {
     }
 }
 
+/// Read model: one document per account, written once and run by every runner: in
+/// memory as `cqrs_core::memory::Documents<AccountSummary>`, on PostgreSQL as
+/// `cqrs_postgres::PgDocumentView<AccountSummary>` (under the projection runner, or
+/// inline in each append's transaction).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountSummary {
+    /// The account's owner.
+    pub owner: String,
+    /// The balance in cents.
+    pub balance: u64,
+    /// How many deposits and withdrawals the account has seen.
+    pub movements: u64,
+}
+
+impl Document for AccountSummary {
+    const NAME: &'static str = "account_summaries";
+    type Event = AccountEvent;
+
+    fn apply(&mut self, event: &EventEnvelope<AccountEvent>) {
+        match &event.payload {
+            AccountEvent::Opened { owner } => self.owner.clone_from(owner),
+            AccountEvent::Deposited { amount } => {
+                self.balance += amount;
+                self.movements += 1;
+            }
+            AccountEvent::Withdrawn { amount } => {
+                self.balance -= amount;
+                self.movements += 1;
+            }
+        }
+    }
+}
+
 /// The guide's pages, compiled and run as doc tests (`cargo test --doc`), so that every
 /// code block in `docs/` builds against the current API.
 #[cfg(doctest)]
