@@ -21,7 +21,9 @@ pub mod testing;
 
 pub use aggregate::{Aggregate, Apply, Handle, SnapshotPolicy};
 pub use command::{Command, CommandMetadata};
-pub use document::Document;
+pub use document::{
+    Comparison, Direction, Document, DocumentQuery, Field, Filter, Order, QueryError, Scalar,
+};
 pub use envelope::{EventEnvelope, Metadata, ParsePositionError, Position};
 pub use error::{BoxError, Error, ProjectionError, Result};
 pub use event::{CodecError, Event, EventType, Upcaster, codec};

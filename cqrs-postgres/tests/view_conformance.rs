@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::eventually;
 use cqrs_core::testing::views::{self, DocumentRunner, SuiteDocument};
-use cqrs_core::{BoxError, EventStore, Token};
+use cqrs_core::{BoxError, DocumentQuery, EventStore, Token};
 use cqrs_postgres::{PgDocumentView, PgEventStore, PgProjectionRunner, PgProjectionState};
 use sqlx::PgPool;
 
@@ -73,6 +73,13 @@ impl DocumentRunner for RunnerDocuments {
 
     async fn documents<D: SuiteDocument>(&self) -> Result<BTreeMap<String, D>, BoxError> {
         all::<D>(&self.store).await
+    }
+
+    async fn query<D: SuiteDocument>(
+        &self,
+        query: &DocumentQuery,
+    ) -> Result<Vec<(String, D)>, BoxError> {
+        Ok(PgDocumentView::<D>::query(&self.store, query).await?)
     }
 
     async fn rebuild<D: SuiteDocument>(&mut self) -> Result<bool, BoxError> {
@@ -141,6 +148,13 @@ impl DocumentRunner for InlineDocuments {
 
     async fn documents<D: SuiteDocument>(&self) -> Result<BTreeMap<String, D>, BoxError> {
         all::<D>(&self.store).await
+    }
+
+    async fn query<D: SuiteDocument>(
+        &self,
+        query: &DocumentQuery,
+    ) -> Result<Vec<(String, D)>, BoxError> {
+        Ok(PgDocumentView::<D>::query(&self.store, query).await?)
     }
 
     /// Concurrent appends reach a document in the order they lock it.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt;
 
-use crate::{Document, EventEnvelope, EventFilter, Projection};
+use crate::{Document, DocumentQuery, EventEnvelope, EventFilter, Projection, QueryError};
 
 /// The documents of `D`, one per key, held in memory: the projection to run a
 /// [`Document`] under a [`Projector`](super::Projector).
@@ -20,6 +20,13 @@ impl<D> Default for Documents<D> {
         Self {
             documents: BTreeMap::new(),
         }
+    }
+}
+
+/// Documents as they stand, for instance folded elsewhere, to query in memory.
+impl<D> From<BTreeMap<String, D>> for Documents<D> {
+    fn from(documents: BTreeMap<String, D>) -> Self {
+        Self { documents }
     }
 }
 
@@ -61,6 +68,32 @@ impl<D> Documents<D> {
 }
 
 impl<D: Document> Documents<D> {
+    /// The documents `query` selects, in its order.
+    ///
+    /// # Errors
+    ///
+    /// [`QueryError::Serialise`] when a document does not turn into JSON.
+    pub fn query(&self, query: &DocumentQuery) -> Result<Vec<(&str, &D)>, QueryError> {
+        let mut selected = Vec::new();
+        for (key, document) in &self.documents {
+            let json = serde_json::to_value(document).map_err(|e| QueryError::Serialise {
+                view: D::NAME,
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+            if query.matches(&json) {
+                selected.push((key.as_str(), json, document));
+            }
+        }
+        selected.sort_by(|a, b| query.compare((a.0, &a.1), (b.0, &b.1)));
+        Ok(selected
+            .into_iter()
+            .skip(query.offset)
+            .take(query.limit.unwrap_or(usize::MAX))
+            .map(|(key, _, document)| (key, document))
+            .collect())
+    }
+
     /// Folds one event into the document of its key, as every runner does.
     pub fn apply(&mut self, event: &EventEnvelope<D::Event>) {
         if let Some(key) = D::key(event) {

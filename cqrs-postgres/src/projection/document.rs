@@ -5,10 +5,11 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use cqrs_core::{Document, EventEnvelope, EventFilter, Projection};
+use cqrs_core::{Document, DocumentQuery, EventEnvelope, EventFilter, Projection};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, PgConnection};
 
+use super::document_query;
 use super::view::PgView;
 use crate::db::{Error, SchemaName, Sql, check_identifier};
 use crate::store::PgEventStore;
@@ -106,6 +107,8 @@ impl<D> fmt::Debug for PgDocumentView<D> {
 #[derive(Debug)]
 struct Statements {
     table: String,
+    /// The indexes `D` declares, created with the table.
+    indexes: Vec<String>,
     create: Arc<str>,
     load: Arc<str>,
     load_many: Arc<str>,
@@ -126,9 +129,11 @@ impl Statements {
             });
         }
         // The schema passed the store's own check; neither name needs escaping.
-        let table = format!("\"{schema}\".\"{}_v{}\"", D::NAME, D::VERSION);
+        let stem = format!("{}_v{}", D::NAME, D::VERSION);
+        let table = format!("\"{schema}\".\"{stem}\"");
         let view = format!("\"{schema}\".\"{}\"", D::NAME);
         Ok(Self {
+            indexes: document_query::index_statements::<D>(&table, &stem)?,
             create: Arc::from(format!(
                 "CREATE TABLE IF NOT EXISTS {table} (\
                  id text PRIMARY KEY, \
@@ -266,6 +271,61 @@ impl<D: Document> PgDocumentView<D> {
     }
 }
 
+impl<D: Document> PgDocumentView<D> {
+    /// The served documents `query` selects, in its order: the same answer as
+    /// [`Documents::query`](cqrs_core::memory::Documents::query) gives in memory. The
+    /// fields in [`Document::INDEXES`] are indexed for it.
+    ///
+    /// ```no_run
+    /// # use cqrs_core::{Document, EventEnvelope};
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Clone, Serialize, Deserialize, cqrs_core::Event)]
+    /// # struct Opened { owner: String }
+    /// # #[derive(Debug, Default, Serialize, Deserialize)]
+    /// # struct Account { owner: String, balance: i64 }
+    /// # impl Document for Account {
+    /// #     const NAME: &'static str = "accounts";
+    /// #     const INDEXES: &'static [&'static str] = &["owner", "balance"];
+    /// #     type Event = Opened;
+    /// #     fn apply(&mut self, e: &EventEnvelope<Opened>) { self.owner.clone_from(&e.payload.owner); }
+    /// # }
+    /// use cqrs_core::{Comparison, Direction, DocumentQuery};
+    /// use cqrs_postgres::{PgDocumentView, PgEventStore};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = PgEventStore::connect("postgres://postgres@localhost/app").await?;
+    /// let richest_of_ada = DocumentQuery::new()
+    ///     .filter("owner", Comparison::Eq, "Ada")?
+    ///     .order_by("balance", Direction::Descending)?
+    ///     .limit(10);
+    /// for (key, account) in PgDocumentView::<Account>::query(&store, &richest_of_ada).await? {
+    ///     println!("{key}: {}", account.balance);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`get`](Self::get).
+    pub async fn query(
+        store: &PgEventStore,
+        query: &DocumentQuery,
+    ) -> cqrs_core::Result<Vec<(String, D)>> {
+        let rows: Vec<(String, Json<serde_json::Value>)> =
+            document_query::select(&view_name::<D>(store)?, query)
+                .fetch_all(store.pool())
+                .await?;
+        rows.into_iter()
+            .map(|(key, Json(document))| {
+                let document = decode::<D>(&key, document)?;
+                Ok((key, document))
+            })
+            .collect()
+    }
+}
+
 fn decode<D: Document>(key: &str, document: serde_json::Value) -> Result<D, Error> {
     serde_json::from_value(document).map_err(|source| Error::Document {
         view: D::NAME,
@@ -367,8 +427,13 @@ impl<D: Document> PgView for PgDocumentView<D> {
             "document_create",
             AssertSqlSafe(Arc::clone(&self.sql.create)),
         )
-        .execute(cx)
+        .execute(&mut *cx)
         .await?;
+        for index in &self.sql.indexes {
+            Sql::new("document_index", AssertSqlSafe(index.clone()))
+                .execute(&mut *cx)
+                .await?;
+        }
         Ok(())
     }
 

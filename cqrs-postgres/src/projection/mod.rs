@@ -15,6 +15,7 @@
 mod batch;
 mod builder;
 mod document;
+mod document_query;
 mod guard;
 mod inline;
 mod listener;

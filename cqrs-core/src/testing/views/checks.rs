@@ -6,10 +6,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use super::model::{ACCOUNT, NOTEBOOK, SuiteEvent};
-use super::{Check, DocumentRunner, Holdings, Statement, SuiteDocument, Verdict, WAIT};
+use super::{Check, DocumentRunner, Holdings, Last, Statement, SuiteDocument, Verdict, WAIT};
 use crate::memory::Documents;
 use crate::store::{AppendRequest, NewEvent};
-use crate::{EventStore, Metadata, Position, Token};
+use crate::{Comparison, Direction, DocumentQuery, EventStore, Metadata, Position, Token};
 
 macro_rules! ensure_eq {
     ($left:expr, $right:expr, $($msg:tt)+) => {{
@@ -38,6 +38,9 @@ pub(super) fn tests<R: DocumentRunner>() -> Vec<(&'static str, Check<R>)> {
         ),
         ("a_rebuild_gives_the_same_documents", |runner| {
             boxed(a_rebuild_gives_the_same_documents(runner))
+        }),
+        ("queries_select_order_and_page_as_in_memory", |runner| {
+            boxed(queries_select_as_in_memory(runner))
         }),
     ]
 }
@@ -169,9 +172,14 @@ async fn folds_each_wanted_event_once<R: DocumentRunner>(mut runner: R) -> Verdi
             let statement = expected.entry(account).or_default();
             for event in &events {
                 versions[a] += 1;
-                if let SuiteEvent::Entered { amount, .. } = event {
+                if let SuiteEvent::Entered { amount, owner } = event {
                     statement.entries.push((versions[a], *amount));
                     statement.balance += amount;
+                    statement.owner.clone_from(owner);
+                    statement.last = Last {
+                        version: versions[a],
+                        amount: *amount,
+                    };
                 }
             }
         }
@@ -301,5 +309,125 @@ async fn a_rebuild_gives_the_same_documents<R: DocumentRunner>(mut runner: R) ->
     }
     served_equals_the_log::<Statement, R>(&runner, token).await?;
     served_equals_the_log::<Holdings, R>(&runner, token).await?;
+    Ok(())
+}
+
+/// Runs `query` on the runner and on the fold of the log in memory: the same documents,
+/// in the same order. Returns the keys.
+async fn same_answer<R: DocumentRunner>(
+    runner: &R,
+    query: &DocumentQuery,
+    what: &str,
+) -> Result<Vec<String>, String> {
+    let served = runner
+        .query::<Statement>(query)
+        .await
+        .map_err(|e| format!("{what}: {e}"))?;
+    let documents = Documents::from(fold::<Statement, _>(&runner.store()).await?);
+    let expected: Vec<(String, Statement)> = documents
+        .query(query)
+        .map_err(|e| format!("{what} in memory: {e}"))?
+        .into_iter()
+        .map(|(key, document)| (key.to_owned(), document.clone()))
+        .collect();
+    ensure_eq!(served, expected, "{what}");
+    Ok(served.into_iter().map(|(key, _)| key).collect())
+}
+
+fn query_error(e: crate::QueryError) -> String {
+    format!("building a query: {e}")
+}
+
+/// Accounts with balances around zero, owners that sort as bytes (upper case before lower
+/// case, a multi-byte letter last), and queries over strings, numbers and a nested field.
+async fn queries_select_as_in_memory<R: DocumentRunner>(mut runner: R) -> Verdict {
+    keep_both(&mut runner).await?;
+    let store = runner.store();
+    let accounts: [(&str, &str, &[i64]); 7] = [
+        ("q-0", "ada", &[5, 7]),
+        ("q-1", "Bob", &[-3]),
+        ("q-2", "ada", &[12, -12]),
+        ("q-3", "\u{e9}mile", &[100]),
+        ("q-4", "zoe", &[40, 2]),
+        ("q-5", "Bob", &[7]),
+        ("q-6", "ada", &[-50, 60]),
+    ];
+    let mut token = Token::default();
+    for (account, owner, amounts) in accounts {
+        for (n, amount) in amounts.iter().enumerate() {
+            let version = u64::try_from(n).unwrap_or(0);
+            let position =
+                append(&store, ACCOUNT, account, version, &[entry(*amount, owner)]).await?;
+            token = token.join(position);
+        }
+    }
+    served_equals_the_log::<Statement, R>(&runner, token).await?;
+
+    let by_key = same_answer(&runner, &DocumentQuery::new(), "every document").await?;
+    ensure_eq!(
+        by_key,
+        ["q-0", "q-1", "q-2", "q-3", "q-4", "q-5", "q-6"],
+        "every document, by key"
+    );
+    let q = DocumentQuery::new()
+        .filter("owner", Comparison::Eq, "ada")
+        .map_err(query_error)?;
+    ensure_eq!(
+        same_answer(&runner, &q, "owner = ada").await?,
+        ["q-0", "q-2", "q-6"],
+        "ada's accounts"
+    );
+    let q = DocumentQuery::new()
+        .filter("balance", Comparison::Ge, 10)
+        .map_err(query_error)?
+        .order_by("balance", Direction::Descending)
+        .map_err(query_error)?;
+    ensure_eq!(
+        same_answer(&runner, &q, "balance >= 10, largest first").await?,
+        ["q-3", "q-4", "q-0", "q-6"],
+        "balances of 10 or more"
+    );
+    let q = DocumentQuery::new()
+        .filter("owner", Comparison::Gt, "Bob")
+        .map_err(query_error)?
+        .order_by("owner", Direction::Ascending)
+        .map_err(query_error)?
+        .order_by("balance", Direction::Ascending)
+        .map_err(query_error)?;
+    ensure_eq!(
+        same_answer(&runner, &q, "owner > Bob, by owner then balance").await?,
+        ["q-2", "q-6", "q-0", "q-4", "q-3"],
+        "owners after `Bob`, byte by byte"
+    );
+    let q = DocumentQuery::new()
+        .filter("last.amount", Comparison::Lt, 0)
+        .map_err(query_error)?;
+    ensure_eq!(
+        same_answer(&runner, &q, "last.amount < 0").await?,
+        ["q-1", "q-2"],
+        "a nested field"
+    );
+    let q = DocumentQuery::new()
+        .filter("owner", Comparison::Eq, 7)
+        .map_err(query_error)?;
+    ensure_eq!(
+        same_answer(&runner, &q, "owner = 7").await?,
+        Vec::<String>::new(),
+        "a string field compared with a number"
+    );
+    let mut pages = Vec::new();
+    for offset in [0, 3, 6, 9] {
+        let page = DocumentQuery::new()
+            .order_by("balance", Direction::Ascending)
+            .map_err(query_error)?
+            .offset(offset)
+            .limit(3);
+        pages.extend(same_answer(&runner, &page, &format!("the page at {offset}")).await?);
+    }
+    ensure_eq!(
+        pages,
+        ["q-1", "q-2", "q-5", "q-6", "q-0", "q-4", "q-3"],
+        "pages of three by balance"
+    );
     Ok(())
 }

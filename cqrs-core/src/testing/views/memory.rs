@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{DocumentRunner, SuiteDocument};
 use crate::memory::{Documents, MemoryEventStore, Projector, ProjectorTask};
-use crate::{BoxError, Document, ReadYourWrites, Token};
+use crate::{BoxError, Document, DocumentQuery, ReadYourWrites, Token};
 
 /// [`Document`] views kept in memory, each by a spawned [`Projector`] of
 /// [`Documents`]: the in-memory [`DocumentRunner`].
@@ -77,6 +77,24 @@ impl DocumentRunner for MemoryDocuments {
                     .collect()
             })
             .await)
+    }
+
+    async fn query<D: SuiteDocument>(
+        &self,
+        query: &DocumentQuery,
+    ) -> Result<Vec<(String, D)>, BoxError> {
+        let projector = self.projector::<D>()?;
+        let selected = projector
+            .read(|view| {
+                view.query(query).map(|documents| {
+                    documents
+                        .into_iter()
+                        .map(|(key, document)| (key.to_owned(), document.clone()))
+                        .collect()
+                })
+            })
+            .await?;
+        Ok(selected)
     }
 
     async fn rebuild<D: SuiteDocument>(&mut self) -> Result<bool, BoxError> {

@@ -7,7 +7,8 @@
 //! (alone, in batches, from concurrent writers, with events no view wants), and checks
 //! each runner's documents against the fold of the store's log: every wanted event folded
 //! once, in stream order, into the document of its key; the same after a rebuild; and a
-//! writer that waited for its token sees its write. The in-memory
+//! writer that waited for its token sees its write; and queries (filters on strings,
+//! numbers and nested fields, orders, pages) select what they select in memory. The in-memory
 //! [`Projector`](crate::memory::Projector) runs it in this crate, the PostgreSQL runner
 //! and the PostgreSQL inline views in `cqrs-postgres`.
 //!
@@ -30,9 +31,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub use memory::MemoryDocuments;
-pub use model::{Holdings, Statement, SuiteDocument, SuiteEvent};
+pub use model::{Holdings, Last, Statement, SuiteDocument, SuiteEvent};
 
-use crate::{BoxError, EventStore, Token};
+use crate::{BoxError, DocumentQuery, EventStore, Token};
 
 /// How long the suite waits for a view to catch up before calling it a failure.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -61,6 +62,12 @@ pub trait DocumentRunner: Send + Sync + 'static {
     fn documents<D: SuiteDocument>(
         &self,
     ) -> impl Future<Output = Result<BTreeMap<String, D>, BoxError>> + Send;
+
+    /// The served documents of `D` that `query` selects, in its order.
+    fn query<D: SuiteDocument>(
+        &self,
+        query: &DocumentQuery,
+    ) -> impl Future<Output = Result<Vec<(String, D)>, BoxError>> + Send;
 
     /// Whether the runner folds the events of different streams into one document in
     /// the log's order (a runner that reads the log does). A view kept inside each

@@ -79,10 +79,24 @@ pub struct Statement {
     pub entries: Vec<(u64, i64)>,
     /// The sum of the amounts.
     pub balance: i64,
+    /// The owner named by the latest entry.
+    pub owner: String,
+    /// The latest entry, a nested object for queries to reach into.
+    pub last: Last,
+}
+
+/// The latest entry of a [`Statement`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Last {
+    /// Its stream version.
+    pub version: u64,
+    /// Its amount.
+    pub amount: i64,
 }
 
 impl Document for Statement {
     const NAME: &'static str = "suite_statements";
+    const INDEXES: &'static [&'static str] = &["owner", "balance", "last.amount"];
     type Event = SuiteEvent;
 
     fn filter() -> EventFilter {
@@ -90,9 +104,14 @@ impl Document for Statement {
     }
 
     fn apply(&mut self, event: &EventEnvelope<SuiteEvent>) {
-        if let SuiteEvent::Entered { amount, .. } = &event.payload {
+        if let SuiteEvent::Entered { amount, owner } = &event.payload {
             self.entries.push((event.stream_version, *amount));
             self.balance += amount;
+            self.owner.clone_from(owner);
+            self.last = Last {
+                version: event.stream_version,
+                amount: *amount,
+            };
         }
     }
 }

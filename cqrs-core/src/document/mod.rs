@@ -1,4 +1,9 @@
-//! Read models kept as one plain Rust value per key: written once, run by every runner.
+//! Read models kept as one plain Rust value per key: written once, run by every runner,
+//! queried the same way on every backend.
+
+mod query;
+
+pub use query::{Comparison, Direction, DocumentQuery, Field, Filter, Order, QueryError, Scalar};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -85,6 +90,11 @@ pub trait Document: Serialize + DeserializeOwned + Default + Send + Sync + 'stat
     fn key(event: &EventEnvelope<Self::Event>) -> Option<String> {
         Some(event.stream_id.clone())
     }
+
+    /// Fields queries filter or order by often: a backend that indexes keeps an index on
+    /// each (on PostgreSQL, created with the view's table). Paths as for [`Field`].
+    /// None by default.
+    const INDEXES: &'static [&'static str] = &[];
 
     /// Folds one event into the document.
     fn apply(&mut self, event: &EventEnvelope<Self::Event>);
