@@ -9,6 +9,7 @@ mod document;
 mod envelope;
 mod error;
 mod event;
+mod event_union;
 mod pipeline;
 mod private;
 mod projection;
@@ -53,6 +54,7 @@ pub mod __private {
     pub use serde;
     pub use serde_json;
 
+    pub use crate::event_union::names_distinct;
     pub use crate::private::{Unknown, empty_payload, unknown_type};
 }
 

@@ -5,8 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::model::{ACCOUNT, NOTEBOOK, SuiteEvent};
-use super::{Check, DocumentRunner, Holdings, Last, Statement, SuiteDocument, Verdict, WAIT};
+use super::model::{ACCOUNT, NOTEBOOK, OWNER, OwnerEvent, SuiteEvent};
+use super::{
+    Check, DocumentRunner, Holdings, Last, Owners, Statement, SuiteDocument, Verdict, WAIT,
+};
 use crate::memory::Documents;
 use crate::store::{AppendRequest, NewEvent};
 use crate::{Comparison, Direction, DocumentQuery, EventStore, Metadata, Position, Token};
@@ -41,6 +43,9 @@ pub(super) fn tests<R: DocumentRunner>() -> Vec<(&'static str, Check<R>)> {
         }),
         ("queries_select_order_and_page_as_in_memory", |runner| {
             boxed(queries_select_as_in_memory(runner))
+        }),
+        ("a_view_folds_the_events_of_several_aggregates", |runner| {
+            boxed(folds_several_aggregates(runner))
         }),
     ]
 }
@@ -428,6 +433,71 @@ async fn queries_select_as_in_memory<R: DocumentRunner>(mut runner: R) -> Verdic
         pages,
         ["q-1", "q-2", "q-5", "q-6", "q-0", "q-4", "q-3"],
         "pages of three by balance"
+    );
+    Ok(())
+}
+
+/// Renames `owner`, its stream at `expected`.
+async fn rename<S: EventStore>(
+    store: &S,
+    owner: &str,
+    expected: u64,
+    name: &str,
+) -> Result<Position, String> {
+    let event = OwnerEvent::Renamed {
+        name: name.to_owned(),
+    };
+    let new =
+        NewEvent::from_event(&event, Metadata::default()).map_err(|e| format!("encoding: {e}"))?;
+    let outcome = store
+        .append(AppendRequest::new(OWNER, owner, expected, vec![new]))
+        .await
+        .map_err(|e| format!("append to {OWNER}/{owner}: {e}"))?;
+    Ok(outcome.position)
+}
+
+/// Owners named in their own streams and entered in their accounts' streams, interleaved,
+/// with notes the view decodes and ignores.
+async fn folds_several_aggregates<R: DocumentRunner>(mut runner: R) -> Verdict {
+    runner
+        .keep::<Owners>()
+        .await
+        .map_err(|e| format!("keeping `{}`: {e}", Owners::NAME))?;
+    let store = runner.store();
+    let mut token = Token::default();
+    token = token.join(rename(&store, "ada", 0, "Ada").await?);
+    for (n, (account, owner)) in [("o-1", "ada"), ("o-2", "bob"), ("o-3", "ada")]
+        .iter()
+        .enumerate()
+    {
+        let amount = i64::try_from(n).unwrap_or(0) * 10 + 5;
+        token = token.join(
+            append(
+                &store,
+                ACCOUNT,
+                account,
+                0,
+                &[entry(amount, owner), note("x")],
+            )
+            .await?,
+        );
+    }
+    token = token.join(rename(&store, "ada", 1, "Ada Lovelace").await?);
+    token = token.join(rename(&store, "carol", 0, "Carol").await?);
+    token = token.join(append(&store, ACCOUNT, "o-2", 2, &[entry(1, "bob")]).await?);
+    let owners = served_equals_the_log::<Owners, R>(&runner, token).await?;
+    let summary: Vec<(&str, &str, usize, i64)> = owners
+        .iter()
+        .map(|(key, o)| (key.as_str(), o.name.as_str(), o.accounts.len(), o.total))
+        .collect();
+    ensure_eq!(
+        summary,
+        [
+            ("ada", "Ada Lovelace", 2, 5 + 25),
+            ("bob", "", 1, 15 + 1),
+            ("carol", "Carol", 0, 0)
+        ],
+        "owners folded from their streams and their accounts'"
     );
     Ok(())
 }

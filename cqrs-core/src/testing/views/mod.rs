@@ -31,7 +31,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 pub use memory::MemoryDocuments;
-pub use model::{Holdings, Last, Statement, SuiteDocument, SuiteEvent};
+pub use model::{
+    Holdings, Last, LedgerFeed, OwnerEvent, Owners, Statement, SuiteDocument, SuiteEvent,
+};
 
 use crate::{BoxError, DocumentQuery, EventStore, Token};
 

@@ -154,7 +154,101 @@ impl Document for Holdings {
     }
 }
 
-/// The documents the suite keeps ([`Statement`], [`Holdings`]), as a runner needs them:
+/// The stream type of the owners of accounts.
+pub(super) const OWNER: &str = "suite_owner";
+
+/// What the suite appends to an owner's stream: a second aggregate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OwnerEvent {
+    /// The owner's display name changed.
+    Renamed {
+        /// The new name.
+        name: String,
+    },
+}
+
+impl Event for OwnerEvent {
+    const TYPES: &'static [EventType] = &[EventType {
+        name: "SuiteOwnerRenamed",
+        version: 1,
+    }];
+
+    fn event_type(&self) -> &'static str {
+        "SuiteOwnerRenamed"
+    }
+
+    fn schema_version(&self) -> u32 {
+        1
+    }
+
+    fn encode(&self) -> Result<serde_json::Value, CodecError> {
+        codec::encode(self)
+    }
+
+    fn decode(
+        event_type: &str,
+        schema_version: u32,
+        payload: serde_json::Value,
+    ) -> Result<Self, CodecError> {
+        codec::check_known::<Self>(event_type, schema_version)?;
+        codec::decode(event_type, schema_version, payload)
+    }
+}
+
+crate::event_union! {
+    /// The events of both of the suite's aggregates: ledger accounts and their owners.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum LedgerFeed {
+        /// An account's events.
+        Account(SuiteEvent),
+        /// An owner's events.
+        Owner(OwnerEvent),
+    }
+}
+
+/// One document per owner, folded from two aggregates: the owner's own stream (its
+/// name) and the entries of the accounts it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owners {
+    /// The latest name from the owner's stream.
+    pub name: String,
+    /// The accounts entered, sorted.
+    pub accounts: std::collections::BTreeSet<String>,
+    /// The sum of the amounts.
+    pub total: i64,
+}
+
+impl Document for Owners {
+    const NAME: &'static str = "suite_owners";
+    type Event = LedgerFeed;
+
+    fn key(event: &EventEnvelope<LedgerFeed>) -> Option<String> {
+        match &event.payload {
+            LedgerFeed::Account(SuiteEvent::Entered { owner, .. }) if !owner.is_empty() => {
+                Some(owner.clone())
+            }
+            LedgerFeed::Owner(_) => Some(event.stream_id.clone()),
+            LedgerFeed::Account(_) => None,
+        }
+    }
+
+    fn apply(&mut self, event: &EventEnvelope<LedgerFeed>) {
+        match &event.payload {
+            LedgerFeed::Account(SuiteEvent::Entered { amount, .. }) => {
+                self.accounts.insert(event.stream_id.clone());
+                self.total += amount;
+            }
+            LedgerFeed::Owner(OwnerEvent::Renamed { name }) => self.name.clone_from(name),
+            LedgerFeed::Account(SuiteEvent::Noted { .. }) => {}
+        }
+    }
+}
+
+/// Folds the same whatever the order of the streams.
+impl SuiteDocument for Owners {}
+
+/// The documents the suite keeps ([`Statement`], [`Holdings`], [`Owners`]), as a runner
+/// needs them:
 /// plain data that compares, clones and prints.
 pub trait SuiteDocument: Document + Clone + PartialEq + std::fmt::Debug {
     /// The document with what depends on the order of events of different streams
