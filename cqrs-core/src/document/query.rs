@@ -77,7 +77,7 @@ impl Field {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scalar {
     /// Compared with string fields, byte by byte (as PostgreSQL's `"C"` collation does).
-    String(String),
+    Text(String),
     /// Compared with number fields, by value.
     Number(serde_json::Number),
     /// Compared with boolean fields.
@@ -86,13 +86,13 @@ pub enum Scalar {
 
 impl From<&str> for Scalar {
     fn from(value: &str) -> Self {
-        Self::String(value.to_owned())
+        Self::Text(value.to_owned())
     }
 }
 
 impl From<String> for Scalar {
     fn from(value: String) -> Self {
-        Self::String(value)
+        Self::Text(value)
     }
 }
 
@@ -120,7 +120,7 @@ impl Scalar {
     #[must_use]
     pub fn compare(&self, value: &Value) -> Option<Ordering> {
         match (self, value) {
-            (Self::String(s), Value::String(v)) => Some(v.as_bytes().cmp(s.as_bytes())),
+            (Self::Text(s), Value::String(v)) => Some(v.as_bytes().cmp(s.as_bytes())),
             (Self::Number(n), Value::Number(v)) => Some(compare_numbers(v, n)),
             (Self::Bool(b), Value::Bool(v)) => Some(v.cmp(b)),
             _ => None,

@@ -112,7 +112,7 @@ pub(super) fn select(view: &str, query: &DocumentQuery) -> Sql {
         let n = i + 1;
         let (left, right) = match &filter.value {
             Scalar::Number(_) => (path.number(), format!("${n}::text::numeric")),
-            Scalar::String(_) => (path.string(), format!("${n}::text")),
+            Scalar::Text(_) => (path.string(), format!("${n}::text")),
             Scalar::Bool(_) => (path.boolean(), format!("${n}::boolean")),
         };
         sql.push_str(if i == 0 { " WHERE " } else { " AND " });
@@ -143,7 +143,7 @@ pub(super) fn select(view: &str, query: &DocumentQuery) -> Sql {
     for value in binds {
         statement = match value {
             Scalar::Number(n) => statement.bind(n.to_string()),
-            Scalar::String(s) => statement.bind(s.clone()),
+            Scalar::Text(s) => statement.bind(s.clone()),
             Scalar::Bool(b) => statement.bind(*b),
         };
     }
