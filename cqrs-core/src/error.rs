@@ -46,6 +46,13 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// The store does not offer `operation` (see its documentation).
+    #[error("this store does not offer `{operation}`")]
+    Unsupported {
+        /// What was asked for.
+        operation: &'static str,
+    },
+
     /// The append's command id was recorded by an append to another stream: a command id
     /// names one command, of one aggregate. Nothing was written.
     ///

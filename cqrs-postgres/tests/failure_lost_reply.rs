@@ -396,3 +396,69 @@ async fn appends_sent_together_whose_reply_is_lost_are_each_reported_written_onc
     );
     t.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atomic_unit_whose_reply_is_lost_is_reported_written_once() {
+    use cqrs_core::store::AtomicAppendRequest;
+    let t = TestStore::new("lostunit").await;
+    let proxy = Proxy::start(server()).await;
+    let store = through(&t, &proxy, |b| b).await;
+    let unit = |a: u64, b: u64, events: [NewEvent; 2]| {
+        let [x, y] = events;
+        AtomicAppendRequest::new(vec![
+            AppendRequest::new("lost", "u-a", a, vec![x]),
+            AppendRequest::new("lost", "u-b", b, vec![y]),
+        ])
+    };
+    // The first unit prepares the statement on the store's one connection.
+    store
+        .append_atomic(unit(0, 0, [one(1), one(2)]))
+        .await
+        .expect("first unit");
+
+    // Committed, its reply cut: found by its events, reported written once.
+    let (a, b) = (one(3), one(4));
+    proxy.cut_next_reply();
+    let outcomes = store
+        .append_atomic(unit(1, 1, [a.clone(), b.clone()]))
+        .await
+        .expect("the unit is found written");
+    assert!(proxy.reply_was_cut());
+    let shape: Vec<(u64, bool)> = outcomes
+        .iter()
+        .map(|o| (o.stream_version, o.duplicate))
+        .collect();
+    assert_eq!(shape, [(2, false), (2, false)]);
+    assert_eq!(stored_ids(&t, "u-a").await[1], a.event_id);
+    assert_eq!(stored_ids(&t, "u-b").await[1], b.event_id);
+
+    // A stale unit whose reply is cut is still a conflict, and writes nothing.
+    proxy.cut_next_reply();
+    let stale = store
+        .append_atomic(unit(2, 1, [one(5), one(6)]))
+        .await
+        .expect_err("u-b is at version 2");
+    assert!(proxy.reply_was_cut());
+    assert!(stale.is_conflict(), "{stale:?}");
+    assert_eq!(stored_ids(&t, "u-a").await.len(), 2);
+
+    // With a command id: sent again by the caller after a lost reply, the original.
+    let command_id = uuid::Uuid::new_v4();
+    proxy.cut_next_reply();
+    let first = store
+        .append_atomic(unit(2, 2, [one(7), one(8)]).with_command_id(command_id))
+        .await
+        .expect("written");
+    let again = store
+        .append_atomic(unit(2, 2, [one(9), one(10)]).with_command_id(command_id))
+        .await
+        .expect("the original outcomes");
+    assert!(again.iter().all(|o| o.duplicate));
+    assert_eq!(
+        first.iter().map(|o| o.position).collect::<Vec<_>>(),
+        again.iter().map(|o| o.position).collect::<Vec<_>>()
+    );
+    assert_eq!(stored_ids(&t, "u-a").await.len(), 3);
+    assert_eq!(stored_ids(&t, "u-b").await.len(), 3);
+    t.cleanup().await;
+}

@@ -287,3 +287,46 @@ async fn sixteen_first_appends(store: &cqrs_postgres::PgEventStore, prefix: &str
     }
     slowest
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atomic_unit_is_applied_to_an_inline_view_whole_or_not_at_all() {
+    use cqrs_core::store::AtomicAppendRequest;
+    let t = TestStore::new("proj_inline_unit").await;
+    let schema = t.store.schema().to_owned();
+    create_table(&t, &table::<1>(&schema)).await;
+    let faults = Arc::new(Faults::default());
+    let store = common::reconfigured(&t.store, |b| {
+        b.inline(Balances::<1>::new(&schema).with_faults(Arc::clone(&faults)))
+    });
+    let entry = |amount: u64| NewEvent::new("Added", 2, json!({ "amount": amount }));
+    let unit = |a: u64, b: u64| {
+        AtomicAppendRequest::new(vec![
+            AppendRequest::new("counter", "from", a, vec![entry(5), entry(1)]),
+            AppendRequest::new("counter", "to", b, vec![entry(7)]),
+        ])
+    };
+    store.append_atomic(unit(0, 0)).await.expect("a unit");
+    assert_eq!(
+        rows(t.pool(), &table::<1>(&schema)).await,
+        [("from".to_owned(), 6, 2), ("to".to_owned(), 7, 1)]
+    );
+    // The view refuses an event of the second stream: nothing of the unit is written.
+    faults.fail_always("to", 2);
+    let refused = store.append_atomic(unit(2, 1)).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(
+        store.load("counter", "from", 0).await.expect("load").len(),
+        2
+    );
+    assert_eq!(
+        rows(t.pool(), &table::<1>(&schema)).await,
+        fold(t.pool(), &schema).await
+    );
+    faults.heal("to", 2);
+    store.append_atomic(unit(2, 1)).await.expect("healed");
+    assert_eq!(
+        rows(t.pool(), &table::<1>(&schema)).await,
+        fold(t.pool(), &schema).await
+    );
+    t.cleanup().await;
+}

@@ -8,7 +8,8 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::store::{
-    AppendOutcome, AppendRequest, LoadedStream, RecordedEvent, ReplayEvent, Snapshot,
+    AppendOutcome, AppendRequest, AtomicAppendOutcome, AtomicAppendRequest, LoadedStream,
+    RecordedEvent, ReplayEvent, Snapshot,
 };
 use crate::{Error, EventFilter, EventStore, Position, Result};
 
@@ -55,8 +56,11 @@ struct State {
     /// Per stream, the log indexes of its events in version order.
     streams: HashMap<(String, String), Vec<usize>>,
     snapshots: HashMap<(String, String), Snapshot>,
-    /// The outcome of each append with a command id, with its stream.
+    /// The outcome of each append with a command id, with its stream (for an atomic
+    /// unit, its first stream's).
     commands: HashMap<Uuid, ((String, String), AppendOutcome)>,
+    /// The outcomes of each atomic unit with a command id, with its first stream.
+    units: HashMap<Uuid, ((String, String), Vec<AppendOutcome>)>,
     event_ids: HashSet<Uuid>,
     commits: u64,
 }
@@ -171,6 +175,82 @@ fn recorded(
     }
 }
 
+fn in_use(command_id: Uuid, (stream_type, stream_id): &(String, String)) -> Error {
+    Error::CommandIdInUse {
+        command_id,
+        stream_type: stream_type.clone(),
+        stream_id: stream_id.clone(),
+    }
+}
+
+/// Refuses `request` unless its stream is at its expected version and none of its event
+/// ids is stored.
+fn check(state: &State, request: &AppendRequest) -> Result<()> {
+    let current = state
+        .streams
+        .get(&key(&request.stream_type, &request.stream_id))
+        .map_or(0, |indexes| indexes.len() as u64);
+    if current != request.expected_version {
+        return Err(Error::Conflict {
+            stream_type: request.stream_type.clone().into_owned(),
+            stream_id: request.stream_id.clone(),
+            expected: request.expected_version,
+        });
+    }
+    if let Some(taken) = request
+        .events
+        .iter()
+        .find(|event| state.event_ids.contains(&event.event_id))
+    {
+        return Err(Error::DuplicateEventId {
+            event_id: taken.event_id,
+        });
+    }
+    Ok(())
+}
+
+/// Writes `request` (checked) as part of `commit`.
+fn write(
+    state: &mut State,
+    request: AppendRequest,
+    commit: u64,
+    recorded_at: chrono::DateTime<Utc>,
+) -> AppendOutcome {
+    let stream_key = (request.stream_type.into_owned(), request.stream_id);
+    let current = request.expected_version;
+    let first_index = state.log.len();
+    let mut version = current;
+    for event in request.events {
+        version += 1;
+        let sequence = state.log.len() as u64 + 1;
+        state.event_ids.insert(event.event_id);
+        state.log.push(RecordedEvent {
+            event_id: event.event_id,
+            stream_type: stream_key.0.clone(),
+            stream_id: stream_key.1.clone(),
+            stream_version: version,
+            position: Position::new(commit, sequence),
+            event_type: event.event_type.into_owned(),
+            schema_version: event.schema_version,
+            metadata: event.metadata,
+            recorded_at,
+            payload: event.payload,
+        });
+    }
+    let last_index = state.log.len();
+    state
+        .streams
+        .entry(stream_key)
+        .or_default()
+        .extend(first_index..last_index);
+    AppendOutcome {
+        first_version: current + 1,
+        stream_version: version,
+        position: state.log[last_index - 1].position,
+        duplicate: false,
+    }
+}
+
 #[async_trait]
 impl EventStore for MemoryEventStore {
     async fn load(
@@ -222,74 +302,77 @@ impl EventStore for MemoryEventStore {
         self.round_trip().await;
         request.validate()?;
         let mut state = self.state();
-        let stream_key = (request.stream_type.clone().into_owned(), request.stream_id);
+        let stream_key = (
+            request.stream_type.clone().into_owned(),
+            request.stream_id.clone(),
+        );
         if let Some(command_id) = request.command_id
             && let Some(original) = recorded(&state, command_id, &stream_key)?
         {
             return Ok(original);
         }
-        let current = state
-            .streams
-            .get(&stream_key)
-            .map_or(0, |indexes| indexes.len() as u64);
-        if current != request.expected_version {
-            return Err(Error::Conflict {
-                stream_type: stream_key.0,
-                stream_id: stream_key.1,
-                expected: request.expected_version,
-            });
-        }
-        if let Some(taken) = request
-            .events
-            .iter()
-            .find(|event| state.event_ids.contains(&event.event_id))
-        {
-            return Err(Error::DuplicateEventId {
-                event_id: taken.event_id,
-            });
-        }
-
-        // Validated: from here on the append only pushes, so it is all or nothing.
+        check(&state, &request)?;
+        // Checked: from here on the append only pushes, so it is all or nothing.
         state.commits += 1;
         let commit = state.commits;
-        let recorded_at = Utc::now();
-        let first_index = state.log.len();
-        let mut version = current;
-        for event in request.events {
-            version += 1;
-            let sequence = state.log.len() as u64 + 1;
-            state.event_ids.insert(event.event_id);
-            state.log.push(RecordedEvent {
-                event_id: event.event_id,
-                stream_type: stream_key.0.clone(),
-                stream_id: stream_key.1.clone(),
-                stream_version: version,
-                position: Position::new(commit, sequence),
-                event_type: event.event_type.into_owned(),
-                schema_version: event.schema_version,
-                metadata: event.metadata,
-                recorded_at,
-                payload: event.payload,
-            });
-        }
-        let last_index = state.log.len();
-        state
-            .streams
-            .entry(stream_key.clone())
-            .or_default()
-            .extend(first_index..last_index);
-        let outcome = AppendOutcome {
-            first_version: current + 1,
-            stream_version: version,
-            position: state.log[last_index - 1].position,
-            duplicate: false,
-        };
-        if let Some(command_id) = request.command_id {
+        let command_id = request.command_id;
+        let outcome = write(&mut state, request, commit, Utc::now());
+        if let Some(command_id) = command_id {
             state.commands.insert(command_id, (stream_key, outcome));
         }
         drop(state);
         self.shared.head.send_replace(outcome.position);
         Ok(outcome)
+    }
+
+    async fn append_atomic(&self, request: AtomicAppendRequest) -> Result<AtomicAppendOutcome> {
+        self.round_trip().await;
+        request.validate()?;
+        let mut state = self.state();
+        let first = request
+            .appends
+            .first()
+            .map(|a| (a.stream_type.clone().into_owned(), a.stream_id.clone()))
+            .unwrap_or_default();
+        if let Some(command_id) = request.command_id {
+            if let Some((holder, outcomes)) = state.units.get(&command_id) {
+                if *holder != first {
+                    return Err(in_use(command_id, holder));
+                }
+                return Ok(outcomes
+                    .iter()
+                    .map(|o| AppendOutcome {
+                        duplicate: true,
+                        ..*o
+                    })
+                    .collect());
+            }
+            if let Some((holder, _)) = state.commands.get(&command_id) {
+                return Err(in_use(command_id, holder));
+            }
+        }
+        for append in &request.appends {
+            check(&state, append)?;
+        }
+        // Every stream checked: one commit writes them all.
+        state.commits += 1;
+        let commit = state.commits;
+        let recorded_at = Utc::now();
+        let outcomes: Vec<AppendOutcome> = request
+            .appends
+            .into_iter()
+            .map(|append| write(&mut state, append, commit, recorded_at))
+            .collect();
+        if let (Some(command_id), Some(head)) = (request.command_id, outcomes.first()) {
+            state.commands.insert(command_id, (first.clone(), *head));
+            state.units.insert(command_id, (first, outcomes.clone()));
+        }
+        let last = state.log.last().map(|e| e.position);
+        drop(state);
+        if let Some(last) = last {
+            self.shared.head.send_replace(last);
+        }
+        Ok(outcomes)
     }
 
     async fn find_command(

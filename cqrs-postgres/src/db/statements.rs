@@ -22,6 +22,10 @@ pub(crate) enum Statement {
     AppendBatch,
     /// The same, none with a command id.
     AppendBatchPlain,
+    /// Appending to several streams as one unit.
+    AppendAtomic,
+    /// Finding the events of an atomic unit sent again after its connection failed.
+    FindUnit,
     /// Loading a stream.
     Load,
     /// Loading a snapshot and the events after it.
@@ -77,11 +81,13 @@ pub(crate) enum Statement {
 }
 
 impl Statement {
-    const ALL: [Self; 30] = [
+    const ALL: [Self; 32] = [
         Self::Append,
         Self::AppendPlain,
         Self::AppendBatch,
         Self::AppendBatchPlain,
+        Self::AppendAtomic,
+        Self::FindUnit,
         Self::Load,
         Self::LoadForCommand,
         Self::FindCommand,
@@ -117,6 +123,8 @@ impl Statement {
             Self::AppendPlain => "append_plain",
             Self::AppendBatch => "append_batch",
             Self::AppendBatchPlain => "append_batch_plain",
+            Self::AppendAtomic => "append_atomic",
+            Self::FindUnit => "find_unit",
             Self::Load => "load",
             Self::LoadForCommand => "load_for_command",
             Self::FindCommand => "find_command",
@@ -152,6 +160,8 @@ impl Statement {
             Self::AppendPlain => include_str!("../sql/append_plain.sql"),
             Self::AppendBatch => include_str!("../sql/append_batch.sql"),
             Self::AppendBatchPlain => include_str!("../sql/append_batch_plain.sql"),
+            Self::AppendAtomic => include_str!("../sql/append_atomic.sql"),
+            Self::FindUnit => include_str!("../sql/find_unit.sql"),
             Self::Load => include_str!("../sql/load.sql"),
             Self::LoadForCommand => include_str!("../sql/load_for_command.sql"),
             Self::FindCommand => include_str!("../sql/find_command.sql"),
@@ -186,7 +196,11 @@ impl Statement {
     fn is_append(self) -> bool {
         matches!(
             self,
-            Self::Append | Self::AppendPlain | Self::AppendBatch | Self::AppendBatchPlain
+            Self::Append
+                | Self::AppendPlain
+                | Self::AppendBatch
+                | Self::AppendBatchPlain
+                | Self::AppendAtomic
         )
     }
 }
@@ -242,6 +256,14 @@ fn render(statement: Statement, schema: &SchemaName, splice: Splice<'_>) -> Stri
             "{batch_insert}",
             include_str!("../sql/append_batch_insert.sql"),
         )
+        .replace(
+            "{unit_ready}",
+            if statement == Statement::AppendAtomic {
+                "(SELECT count(*) FROM ready) = (SELECT count(*) FROM candidates)"
+            } else {
+                "true"
+            },
+        )
         .replace("{schema}", &schema.quoted());
     for (placeholder, expression) in wire::PLACEHOLDERS {
         sql = sql.replace(placeholder, expression);
@@ -250,7 +272,7 @@ fn render(statement: Statement, schema: &SchemaName, splice: Splice<'_>) -> Stri
         // A batch's result names each append's stream: columns the inline ones include.
         let batch = matches!(
             statement,
-            Statement::AppendBatch | Statement::AppendBatchPlain
+            Statement::AppendBatch | Statement::AppendBatchPlain | Statement::AppendAtomic
         );
         let columns = match splice.columns {
             "" if batch => ", stream_type, stream_id",

@@ -7,7 +7,7 @@
 -- stream already past its expected version gets nothing written, rather than failing
 -- the statement on the log's key. (Written as `expected = 0 OR EXISTS (...)`, the
 -- planner may hash the whole log instead.) $5..$11 are the events, each inserted if
--- `ready` holds its append.
+-- `ready` holds its append (and, in an atomic unit, only if it holds every append).
 ready AS (
     SELECT c.*
     FROM candidates AS c
@@ -32,6 +32,7 @@ appended AS (
          WITH ORDINALITY AS e (i, k, event_id, event_type, schema_version, payload,
                                metadata, n)
     JOIN ready AS r ON r.i = e.i
+    WHERE {unit_ready}
     ORDER BY e.n
     RETURNING stream_version, transaction_id, sequence{inline_columns}
 )

@@ -30,6 +30,7 @@ use crate::db::{Error, OutcomeRow, Statement, connection_lost, held_elsewhere, p
 const STREAM_VERSION_KEY: &str = "events_stream_version_key";
 const EVENT_ID_KEY: &str = "events_event_id_key";
 const COMMAND_ID_KEY: &str = "commands_pkey";
+const UNIT_KEY: &str = "command_units_pkey";
 
 /// Appends `request` and announces it.
 pub(super) async fn append(
@@ -217,6 +218,39 @@ async fn send_once(
     })
 }
 
+/// Which of the log's keys a statement ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Violation {
+    StreamVersion,
+    EventId,
+    CommandId,
+    /// Another error of the log's tables.
+    Other,
+}
+
+/// The log's key (or other error of its tables) `error` is, if it is one.
+pub(super) fn classify_violation(inner: &Inner, error: &sqlx::Error) -> Option<Violation> {
+    let sqlx::Error::Database(db) = error else {
+        return None;
+    };
+    let on_the_log = db.try_downcast_ref::<PgDatabaseError>().is_some_and(|db| {
+        db.schema() == Some(inner.schema.as_str())
+            && matches!(db.table(), Some("events" | "commands" | "command_units"))
+    });
+    if !on_the_log {
+        return None;
+    }
+    if !db.is_unique_violation() {
+        return Some(Violation::Other);
+    }
+    Some(match db.constraint() {
+        Some(STREAM_VERSION_KEY) => Violation::StreamVersion,
+        Some(EVENT_ID_KEY) => Violation::EventId,
+        Some(COMMAND_ID_KEY | UNIT_KEY) => Violation::CommandId,
+        _ => Violation::Other,
+    })
+}
+
 /// Reads a failed sending: a lost connection, one of the log's keys (by its constraint,
 /// on the log's own tables), an inline SQL projection's failure (any other error the
 /// server raised, on a store with inline SQL projections), or a failure of the
@@ -225,23 +259,15 @@ fn classify(inner: &Inner, error: &sqlx::Error) -> Sent {
     if connection_lost(error) {
         return Sent::Lost;
     }
-    let sqlx::Error::Database(db) = error else {
+    match classify_violation(inner, error) {
+        Some(Violation::StreamVersion) => return Sent::Taken(Key::StreamVersion),
+        Some(Violation::EventId) => return Sent::Taken(Key::EventId),
+        Some(Violation::CommandId) => return Sent::Taken(Key::CommandId),
+        Some(Violation::Other) => return Sent::Failed,
+        None => {}
+    }
+    if !matches!(error, sqlx::Error::Database(_)) {
         return Sent::Failed;
-    };
-    let on_the_log = db.try_downcast_ref::<PgDatabaseError>().is_some_and(|db| {
-        db.schema() == Some(inner.schema.as_str())
-            && matches!(db.table(), Some("events" | "commands"))
-    });
-    if on_the_log {
-        if !db.is_unique_violation() {
-            return Sent::Failed;
-        }
-        return match db.constraint() {
-            Some(STREAM_VERSION_KEY) => Sent::Taken(Key::StreamVersion),
-            Some(EVENT_ID_KEY) => Sent::Taken(Key::EventId),
-            Some(COMMAND_ID_KEY) => Sent::Taken(Key::CommandId),
-            _ => Sent::Failed,
-        };
     }
     if inner.inline.statement_names().is_some() {
         Sent::InlineSql
@@ -348,7 +374,10 @@ pub(super) async fn find_command(
 }
 
 /// Which of `event_ids` is stored already, if any.
-async fn find_event_id(inner: &Inner, event_ids: &[Uuid]) -> cqrs_core::Result<Option<Uuid>> {
+pub(super) async fn find_event_id(
+    inner: &Inner,
+    event_ids: &[Uuid],
+) -> cqrs_core::Result<Option<Uuid>> {
     let row: Option<(Uuid,)> = inner
         .read(Statement::FindEventId, |sql| sql.bind(event_ids))
         .await?

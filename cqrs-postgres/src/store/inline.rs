@@ -14,6 +14,7 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 use tracing::trace;
 
+use super::atomic::{Unit, UnitRow};
 use super::connections::Lease;
 use super::inline_sql::{self, APPENDED_COLUMNS, PgInlineSql};
 use super::prepared::Prepared;
@@ -205,19 +206,7 @@ impl Inline {
         append: &Prepared,
         query: Sql,
     ) -> cqrs_core::Result<sqlx::Result<Option<OutcomeRow>>> {
-        // The store's own sessions have its schema first on their path already; a pool's
-        // connection gets it for the transaction.
-        let in_store_schema = lease.in_store_schema();
-        let conn = match lease.conn() {
-            Ok(conn) => conn,
-            Err(error) => return Ok(Err(error)),
-        };
-        let mut tx = match if in_store_schema {
-            conn.begin().await
-        } else {
-            conn.begin_with(AssertSqlSafe(Arc::clone(&self.begin)))
-                .await
-        } {
+        let mut tx = match self.begin(&mut lease).await {
             Ok(tx) => tx,
             Err(error) => return Ok(Err(error)),
         };
@@ -245,6 +234,74 @@ impl Inline {
             // Whether the commit went through is unknown: the append path finds out.
             Err(error) if connection_lost(&error) => Ok(Err(error)),
             Err(error) => Err(Error::database("commit", error).into()),
+        }
+    }
+
+    /// What [`append_in_transaction`](Self::append_in_transaction) does for an atomic
+    /// unit: its statement, then the handlers over every event it wrote (in the unit's
+    /// order), in one transaction.
+    pub(crate) async fn append_unit_in_transaction(
+        &self,
+        mut lease: Lease<'_>,
+        statements: &Statements,
+        unit: &Unit,
+        query: Sql,
+    ) -> cqrs_core::Result<sqlx::Result<Vec<UnitRow>>> {
+        let mut tx = match self.begin(&mut lease).await {
+            Ok(tx) => tx,
+            Err(error) => return Ok(Err(error)),
+        };
+        let mut rows = match query.try_fetch_all::<UnitRow, _>(&mut *tx).await {
+            Ok(rows) if rows.iter().any(UnitRow::is_written) => rows,
+            // Refused, a duplicate or an error: nothing was written.
+            other => {
+                let rolled_back = tx.rollback().await;
+                lease.release(&rolled_back);
+                return Ok(other);
+            }
+        };
+        rows.sort_by_key(UnitRow::append);
+        let mut events = Vec::new();
+        for (append, row) in unit.appends.iter().zip(&rows) {
+            let outcome = row.written()?;
+            let placed = OutcomeRow {
+                duplicate: false,
+                first_version: i64::try_from(outcome.first_version).unwrap_or(i64::MAX),
+                stream_version: i64::try_from(outcome.stream_version).unwrap_or(i64::MAX),
+                transaction_id: i64::try_from(outcome.position.commit()).unwrap_or(i64::MAX),
+                sequence: i64::try_from(outcome.position.sequence()).unwrap_or(i64::MAX),
+                recorded_at: None,
+                holder_type: None,
+                holder_id: None,
+            };
+            events.extend(appended(&mut tx, statements, append, &placed).await?);
+        }
+        for handler in &self.handlers {
+            trace!(projection = handler.name(), "inline projection");
+            handler.apply(&mut tx, &events).await?;
+        }
+        let committed = tx.commit().await;
+        lease.release(&committed);
+        match committed {
+            Ok(()) => Ok(Ok(rows)),
+            Err(error) if connection_lost(&error) => Ok(Err(error)),
+            Err(error) => Err(Error::database("commit", error).into()),
+        }
+    }
+
+    /// Opens the append's transaction on `lease`. The store's own sessions have its schema
+    /// first on their path already; a pool's connection gets it for the transaction.
+    async fn begin<'l>(
+        &self,
+        lease: &'l mut Lease<'_>,
+    ) -> sqlx::Result<sqlx::Transaction<'l, sqlx::Postgres>> {
+        let in_store_schema = lease.in_store_schema();
+        let conn = lease.conn()?;
+        if in_store_schema {
+            conn.begin().await
+        } else {
+            conn.begin_with(AssertSqlSafe(Arc::clone(&self.begin)))
+                .await
         }
     }
 }

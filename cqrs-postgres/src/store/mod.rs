@@ -13,6 +13,7 @@
 //! - `read`: the reads of the log, streams and snapshots.
 
 mod append;
+mod atomic;
 mod batch;
 mod builder;
 mod connections;

@@ -3,7 +3,8 @@
 
 use async_trait::async_trait;
 use cqrs_core::store::{
-    AppendOutcome, AppendRequest, LoadedStream, RecordedEvent, ReplayEvent, Snapshot,
+    AppendOutcome, AppendRequest, AtomicAppendOutcome, AtomicAppendRequest, LoadedStream,
+    RecordedEvent, ReplayEvent, Snapshot,
 };
 use cqrs_core::{EventFilter, EventStore, Position};
 use sqlx::types::Json;
@@ -11,7 +12,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use super::connections::Check;
-use super::{PgEventStore, append};
+use super::{PgEventStore, append, atomic};
 use crate::db::{
     Error, EventRow, LogRow, PositionRow, ReplayRow, SnapshotRow, Statement, position,
     to_i64_saturating, to_u32, to_u64,
@@ -137,6 +138,20 @@ impl EventStore for PgEventStore {
     )]
     async fn append(&self, request: AppendRequest) -> cqrs_core::Result<AppendOutcome> {
         append::append(&self.inner, request).await
+    }
+
+    #[tracing::instrument(
+        level = "debug",
+        name = "cqrs_postgres.append_atomic",
+        skip_all,
+        fields(streams = request.appends.len()),
+        err
+    )]
+    async fn append_atomic(
+        &self,
+        request: AtomicAppendRequest,
+    ) -> cqrs_core::Result<AtomicAppendOutcome> {
+        atomic::append_atomic(&self.inner, request).await
     }
 
     #[tracing::instrument(

@@ -49,6 +49,7 @@ macro_rules! ensure_eq {
     }};
 }
 
+mod atomic;
 mod concurrency;
 mod helpers;
 mod log;
@@ -179,4 +180,10 @@ suite![
     concurrency::concurrent_appends_on_many_streams_all_land,
     concurrency::odd_stream_ids_round_trip,
     concurrency::large_payload_round_trips,
+    atomic::atomic_append_writes_every_stream_in_one_commit,
+    atomic::atomic_append_with_one_stale_stream_writes_nothing,
+    atomic::atomic_repeated_command_id_returns_the_original_outcomes,
+    atomic::atomic_command_id_of_another_append_is_refused,
+    atomic::atomic_invalid_units_are_refused_and_write_nothing,
+    atomic::racing_atomic_units_on_a_shared_stream_have_one_winner,
 ];

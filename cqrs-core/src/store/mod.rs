@@ -17,6 +17,10 @@ use uuid::Uuid;
 pub use crate::envelope::{NewEvent, RecordedEvent, ReplayEvent};
 use crate::{Error, EventType, Position, Result};
 
+mod atomic;
+
+pub use atomic::{AtomicAppendOutcome, AtomicAppendRequest};
+
 /// Appends events to one stream if it is at the expected version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppendRequest {
@@ -316,6 +320,27 @@ pub trait EventStore: Send + Sync + 'static {
     /// [`Error::Backend`] when the storage fails. In every case nothing is written.
     async fn append(&self, request: AppendRequest) -> Result<AppendOutcome>;
 
+    /// Appends to several streams as one unit: every stream at its expected version, all
+    /// events in one commit, contiguous in the global log; or nothing. A stream that is
+    /// not at its expected version refuses the whole unit with [`Error::Conflict`]
+    /// naming it. The unit's command id, sent again, returns the original outcomes with
+    /// `duplicate: true` and writes nothing; recorded by another append or unit (whose
+    /// first stream differs), it is [`Error::CommandIdInUse`].
+    ///
+    /// The default refuses with [`Error::Unsupported`]: a backend that offers it
+    /// overrides it and passes the conformance tests that check it.
+    ///
+    /// # Errors
+    ///
+    /// As above, and as for [`append`](Self::append) (an invalid request is checked with
+    /// [`AtomicAppendRequest::validate`] before anything is written).
+    async fn append_atomic(&self, request: AtomicAppendRequest) -> Result<AtomicAppendOutcome> {
+        request.validate()?;
+        Err(Error::Unsupported {
+            operation: "append_atomic",
+        })
+    }
+
     /// The outcome of the append to stream `stream_type/stream_id` that carried
     /// `command_id` (with `duplicate: true`), if one was stored.
     ///
@@ -395,6 +420,12 @@ macro_rules! forward_event_store {
             }
             async fn append(&self, request: AppendRequest) -> Result<AppendOutcome> {
                 (**self).append(request).await
+            }
+            async fn append_atomic(
+                &self,
+                request: AtomicAppendRequest,
+            ) -> Result<AtomicAppendOutcome> {
+                (**self).append_atomic(request).await
             }
             async fn find_command(
                 &self,
