@@ -8,6 +8,7 @@
 //! - `outcome`: what a command comes to;
 //! - `retry`: the policy after a conflict.
 
+mod across;
 mod builder;
 mod load;
 mod outcome;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 use tracing::{Instrument, field};
 
+pub use across::{AcrossOutcome, Decided};
 pub use builder::{CqrsBuilder, CqrsTuning, DefaultServices, GivenServices, ServicesOf};
 pub use outcome::{CommandError, CommandOutcome, Loaded};
 pub use retry::RetryPolicy;

@@ -18,12 +18,30 @@ use crate::{Aggregate, CommandMetadata, Error, EventStore, Metadata};
 
 /// The ids a command runs under.
 #[derive(Debug, Clone, Copy)]
-struct Ids {
+pub(super) struct Ids {
     /// The caller's idempotency key, if any.
-    key: Option<Uuid>,
+    pub(super) key: Option<Uuid>,
     /// The caller's, or a generated one.
-    command: Uuid,
-    correlation: Uuid,
+    pub(super) command: Uuid,
+    pub(super) correlation: Uuid,
+}
+
+impl Ids {
+    /// The ids of a command sent with `metadata`, and the metadata its events carry.
+    pub(super) fn of(metadata: CommandMetadata) -> (Self, Metadata) {
+        let ids = Self {
+            key: metadata.command_id,
+            command: metadata.command_id.unwrap_or_else(Uuid::new_v4),
+            correlation: metadata.correlation_id.unwrap_or_else(Uuid::new_v4),
+        };
+        let event_metadata = Metadata {
+            correlation_id: Some(ids.correlation),
+            causation_id: Some(ids.command),
+            command_id: Some(ids.command),
+            headers: metadata.headers,
+        };
+        (ids, event_metadata)
+    }
 }
 
 /// What the handler decided, as the pipeline acts on it.
@@ -60,17 +78,7 @@ where
         command: &A::Command,
         metadata: CommandMetadata,
     ) -> Outcome<A> {
-        let ids = Ids {
-            key: metadata.command_id,
-            command: metadata.command_id.unwrap_or_else(Uuid::new_v4),
-            correlation: metadata.correlation_id.unwrap_or_else(Uuid::new_v4),
-        };
-        let event_metadata = Metadata {
-            correlation_id: Some(ids.correlation),
-            causation_id: Some(ids.command),
-            command_id: Some(ids.command),
-            headers: metadata.headers,
-        };
+        let (ids, event_metadata) = Ids::of(metadata);
         // With the cache, the commands of one aggregate run one after the other.
         let _queue = match &self.local {
             Some(local) => Some(local.locks.lock(id).await),
@@ -91,7 +99,7 @@ where
                     if let Some(key) = ids.key
                         && let Some(original) = self.store.find_command(key, A::TYPE, id).await?
                     {
-                        return self.duplicate(id, original, ids).await;
+                        return Ok(self.duplicate(id, original, ids).await?);
                     }
                     return match decision {
                         Decision::Refuse(refusal) => {
@@ -131,7 +139,7 @@ where
             );
             match self.store.append(request).instrument(span).await {
                 Ok(outcome) if outcome.duplicate => {
-                    return self.duplicate(id, outcome, ids).await;
+                    return Ok(self.duplicate(id, outcome, ids).await?);
                 }
                 Ok(outcome) => return Ok(self.recorded(id, loaded, events, outcome, ids, retries)),
                 Err(Error::Conflict { .. }) if retries < self.retry.max_retries() => {
@@ -156,7 +164,7 @@ where
     }
 
     /// The aggregate's current state: kept in this process, or loaded.
-    async fn current(&self, id: &str) -> Result<Loaded<A>, Error> {
+    pub(super) async fn current(&self, id: &str) -> Result<Loaded<A>, Error> {
         match self.local.as_ref().and_then(|local| local.cache.take(id)) {
             Some((state, version)) => Ok(Loaded { state, version }),
             None => self.load(id).await,
@@ -202,14 +210,19 @@ where
     }
 
     /// Puts a state that is current at `version` into the cache, if there is one.
-    fn keep(&self, id: &str, state: A, version: u64) {
+    pub(super) fn keep(&self, id: &str, state: A, version: u64) {
         if let Some(local) = &self.local {
             local.cache.put(id, state, version);
         }
     }
 
     /// Rebuilds the outcome of a command id that was already appended.
-    async fn duplicate(&self, id: &str, original: AppendOutcome, ids: Ids) -> Outcome<A> {
+    pub(super) async fn duplicate(
+        &self,
+        id: &str,
+        original: AppendOutcome,
+        ids: Ids,
+    ) -> Result<CommandOutcome<A::Event>, Error> {
         debug!(
             stream_version = original.stream_version,
             "duplicate command id, nothing appended"

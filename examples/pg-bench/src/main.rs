@@ -13,6 +13,8 @@
 //!
 //! It prints, in one run:
 //! - w1: 16 tasks, each on its own account, Open + 200 deposits: commands/s, p50/p99;
+//! - w5: 16 tasks, each moving money between two accounts of its own 200 times, each
+//!   transfer one command over both appended as one atomic unit: commands/s, p50/p99;
 //! - w2: ms per command on a 10,000-event stream without snapshots, with snapshots and
 //!   with the in-process cache, against a fresh stream;
 //! - w3: 8 tasks depositing into one account: successes/s, conflicts, balance check;
@@ -22,6 +24,7 @@
 //! - round trips per command, counted by a loopback proxy that sees every
 //!   `ReadyForQuery` the server sends.
 
+mod across;
 mod proxy;
 
 use std::net::ToSocketAddrs;
@@ -146,6 +149,14 @@ async fn run(
             100.0 * w1.rate / raw
         );
     }
+    // Beside w1 without the cache: the same commands, two accounts per command.
+    let w5 = across::w5(store, deposits).await?;
+    println!(
+        "w5   16 tasks x {deposits} transfers between two own accounts, each one atomic unit over both streams, no cache: {:>8.0} commands/s  p50 {:.2} ms  p99 {:.2} ms",
+        w5.rate,
+        millis(w5.p50),
+        millis(w5.p99),
+    );
     w2(store, env_u64("W2_EVENTS", 10_000)).await?;
     w3(store, Duration::from_secs(env_u64("W3_SECS", 5))).await?;
     append_100(store).await?;
