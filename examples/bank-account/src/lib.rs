@@ -240,6 +240,8 @@ mod guide {
     struct Contributing;
     #[doc = include_str!("../../../docs/projections.md")]
     struct Projections;
+    #[doc = include_str!("../../../docs/rules-across-aggregates.md")]
+    struct RulesAcrossAggregates;
     #[doc = include_str!("../../../docs/postgres.md")]
     struct Postgres;
     #[doc = include_str!("../../../docs/performance.md")]
