@@ -246,3 +246,115 @@ fn futures_lite_block_on<F: std::future::Future<Output = ()> + Send>(future: F) 
             .expect("interloper thread");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_over_many_aggregates_conserve_money_under_concurrency() {
+    let store = MemoryEventStore::new();
+    let ledgers = Arc::new(
+        Cqrs::<Ledger, _>::builder(store.clone())
+            .retry(RetryPolicy::new(1_000))
+            .build(),
+    );
+    let accounts = ["m-0", "m-1", "m-2", "m-3"];
+    for account in accounts {
+        ledgers
+            .execute(
+                account,
+                LedgerCommand::Add {
+                    amount: 90,
+                    tag: String::new(),
+                },
+            )
+            .await
+            .expect("fund");
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8_usize {
+        let ledgers = Arc::clone(&ledgers);
+        tasks.spawn(async move {
+            for n in 0..15_usize {
+                // Take 3 from one account and give 1 to each of the three others.
+                let from = (t + n) % accounts.len();
+                let ids: Vec<&str> = (0..accounts.len())
+                    .map(|i| accounts[(from + i) % accounts.len()])
+                    .collect();
+                let outcome = ledgers
+                    .execute_many(&ids, CommandMetadata::default(), |states| {
+                        if states[0].total < 3 {
+                            return Err(Insufficient(states[0].total));
+                        }
+                        Ok(vec![
+                            vec![added(-3)],
+                            vec![added(1)],
+                            vec![added(1)],
+                            vec![added(1)],
+                        ])
+                    })
+                    .await;
+                match outcome {
+                    Ok(outcomes) => assert_eq!(outcomes.len(), 4),
+                    Err(CommandError::Rejected(_)) => {}
+                    Err(other) => panic!("unexpected: {other:?}"),
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("task");
+    }
+    let mut total = 0;
+    for account in accounts {
+        let balance = balance(&store, account).await;
+        assert!(balance >= 0);
+        total += balance;
+    }
+    assert_eq!(total, 360, "money is conserved");
+}
+
+#[tokio::test]
+async fn a_decision_over_many_must_name_each_aggregate_once() {
+    let store = MemoryEventStore::new();
+    let ledgers = Cqrs::<Ledger, _>::new(store.clone());
+    let wrong = ledgers
+        .execute_many(&["p", "q"], CommandMetadata::default(), |_| {
+            Ok::<_, Insufficient>(vec![vec![added(1)]])
+        })
+        .await;
+    assert!(
+        matches!(wrong, Err(CommandError::Store(Error::InvalidAppend { .. }))),
+        "{wrong:?}"
+    );
+    let twice = ledgers
+        .execute_many(&["p", "p"], CommandMetadata::default(), |_| {
+            Ok::<_, Insufficient>(vec![vec![added(1)], vec![added(1)]])
+        })
+        .await;
+    assert!(
+        matches!(twice, Err(CommandError::Store(Error::InvalidAppend { .. }))),
+        "{twice:?}"
+    );
+    assert_eq!(
+        store.head().await.expect("head").sequence(),
+        0,
+        "nothing written"
+    );
+
+    let metadata = CommandMetadata::default().with_command_id(uuid::Uuid::new_v4());
+    let decide =
+        |_: &[&Ledger]| Ok::<_, Insufficient>(vec![vec![added(2)], vec![], vec![added(3)]]);
+    let first = ledgers
+        .execute_many(&["p", "q", "r"], metadata.clone(), decide)
+        .await
+        .expect("first");
+    assert_eq!(first[1].position, None, "q records nothing");
+    let again = ledgers
+        .execute_many(&["p", "q", "r"], metadata, decide)
+        .await
+        .expect("again");
+    assert!(again[0].duplicate && again[2].duplicate);
+    assert_eq!(again[2].position, first[2].position);
+    assert_eq!(
+        (balance(&store, "p").await, balance(&store, "r").await),
+        (2, 3)
+    );
+}

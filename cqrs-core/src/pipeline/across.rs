@@ -237,6 +237,182 @@ where
     }
 }
 
+impl<A, S> Cqrs<A, S>
+where
+    A: Aggregate,
+    S: EventStore + ?Sized,
+{
+    /// Runs a decision over several aggregates of this pipeline, as
+    /// [`execute_across`](Self::execute_across) does over two: all of `ids` are loaded,
+    /// `decide` sees their states (in the order of `ids`) and returns the events of each
+    /// (one list per id, in the same order), and those are appended as one atomic unit,
+    /// retried on a conflict on any of them.
+    ///
+    /// ```
+    /// # use cqrs_core::prelude::*;
+    /// # use example_types::*;
+    /// # mod example_types {
+    /// #     use cqrs_core::prelude::*;
+    /// #     use serde::{Deserialize, Serialize};
+    /// #     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+    /// #     pub enum Moved { In { amount: i64 }, Out { amount: i64 } }
+    /// #     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Command)]
+    /// #     pub enum Noop { Noop }
+    /// #     #[derive(Debug, thiserror::Error)]
+    /// #     #[error("short")]
+    /// #     pub struct Short;
+    /// #     #[derive(Debug, Default, Clone, Serialize, Deserialize, Aggregate)]
+    /// #     #[cqrs(name = "pot", command = Noop, event = Moved, error = Short)]
+    /// #     pub struct Pot { pub amount: i64 }
+    /// #     impl Apply<Moved> for Pot {
+    /// #         fn apply(&mut self, e: &Moved) {
+    /// #             match e { Moved::In { amount } => self.amount += amount, Moved::Out { amount } => self.amount -= amount }
+    /// #         }
+    /// #     }
+    /// #     impl Handle<Noop> for Pot {
+    /// #         async fn handle(&self, _: &Noop, (): &()) -> Result<Vec<Moved>, Short> { Ok(vec![]) }
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pots = Cqrs::<Pot, _>::new(MemoryEventStore::new());
+    /// // Split 30 from `a` between `b` and `c`, or nothing.
+    /// let outcomes = pots
+    ///     .execute_many(&["a", "b", "c"], CommandMetadata::default(), |states| {
+    ///         let _ = states;
+    ///         Ok::<_, Short>(vec![
+    ///             vec![Moved::Out { amount: 30 }],
+    ///             vec![Moved::In { amount: 10 }],
+    ///             vec![Moved::In { amount: 20 }],
+    ///         ])
+    ///     })
+    ///     .await?;
+    /// assert_eq!(outcomes.len(), 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`execute_across`](Self::execute_across); also
+    /// [`CommandError::Store`] with [`Error::InvalidAppend`] when `decide` returns a
+    /// number of lists other than the number of ids, or an id appears twice.
+    pub async fn execute_many<E, F>(
+        &self,
+        ids: &[&str],
+        metadata: CommandMetadata,
+        decide: F,
+    ) -> Result<Vec<CommandOutcome<A::Event>>, CommandError<E>>
+    where
+        E: std::fmt::Display,
+        F: Fn(&[&A]) -> Result<Vec<Vec<A::Event>>, E>,
+    {
+        let span = tracing::debug_span!(
+            "cqrs.many",
+            aggregate_type = A::TYPE,
+            aggregates = ids.len(),
+        );
+        self.many(ids, metadata, decide).instrument(span).await
+    }
+
+    async fn many<E, F>(
+        &self,
+        ids: &[&str],
+        metadata: CommandMetadata,
+        decide: F,
+    ) -> Result<Vec<CommandOutcome<A::Event>>, CommandError<E>>
+    where
+        E: std::fmt::Display,
+        F: Fn(&[&A]) -> Result<Vec<Vec<A::Event>>, E>,
+    {
+        let (ids_of, event_metadata) = Ids::of(metadata);
+        let mut retries = 0;
+        loop {
+            let mut loaded = Vec::with_capacity(ids.len());
+            for id in ids {
+                loaded.push(self.current(id).await?);
+            }
+            let states: Vec<&A> = loaded.iter().map(|l| &l.state).collect();
+            let decided = decide(&states);
+            drop(states);
+            let keep_all = |loaded: Vec<Loaded<A>>| {
+                for (id, l) in ids.iter().zip(loaded) {
+                    self.keep(id, l.state, l.version);
+                }
+            };
+            let events = match decided {
+                Ok(events) if events.len() == ids.len() => events,
+                Ok(_) => {
+                    keep_all(loaded);
+                    return Err(CommandError::Store(Error::InvalidAppend {
+                        stream_type: A::TYPE.to_owned(),
+                        stream_id: ids.join(","),
+                        reason: "the decision returned a number of event lists other than the \
+                                 number of aggregates",
+                    }));
+                }
+                Err(refusal) => {
+                    debug!(error = %refusal, "command rejected");
+                    keep_all(loaded);
+                    return Err(CommandError::Rejected(refusal));
+                }
+            };
+            let sides = ids
+                .iter()
+                .zip(&loaded)
+                .zip(&events)
+                .map(|((id, l), events)| side::<A>(id, l.version, events, &event_metadata))
+                .collect::<Result<Vec<_>, _>>()?;
+            let appends: Vec<AppendRequest> = sides.iter().flatten().cloned().collect();
+            if appends.is_empty() {
+                let outcomes = loaded
+                    .iter()
+                    .map(|l| nothing(l.version, ids_of, retries))
+                    .collect();
+                keep_all(loaded);
+                return Ok(outcomes);
+            }
+            let mut unit = AtomicAppendRequest::new(appends);
+            unit.command_id = ids_of.key;
+            match self.store.append_atomic(unit).await {
+                Ok(outcomes) => {
+                    let mut outcomes = outcomes.into_iter();
+                    let mut results = Vec::with_capacity(ids.len());
+                    let duplicate_run = sides.iter().any(Option::is_some)
+                        && outcomes.as_slice().first().is_some_and(|o| o.duplicate);
+                    for (((id, l), events), side) in ids.iter().zip(loaded).zip(events).zip(&sides)
+                    {
+                        let outcome = side.as_ref().and_then(|_| outcomes.next());
+                        results.push(match outcome {
+                            Some(o) if duplicate_run => self.duplicate(id, o, ids_of).await?,
+                            outcome => self.settled(id, l, events, outcome, ids_of, retries),
+                        });
+                    }
+                    return Ok(results);
+                }
+                Err(Error::Conflict { stream_id, .. }) => {
+                    if retries < self.retry.max_retries() {
+                        debug!(retry = retries + 1, %stream_id, "concurrency conflict, retrying");
+                        tokio::time::sleep(self.retry.delay(retries)).await;
+                        retries += 1;
+                        continue;
+                    }
+                    warn!(
+                        attempts = retries + 1,
+                        "concurrency conflict, retries exhausted"
+                    );
+                    return Err(CommandError::Conflict {
+                        aggregate_type: A::TYPE,
+                        aggregate_id: stream_id,
+                        attempts: retries + 1,
+                    });
+                }
+                Err(error) => return Err(CommandError::Store(error)),
+            }
+        }
+    }
+}
+
 /// The append of one side, if it records anything.
 fn side<X: Aggregate>(
     id: &str,
