@@ -16,6 +16,7 @@ mod projection;
 mod wait;
 
 pub mod memory;
+pub mod process;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -34,6 +35,7 @@ pub use pipeline::{
 };
 #[doc(hidden)]
 pub use pipeline::{DefaultServices, GivenServices, ServicesOf};
+pub use process::ProcessManager;
 pub use projection::{Project, Projection};
 pub use store::{EventFilter, EventStore};
 pub use wait::{ReadYourWrites, Token};
@@ -41,10 +43,11 @@ pub use wait::{ReadYourWrites, Token};
 /// The names most programs need: `use cqrs_core::prelude::*;`.
 pub mod prelude {
     pub use crate::memory::{Documents, MemoryEventStore, Projector};
+    pub use crate::process::React;
     pub use crate::{
         Aggregate, Command, CommandError, CommandMetadata, CommandOutcome, Cqrs, CqrsTuning,
-        Document, Event, EventEnvelope, EventStore, Metadata, Position, Projection, ReadYourWrites,
-        RetryPolicy, SnapshotPolicy, Token,
+        Document, Event, EventEnvelope, EventStore, Metadata, Position, ProcessManager, Projection,
+        ReadYourWrites, RetryPolicy, SnapshotPolicy, Token,
     };
     pub use crate::{Apply, Handle, Project};
 }
@@ -61,7 +64,7 @@ pub mod __private {
 
 #[cfg(feature = "derive")]
 #[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
-pub use cqrs_macros::{Aggregate, Command, Event, Projection};
+pub use cqrs_macros::{Aggregate, Command, Event, ProcessManager, Projection};
 
 #[cfg(feature = "derive")]
 #[doc = include_str!("docs/derive.md")]

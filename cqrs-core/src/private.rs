@@ -6,7 +6,7 @@ use std::fmt;
 use crate::{CodecError, Command, Event, EventType};
 
 /// Stands in for a type a derive could not read, so one error does not cascade.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Unknown {}
 
 impl fmt::Display for Unknown {

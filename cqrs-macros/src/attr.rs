@@ -206,6 +206,28 @@ pub(crate) struct ProjectionInput {
     pub(crate) aggregate: Vec<Type>,
 }
 
+/// `#[derive(ProcessManager)]` on the process manager's state.
+#[derive(Debug, FromDeriveInput)]
+#[darling(attributes(cqrs), supports(struct_any, enum_any))]
+pub(crate) struct ProcessInput {
+    pub(crate) ident: Ident,
+    pub(crate) generics: Generics,
+    #[allow(
+        dead_code,
+        reason = "read only to reject `#[cqrs]` on fields and variants"
+    )]
+    pub(crate) data: Data<NoKeys, NoKeys>,
+    #[darling(rename = "crate")]
+    pub(crate) krate: Option<Path>,
+    /// The name instances and timers are stored under (default: the type's name).
+    pub(crate) name: Option<SpannedValue<String>>,
+    pub(crate) event: Option<Type>,
+    pub(crate) command: Option<Type>,
+    /// `aggregate = T` (repeatable): only events of streams of `T::TYPE`.
+    #[darling(multiple)]
+    pub(crate) aggregate: Vec<Type>,
+}
+
 /// A variant or field that takes no `#[cqrs]` keys: any key on it is an error.
 #[derive(Debug, FromField, FromVariant)]
 #[darling(attributes(cqrs))]

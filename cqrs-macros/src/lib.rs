@@ -17,6 +17,7 @@ mod attr;
 mod expand_aggregate;
 mod expand_command;
 mod expand_event;
+mod expand_process;
 mod expand_projection;
 mod output;
 mod payload;
@@ -71,6 +72,19 @@ pub fn derive_projection(input: TokenStream) -> TokenStream {
         &input,
         expand_projection::expand(&input),
         expand_projection::stub,
+    )
+    .into()
+}
+
+/// Implements `cqrs_core::process::ProcessManager`. See `cqrs_core::derive` for the keys.
+#[proc_macro_derive(ProcessManager, attributes(cqrs))]
+pub fn derive_process_manager(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    output::finish(
+        "ProcessManager",
+        &input,
+        expand_process::expand(&input),
+        expand_process::stub,
     )
     .into()
 }

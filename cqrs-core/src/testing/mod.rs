@@ -4,6 +4,8 @@
 
 pub mod conformance;
 mod fixture;
+mod process;
 pub mod views;
 
 pub use fixture::{AggregateFixture, FixtureResult, ProjectionFixture};
+pub use process::{ProcessFixture, ProcessOutcome};

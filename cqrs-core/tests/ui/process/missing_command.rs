@@ -1,0 +1,15 @@
+use cqrs_core::{Event, ProcessManager};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+enum OrderEvent {
+    Placed,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ProcessManager)]
+#[cqrs(name = "shipping", event = OrderEvent)]
+struct Shipping {
+    placed: bool,
+}
+
+fn main() {}
