@@ -2,6 +2,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 mod db;
+mod process;
 mod projection;
 mod store;
 

@@ -103,6 +103,22 @@ pub enum Error {
         value: i64,
     },
 
+    /// A process manager's instance state or command does not round-trip through JSON.
+    #[error(
+        "process manager `{manager}`, instance `{key}`: its {what} does not round-trip through JSON"
+    )]
+    ProcessJson {
+        /// The process manager.
+        manager: &'static str,
+        /// The instance.
+        key: String,
+        /// `state` or `command`.
+        what: &'static str,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// The statement given to [`PgInlineSql::new`](crate::PgInlineSql::new) cannot be an
     /// inline SQL projection.
     ///

@@ -232,7 +232,7 @@ pub(super) fn hook_failed<V: Projection>(hook: &'static str, source: BoxError) -
 /// not wait for the WAL flush: a server crash can only lose a batch together with its
 /// checkpoint, which the worker then applies again (see
 /// [`PgRunnerTuning::synchronous_commit`](crate::PgRunnerTuning::synchronous_commit)).
-pub(super) async fn begin(shared: &Shared) -> Result<Transaction<'static, Postgres>> {
+pub(crate) async fn begin(shared: &Shared) -> Result<Transaction<'static, Postgres>> {
     shared
         .pool
         .begin_with(AssertSqlSafe(Arc::clone(&shared.begin)))

@@ -21,7 +21,8 @@ use super::worker;
 use crate::db::{Error, Result, check_projection_name};
 use crate::store::PgEventStore;
 
-type Spawn = Box<dyn FnOnce(Arc<Shared>, watch::Receiver<bool>) -> JoinHandle<()> + Send>;
+pub(crate) type Spawn =
+    Box<dyn FnOnce(Arc<Shared>, watch::Receiver<bool>) -> JoinHandle<()> + Send>;
 
 /// A projection waiting for [`PgProjectionRunnerBuilder::start`].
 struct Registration {
@@ -76,12 +77,28 @@ impl PgProjectionRunnerBuilder {
 
     /// Adds a projection with [`PgView`] hooks.
     #[must_use]
-    pub fn view<V: PgView>(mut self, view: V) -> Self {
+    pub fn view<V: PgView>(self, view: V) -> Self {
+        self.register(
+            V::NAME,
+            V::VERSION,
+            V::filter(),
+            Box::new(move |shared, owned| worker::spawn(view, shared, owned)),
+        )
+    }
+
+    /// Adds a projection run by the tasks `spawn` starts.
+    pub(crate) fn register(
+        mut self,
+        name: &'static str,
+        version: u32,
+        filter: EventFilter,
+        spawn: Spawn,
+    ) -> Self {
         self.registrations.push(Registration {
-            name: V::NAME,
-            version: V::VERSION,
-            filter: V::filter(),
-            spawn: Box::new(move |shared, owned| worker::spawn(view, shared, owned)),
+            name,
+            version,
+            filter,
+            spawn,
         });
         self
     }

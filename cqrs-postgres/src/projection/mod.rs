@@ -27,9 +27,12 @@ mod status;
 mod view;
 mod worker;
 
+pub(crate) use batch::begin;
 pub use builder::PgProjectionRunnerBuilder;
 pub use document::PgDocumentView;
 pub use runner::PgProjectionRunner;
 pub use shared::PgRunnerTuning;
+pub(crate) use shared::Shared;
 pub use status::{PgProjectionState, PgProjectionStatus};
 pub use view::PgView;
+pub(crate) use worker::spawn as spawn_worker;

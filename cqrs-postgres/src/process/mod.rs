@@ -1,0 +1,110 @@
+//! The process wing: process managers run by a [`PgProjectionRunner`], their instances,
+//! commands and timers kept in PostgreSQL beside the log. It builds on the projection
+//! wing; nothing below depends on it.
+//!
+//! - `instances`: running one reaction and recording what it decided;
+//! - `view`: the event side, a view the runner's worker drives;
+//! - `driver`: the timer and command side.
+//!
+//! [`PgProjectionRunner`]: crate::PgProjectionRunner
+
+mod driver;
+mod instances;
+mod view;
+
+use std::sync::Arc;
+
+use cqrs_core::process::{Dispatch, ProcessManager};
+
+use crate::PgProjectionRunnerBuilder;
+use crate::projection::spawn_worker;
+
+impl PgProjectionRunnerBuilder {
+    /// Adds a process manager: it reacts to the log's events like a projection (with
+    /// the same checkpoint, ownership across processes, status, retry and skip), and,
+    /// while this process owns it, fires its timers and sends its commands through
+    /// `dispatcher`.
+    ///
+    /// Each reaction happens once. A reaction to an event commits its instance's new
+    /// state, its commands and its timer changes with the manager's checkpoint; a
+    /// reaction to a timer, with the timer's removal; to a refused command, with the
+    /// command's removal. Commands go out with ids derived from their cause
+    /// ([`command_id`](cqrs_core::process::command_id)), so one sent again after a crash
+    /// (between its append and the removal of its row) is recognised by the command
+    /// pipeline and appends nothing twice. Those of one instance go out in order, each
+    /// after the one before it was accepted or refused; one that could not be carried
+    /// out ([`Refusal::Failed`](cqrs_core::process::Refusal::Failed)) is sent again
+    /// after a growing delay (up to 30 s), its error kept in `process_outbox.last_error`.
+    ///
+    /// Timers run on the database's clock, so processes whose clocks disagree agree on
+    /// when a timer is due; they fire within about 100 ms of it (later when the owner is
+    /// down: the next owner fires what came due meanwhile).
+    ///
+    /// ```no_run
+    /// # use cqrs_core::prelude::*;
+    /// # use cqrs_core::process::Effects;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Event)]
+    /// # enum OrderEvent { Placed }
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Command)]
+    /// # enum OrderCommand { Cancel { #[cqrs(id)] id: String } }
+    /// # #[derive(Debug, thiserror::Error)]
+    /// # #[error("no")]
+    /// # struct No;
+    /// # #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+    /// # #[cqrs(name = "order", command = OrderCommand, event = OrderEvent, error = No)]
+    /// # struct Order;
+    /// # impl Apply<OrderEvent> for Order { fn apply(&mut self, _: &OrderEvent) {} }
+    /// # impl Handle<OrderCommand> for Order {
+    /// #     async fn handle(&self, _: &OrderCommand, (): &()) -> Result<Vec<OrderEvent>, No> { Ok(vec![]) }
+    /// # }
+    /// # #[derive(Debug, Default, Serialize, Deserialize, ProcessManager)]
+    /// # #[cqrs(name = "unpaid_orders", event = OrderEvent, command = OrderCommand)]
+    /// # struct Unpaid;
+    /// # impl React for Unpaid {
+    /// #     fn correlate(e: &EventEnvelope<OrderEvent>) -> Option<String> { Some(e.stream_id.clone()) }
+    /// #     fn react(&mut self, _: &EventEnvelope<OrderEvent>, _: &mut Effects<OrderCommand>) {}
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use cqrs_postgres::{PgEventStore, PgProjectionRunner};
+    ///
+    /// let store = PgEventStore::connect("postgres://postgres@localhost/app").await?;
+    /// store.migrate().await?;
+    /// let orders = Cqrs::<Order, _>::new(store.clone());
+    /// let runner = PgProjectionRunner::builder(store)
+    ///     .process::<Unpaid, _>(orders)
+    ///     .start()
+    ///     .await?;
+    /// # runner.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn process<P, D>(self, dispatcher: D) -> Self
+    where
+        P: ProcessManager,
+        D: Dispatch<P::Command>,
+    {
+        let dispatcher = Arc::new(dispatcher);
+        self.register(
+            P::NAME,
+            1,
+            P::filter(),
+            Box::new(move |shared, owned| {
+                let events = spawn_worker(
+                    view::ProcessView::<P>::new(),
+                    Arc::clone(&shared),
+                    owned.clone(),
+                );
+                let commands =
+                    tokio::spawn(driver::Driver::<P, D>::new(dispatcher, shared, owned).run());
+                tokio::spawn(async move {
+                    // Both watch the runner's shutdown and the ownership.
+                    let _ = events.await;
+                    let _ = commands.await;
+                })
+            }),
+        )
+    }
+}

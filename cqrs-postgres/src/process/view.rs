@@ -1,0 +1,77 @@
+//! The event side of a process manager: a view the projection runner drives, whose
+//! "tables" are the manager's instances, commands and timers.
+
+use std::marker::PhantomData;
+
+use cqrs_core::process::ProcessManager;
+use cqrs_core::{EventEnvelope, EventFilter, Projection};
+use sqlx::PgConnection;
+
+use super::instances::{Cause, react};
+use crate::PgView;
+use crate::db::{Error, Sql};
+
+/// Reacts to each event in the batch's transaction, which moves the checkpoint: the
+/// reaction's state, commands and timers commit with it, or the event is read again.
+pub(crate) struct ProcessView<P>(PhantomData<fn() -> P>);
+
+impl<P> ProcessView<P> {
+    pub(crate) fn new() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<P: ProcessManager> Projection for ProcessView<P> {
+    const NAME: &'static str = P::NAME;
+    type Event = P::Event;
+    type Context = PgConnection;
+    type Error = Error;
+
+    fn filter() -> EventFilter {
+        P::filter()
+    }
+
+    async fn handle(
+        &mut self,
+        cx: &mut PgConnection,
+        event: &EventEnvelope<P::Event>,
+    ) -> Result<(), Error> {
+        let Some(key) = P::correlation_key(event) else {
+            return Ok(());
+        };
+        let cause = Cause {
+            id: event.event_id,
+            correlation_id: event.metadata.correlation_id.or(Some(event.event_id)),
+        };
+        react::<P>(cx, &key, &cause, |state, effects| {
+            state.handle_event(event, effects);
+        })
+        .await?;
+        Ok(())
+    }
+}
+
+impl<P: ProcessManager> PgView for ProcessView<P> {
+    /// A rebuild starts the manager over: instances, timers and waiting commands are
+    /// dropped, and replaying the log sends the same commands with the same ids, which
+    /// the command pipeline recognises as already executed.
+    async fn reset(&mut self, cx: &mut PgConnection) -> Result<(), Error> {
+        for (name, sql) in [
+            (
+                "process_reset_outbox",
+                "DELETE FROM process_outbox WHERE manager = $1",
+            ),
+            (
+                "process_reset_timers",
+                "DELETE FROM process_timers WHERE manager = $1",
+            ),
+            (
+                "process_reset_instances",
+                "DELETE FROM process_instances WHERE manager = $1",
+            ),
+        ] {
+            Sql::new(name, sql).bind(P::NAME).execute(&mut *cx).await?;
+        }
+        Ok(())
+    }
+}
