@@ -117,9 +117,11 @@ async fn readers_keep_their_writes_across_twenty_switches() {
                     seen.misses.fetch_add(1, Ordering::Relaxed);
                 }
                 shown = shown.max(events);
-                // A pause now and then, so that the log grows at a pace the new
-                // versions' replays keep up with.
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // A pause after each write, so that the log grows at a pace the new
+                // versions' replays keep up with even on a loaded machine: every
+                // version started keeps running beside the served one, so the work per
+                // write grows with each switch.
+                tokio::time::sleep(Duration::from_millis(40)).await;
             }
             written
         });
