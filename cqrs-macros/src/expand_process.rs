@@ -8,11 +8,11 @@ use darling::util::SpannedValue;
 use darling::{Error, FromDeriveInput};
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::{DeriveInput, Generics, Ident, Path, Type};
 
 use crate::attr::{self, ProcessInput};
 use crate::expand_aggregate::required;
+use crate::expand_projection;
 use crate::output;
 use crate::validate;
 
@@ -79,17 +79,7 @@ fn generate(model: &Model) -> TokenStream {
         aggregates,
     } = model;
     let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
-    let filter = (!aggregates.is_empty()).then(|| {
-        let streams = aggregates.iter().map(|aggregate| {
-            quote_spanned!(aggregate.span()=> .and_stream_type(<#aggregate as #root::Aggregate>::TYPE))
-        });
-        quote! {
-            fn filter() -> #root::EventFilter {
-                #root::EventFilter::event_types(<#event as #root::Event>::TYPES)
-                    #(#streams)*
-            }
-        }
-    });
+    let filter = expand_projection::filter(root, event, aggregates);
     // Spanned on the type, so a missing `React` impl is reported there.
     let react = quote!(#root::process::React);
     let correlate = quote_spanned!(ident.span()=> <Self as #react>::correlate(event));

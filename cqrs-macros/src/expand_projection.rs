@@ -89,17 +89,7 @@ fn generate(model: &Model) -> TokenStream {
         .error
         .clone()
         .unwrap_or_else(|| syn::parse_quote!(::core::convert::Infallible));
-    let filter = (!model.aggregates.is_empty()).then(|| {
-        let streams = model.aggregates.iter().map(|aggregate| {
-            quote_spanned!(aggregate.span()=> .and_stream_type(<#aggregate as #root::Aggregate>::TYPE))
-        });
-        quote! {
-            fn filter() -> #root::EventFilter {
-                #root::EventFilter::event_types(<#event as #root::Event>::TYPES)
-                    #(#streams)*
-            }
-        }
-    });
+    let filter = filter(root, event, &model.aggregates);
     let project = quote_spanned!(ident.span()=> <Self as #root::Project>::project(self, cx, event));
     quote! {
         #[automatically_derived]
@@ -125,6 +115,22 @@ fn generate(model: &Model) -> TokenStream {
             }
         }
     }
+}
+
+/// `fn filter()` narrowed to the stream types of `aggregates`, or nothing (the trait's
+/// default, every stream) when there are none. Shared with `#[derive(ProcessManager)]`.
+pub(crate) fn filter(root: &Path, event: &Type, aggregates: &[Type]) -> Option<TokenStream> {
+    (!aggregates.is_empty()).then(|| {
+        let streams = aggregates.iter().map(|aggregate| {
+            quote_spanned!(aggregate.span()=> .and_stream_type(<#aggregate as #root::Aggregate>::TYPE))
+        });
+        quote! {
+            fn filter() -> #root::EventFilter {
+                #root::EventFilter::event_types(<#event as #root::Event>::TYPES)
+                    #(#streams)*
+            }
+        }
+    })
 }
 
 /// The impl emitted after an error.

@@ -124,23 +124,26 @@ where
         Ok(fired || sent)
     }
 
+    /// The rows `query` (bound to the manager's name and the round's size) returns, read
+    /// in the store's schema.
+    async fn read<T>(&self, query: Sql) -> Result<Vec<T>>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let mut tx = begin(&self.shared).await?;
+        let rows = query.bind(P::NAME).bind(ROUND).fetch_all(&mut *tx).await?;
+        commit(tx).await?;
+        Ok(rows)
+    }
+
     async fn fire_due(&self) -> Result<bool> {
-        let due: Vec<(Uuid, String, String)> = {
-            let mut tx = begin(&self.shared).await?;
-            let due = Sql::new(
+        let due: Vec<(Uuid, String, String)> = self
+            .read(Sql::new(
                 "process_due",
                 "SELECT id, key, name FROM process_timers \
                  WHERE manager = $1 AND due_at <= now() ORDER BY due_at LIMIT $2",
-            )
-            .bind(P::NAME)
-            .bind(ROUND)
-            .fetch_all(&mut *tx)
+            ))
             .await?;
-            tx.commit()
-                .await
-                .map_err(|e| crate::Error::database("commit", e))?;
-            due
-        };
         for (id, key, name) in &due {
             if !self.owned() {
                 break;
@@ -156,9 +159,7 @@ where
                 state.handle_timer(name, effects);
             })
             .await?;
-            tx.commit()
-                .await
-                .map_err(|e| crate::Error::database("commit", e))?;
+            commit(tx).await?;
             if fired {
                 debug!(key = %key, timer = %name, "timer fired");
             }
@@ -167,25 +168,16 @@ where
     }
 
     async fn send_waiting(&self) -> Result<bool> {
-        let waiting: Vec<Waiting> = {
-            let mut tx = begin(&self.shared).await?;
-            let waiting = Sql::new(
+        let waiting: Vec<Waiting> = self
+            .read(Sql::new(
                 "process_waiting",
                 "SELECT id, key, command, correlation_id, attempts FROM ( \
                      SELECT DISTINCT ON (key) id, key, command, correlation_id, attempts, \
                             next_at, seq \
                      FROM process_outbox WHERE manager = $1 ORDER BY key, seq \
                  ) AS first WHERE next_at <= now() ORDER BY seq LIMIT $2",
-            )
-            .bind(P::NAME)
-            .bind(ROUND)
-            .fetch_all(&mut *tx)
+            ))
             .await?;
-            tx.commit()
-                .await
-                .map_err(|e| crate::Error::database("commit", e))?;
-            waiting
-        };
         if waiting.is_empty() {
             return Ok(false);
         }
@@ -251,9 +243,7 @@ where
                 .await?;
             }
         }
-        tx.commit()
-            .await
-            .map_err(|e| crate::Error::database("commit", e))?;
+        commit(tx).await?;
         for outcome in outcomes {
             if let Sent::Refused(id, key, json, correlation_id, reason) = outcome {
                 self.refused(id, &key, json, correlation_id, &reason)
@@ -291,11 +281,16 @@ where
             state.handle_refusal(&command, reason, effects);
         })
         .await?;
-        tx.commit()
-            .await
-            .map_err(|e| crate::Error::database("commit", e))?;
+        commit(tx).await?;
         Ok(())
     }
+}
+
+/// Commits one of the driver's transactions.
+async fn commit(tx: sqlx::Transaction<'static, sqlx::Postgres>) -> Result<()> {
+    tx.commit()
+        .await
+        .map_err(|e| crate::Error::database("commit", e))
 }
 
 /// 100 ms doubled at each failure, up to [`MAX_BACKOFF`].

@@ -59,15 +59,8 @@ pub(crate) async fn react<P: ProcessManager>(
     cause: &Cause,
     reaction: impl FnOnce(&mut P, &mut Effects<P::Command>),
 ) -> Result<bool> {
-    let mut state = match lock::<P>(cx, key).await? {
-        Found::Finished => return Ok(false),
-        Found::New => P::default(),
-        Found::Running(state) => state,
-    };
-    let mut effects = Effects::new();
-    reaction(&mut state, &mut effects);
-    record(cx, key, cause, &state, effects).await?;
-    Ok(true)
+    let found = lock::<P>(cx, key).await?;
+    run(cx, key, cause, found, reaction).await
 }
 
 /// Locks instance `key` and removes the row that caused the reaction (`remove`, which
@@ -84,8 +77,18 @@ pub(crate) async fn react_once<P: ProcessManager>(
     if remove.execute(&mut *cx).await? == 0 {
         return Ok(false);
     }
+    // A finished instance has no timers; a refusal of its last commands is passed by.
+    run(cx, key, cause, found, reaction).await
+}
+
+async fn run<P: ProcessManager>(
+    cx: &mut PgConnection,
+    key: &str,
+    cause: &Cause,
+    found: Found<P>,
+    reaction: impl FnOnce(&mut P, &mut Effects<P::Command>),
+) -> Result<bool> {
     let mut state = match found {
-        // A finished instance has no timers; a refusal of its last command is passed by.
         Found::Finished => return Ok(false),
         Found::New => P::default(),
         Found::Running(state) => state,
