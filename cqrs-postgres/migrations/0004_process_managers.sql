@@ -1,15 +1,31 @@
--- Process managers: one row per instance (its state, until it finishes), the commands
--- its reactions decided and that wait to be sent, and its pending timers. Reactions to
--- events write here in the transaction that moves the manager's checkpoint; reactions
--- to timers and refusals in the transaction that removes the timer or the command.
+-- Process managers: the history of each instance (one step per reaction: what it
+-- reacted to and what it decided), its state as of its last step, the commands its
+-- reactions decided and that wait to be sent, and its pending timers. Reactions to events
+-- write here in the transaction that moves the manager's checkpoint; reactions to timers
+-- and refusals in the transaction that removes the timer or the command.
 CREATE TABLE process_instances (
     manager      text        NOT NULL,
     key          text        NOT NULL,
+    -- The version of its last step: the state is the fold of steps 1 to `version`.
+    version      bigint      NOT NULL,
     -- NULL once the process has finished: later events for its key are passed by.
     state        jsonb,
     finished_at  timestamptz,
     updated_at   timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT process_instances_pkey PRIMARY KEY (manager, key)
+);
+
+-- `input`: the event (as stored), the timer or the refused command reacted to; `sent`:
+-- the ids of the commands the reaction sent.
+CREATE TABLE process_steps (
+    manager      text        NOT NULL,
+    key          text        NOT NULL,
+    version      bigint      NOT NULL,
+    input        jsonb       NOT NULL,
+    sent         uuid[]      NOT NULL,
+    finished     boolean     NOT NULL,
+    recorded_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT process_steps_pkey PRIMARY KEY (manager, key, version)
 );
 
 -- `id` is the command id the command is sent with, derived from the reaction's cause.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::counter::{Add, Added, Counter};
 use common::{TestStore, eventually};
-use cqrs_core::process::{Dispatch, Effects, ProcessManager, Refusal};
+use cqrs_core::process::{Dispatch, Effects, ProcessManager, Refusal, StepInput, replay};
 use cqrs_core::{CommandMetadata, Cqrs, EventEnvelope, EventFilter, EventStore};
 use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgRunnerTuning};
 use serde::{Deserialize, Serialize};
@@ -209,6 +209,34 @@ async fn timers_fire_once_with_two_runners_and_when_the_owner_stops() {
         40,
         "each ping was sent once, even across the change of owner"
     );
+    // Each instance's history folds into the state it keeps: one step per event heard
+    // and one for its timer.
+    for i in [0_u64, 1] {
+        let key = format!("c-{i}");
+        let history = store
+            .process_history("reminders", &key)
+            .await
+            .expect("history");
+        let heard = if i % 3 == 0 { 2 } else { 1 };
+        assert_eq!(history.len(), heard + 1, "{history:#?}");
+        assert!(matches!(
+            history.last().map(|s| &s.input),
+            Some(StepInput::Timer { name, .. }) if name == "ping"
+        ));
+        let folded: Reminders =
+            replay(&key, history.iter().map(|s| &s.input)).expect("the history folds");
+        let mut tx = store.begin_in_schema().await.expect("tx");
+        let (kept, version): (serde_json::Value, i64) = sqlx::query_as(
+            "SELECT state, version FROM process_instances WHERE manager = 'reminders' AND key = $1",
+        )
+        .bind(&key)
+        .fetch_one(&mut *tx)
+        .await
+        .expect("instance");
+        drop(tx);
+        assert_eq!(serde_json::to_value(&folded).expect("encodes"), kept);
+        assert_eq!(usize::try_from(version).expect("small"), history.len());
+    }
     survivor.shutdown().await;
     test.cleanup().await;
 }

@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 use super::MemoryEventStore;
 use crate::process::{
-    Dispatch, Effects, ManualClock, ProcessError, ProcessManager, Refusal, TimerChange, command_id,
-    command_metadata,
+    Dispatch, Effects, ManualClock, ProcessError, ProcessManager, Refusal, Step, StepInput,
+    TimerChange, command_id, command_metadata,
 };
 use crate::{EventStore, Position};
 
@@ -131,13 +131,14 @@ struct Timer {
 struct Inner<C> {
     checkpoint: Position,
     instances: HashMap<String, Instance>,
+    history: HashMap<String, Vec<Step>>,
     outbox: VecDeque<Outgoing<C>>,
     timers: Vec<Timer>,
 }
 
 /// What caused a reaction.
 struct Cause {
-    id: Uuid,
+    input: StepInput,
     correlation_id: Option<Uuid>,
 }
 
@@ -168,6 +169,7 @@ where
             inner: Mutex::new(Inner {
                 checkpoint: Position::START,
                 instances: HashMap::new(),
+                history: HashMap::new(),
                 outbox: VecDeque::new(),
                 timers: Vec::new(),
             }),
@@ -251,6 +253,18 @@ where
         timers
     }
 
+    /// The history of instance `key`: one step per reaction, oldest first. Folded with
+    /// [`replay`](crate::process::replay), it gives the instance's state.
+    pub async fn history(&self, key: &str) -> Vec<Step> {
+        self.inner
+            .lock()
+            .await
+            .history
+            .get(key)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// How many commands wait to be sent.
     pub async fn pending_commands(&self) -> usize {
         self.inner.lock().await.outbox.len()
@@ -272,10 +286,10 @@ where
                 let event = raw.into_decoded::<P::Event>()?;
                 if let Some(key) = P::correlation_key(&event) {
                     let cause = Cause {
-                        id: event.event_id,
+                        input: StepInput::event(&event)?,
                         correlation_id: event.metadata.correlation_id.or(Some(event.event_id)),
                     };
-                    self.react(inner, &key, &cause, |state, effects| {
+                    self.react(inner, &key, cause, |state, effects| {
                         state.handle_event(&event, effects);
                     })?;
                 }
@@ -302,10 +316,13 @@ where
             let timer = inner.timers.swap_remove(i);
             debug!(manager = P::NAME, key = %timer.key, timer = %timer.name, "timer fired");
             let cause = Cause {
-                id: timer.id,
+                input: StepInput::Timer {
+                    timer_id: timer.id,
+                    name: timer.name.clone(),
+                },
                 correlation_id: None,
             };
-            self.react(inner, &timer.key, &cause, |state, effects| {
+            self.react(inner, &timer.key, cause, |state, effects| {
                 state.handle_timer(&timer.name, effects);
             })?;
             any = true;
@@ -326,11 +343,22 @@ where
                 Ok(()) => {}
                 Err(Refusal::Rejected(reason)) => {
                     debug!(manager = P::NAME, key = %outgoing.key, %reason, "command refused");
+                    let command = serde_json::to_value(&outgoing.command).map_err(|source| {
+                        ProcessError::State {
+                            manager: P::NAME,
+                            key: outgoing.key.clone(),
+                            source,
+                        }
+                    })?;
                     let cause = Cause {
-                        id: outgoing.id,
+                        input: StepInput::Refused {
+                            command_id: outgoing.id,
+                            command,
+                            reason: reason.clone(),
+                        },
                         correlation_id: outgoing.correlation_id,
                     };
-                    self.react(inner, &outgoing.key, &cause, |state, effects| {
+                    self.react(inner, &outgoing.key, cause, |state, effects| {
                         state.handle_refusal(&outgoing.command, &reason, effects);
                     })?;
                 }
@@ -354,7 +382,7 @@ where
         &self,
         inner: &mut Inner<P::Command>,
         key: &str,
-        cause: &Cause,
+        cause: Cause,
         reaction: impl FnOnce(&mut P, &mut Effects<P::Command>),
     ) -> Result<(), ProcessError> {
         let mut state = match inner.instances.get(key) {
@@ -377,14 +405,25 @@ where
             })?)
         };
         inner.instances.insert(key.to_owned(), encoded);
+        let cause_id = cause.input.id();
+        let mut sent = Vec::with_capacity(commands.len());
         for (index, command) in commands.into_iter().enumerate() {
+            let id = command_id(P::NAME, cause_id, index);
+            sent.push(id);
             inner.outbox.push_back(Outgoing {
-                id: command_id(P::NAME, cause.id, index),
+                id,
                 key: key.to_owned(),
                 command,
                 correlation_id: cause.correlation_id,
             });
         }
+        let history = inner.history.entry(key.to_owned()).or_default();
+        history.push(Step {
+            version: history.len() as u64 + 1,
+            input: cause.input,
+            sent,
+            finished,
+        });
         let now = self.clock.now();
         for change in timers {
             match change {

@@ -16,6 +16,11 @@
 //!   pipeline as the same command, and appends nothing twice;
 //! - a timer fires once: its removal commits with the reaction to it.
 //!
+//! An instance is event-sourced: each reaction records a [`Step`] (what it reacted to:
+//! the event as stored, the timer, the refused command; and what it decided), and its
+//! state is the fold of those steps ([`replay`]), as an aggregate's state is the fold of
+//! its events. Runners keep the state reached as a snapshot beside the history.
+//!
 //! Runners: [`memory::ProcessRunner`](crate::memory::ProcessRunner) (in memory, with a
 //! [`ManualClock`] for tests) and `cqrs_postgres`'s, which keeps instances, commands
 //! and timers in PostgreSQL beside the log, with one owner at a time across processes.
@@ -27,6 +32,7 @@
 
 mod dispatch;
 mod effects;
+mod step;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -36,6 +42,7 @@ use crate::{BoxError, CommandMetadata, Error, Event, EventEnvelope, EventFilter}
 
 pub use dispatch::{Dispatch, Refusal};
 pub use effects::{Effects, ManualClock, TimerChange};
+pub use step::{Step, StepInput, replay};
 
 /// A process manager: its name, what it hears and what it sends.
 ///

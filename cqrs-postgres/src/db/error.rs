@@ -103,13 +103,26 @@ pub enum Error {
         value: i64,
     },
 
+    /// A process manager's step could not be recorded (the event it reacted to does not
+    /// encode).
+    #[error("process manager `{manager}`, instance `{key}`: its step cannot be recorded")]
+    ProcessStep {
+        /// The process manager.
+        manager: String,
+        /// The instance.
+        key: String,
+        /// Why.
+        #[source]
+        source: Box<cqrs_core::process::ProcessError>,
+    },
+
     /// A process manager's instance state or command does not round-trip through JSON.
     #[error(
         "process manager `{manager}`, instance `{key}`: its {what} does not round-trip through JSON"
     )]
     ProcessJson {
         /// The process manager.
-        manager: &'static str,
+        manager: String,
         /// The instance.
         key: String,
         /// `state` or `command`.

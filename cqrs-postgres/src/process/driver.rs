@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_core::process::{Dispatch, ProcessManager, Refusal, command_metadata};
+use cqrs_core::process::{Dispatch, ProcessManager, Refusal, StepInput, command_metadata};
 use serde_json::Value;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -152,7 +152,10 @@ where
             let remove =
                 Sql::new("process_fire", "DELETE FROM process_timers WHERE id = $1").bind(*id);
             let cause = Cause {
-                id: *id,
+                input: StepInput::Timer {
+                    timer_id: *id,
+                    name: name.clone(),
+                },
                 correlation_id: None,
             };
             let fired = react_once::<P>(&mut tx, key, &cause, remove, |state, effects| {
@@ -264,8 +267,8 @@ where
     ) -> Result<()> {
         debug!(key = %key, command = %id, %reason, "command refused");
         let command: P::Command =
-            serde_json::from_value(json).map_err(|source| crate::Error::ProcessJson {
-                manager: P::NAME,
+            serde_json::from_value(json.clone()).map_err(|source| crate::Error::ProcessJson {
+                manager: P::NAME.to_owned(),
                 key: key.to_owned(),
                 what: "command",
                 source,
@@ -276,7 +279,14 @@ where
             "DELETE FROM process_outbox WHERE id = $1",
         )
         .bind(id);
-        let cause = Cause { id, correlation_id };
+        let cause = Cause {
+            input: StepInput::Refused {
+                command_id: id,
+                command: json,
+                reason: reason.to_owned(),
+            },
+            correlation_id,
+        };
         react_once::<P>(&mut tx, key, &cause, remove, |state, effects| {
             state.handle_refusal(&command, reason, effects);
         })

@@ -7,30 +7,33 @@
 
 use std::time::Duration;
 
-use cqrs_core::process::{Effects, ProcessManager, TimerChange, command_id};
+use cqrs_core::process::{Effects, ProcessManager, StepInput, TimerChange, command_id};
 use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::db::{Error, Result, Sql};
 
-/// What caused a reaction: its id seeds the ids of the commands it sends.
+/// What caused a reaction (its id seeds the ids of the commands it sends), and the
+/// correlation id they carry on.
 pub(crate) struct Cause {
-    pub(crate) id: Uuid,
+    pub(crate) input: StepInput,
     pub(crate) correlation_id: Option<Uuid>,
 }
 
 /// Where an instance stands when a reaction starts.
 enum Found<P> {
     New,
-    Running(P),
+    /// Its state after step `version`.
+    Running(P, i64),
     Finished,
 }
 
 async fn lock<P: ProcessManager>(cx: &mut PgConnection, key: &str) -> Result<Found<P>> {
-    let row: Option<(Option<Value>,)> = Sql::new(
+    let row: Option<(Option<Value>, i64)> = Sql::new(
         "process_lock",
-        "SELECT state FROM process_instances WHERE manager = $1 AND key = $2 FOR UPDATE",
+        "SELECT state, version FROM process_instances \
+         WHERE manager = $1 AND key = $2 FOR UPDATE",
     )
     .bind(P::NAME)
     .bind(key)
@@ -38,15 +41,16 @@ async fn lock<P: ProcessManager>(cx: &mut PgConnection, key: &str) -> Result<Fou
     .await?;
     Ok(match row {
         None => Found::New,
-        Some((None,)) => Found::Finished,
-        Some((Some(state),)) => Found::Running(serde_json::from_value(state).map_err(
-            |source| Error::ProcessJson {
-                manager: P::NAME,
+        Some((None, _)) => Found::Finished,
+        Some((Some(state), version)) => {
+            let state = serde_json::from_value(state).map_err(|source| Error::ProcessJson {
+                manager: P::NAME.to_owned(),
                 key: key.to_owned(),
                 what: "state",
                 source,
-            },
-        )?),
+            })?;
+            Found::Running(state, version)
+        }
     })
 }
 
@@ -88,27 +92,30 @@ async fn run<P: ProcessManager>(
     found: Found<P>,
     reaction: impl FnOnce(&mut P, &mut Effects<P::Command>),
 ) -> Result<bool> {
-    let mut state = match found {
+    let (mut state, version) = match found {
         Found::Finished => return Ok(false),
-        Found::New => P::default(),
-        Found::Running(state) => state,
+        Found::New => (P::default(), 0),
+        Found::Running(state, version) => (state, version),
     };
     let mut effects = Effects::new();
     reaction(&mut state, &mut effects);
-    record(cx, key, cause, &state, effects).await?;
+    record(cx, key, cause, version + 1, &state, effects).await?;
     Ok(true)
 }
 
+/// Records step `version` of instance `key`: the step, the state it leads to, the
+/// commands it sends and its timer changes.
 async fn record<P: ProcessManager>(
     cx: &mut PgConnection,
     key: &str,
     cause: &Cause,
+    version: i64,
     state: &P,
     effects: Effects<P::Command>,
 ) -> Result<()> {
     let json = |what: &'static str| {
         move |source| Error::ProcessJson {
-            manager: P::NAME,
+            manager: P::NAME.to_owned(),
             key: key.to_owned(),
             what,
             source,
@@ -120,25 +127,35 @@ async fn record<P: ProcessManager>(
     } else {
         Some(serde_json::to_value(state).map_err(json("state"))?)
     };
+    let mut ids = Vec::with_capacity(commands.len());
+    let mut encoded = Vec::with_capacity(commands.len());
+    for (index, command) in commands.iter().enumerate() {
+        ids.push(command_id(P::NAME, cause.input.id(), index));
+        encoded.push(serde_json::to_value(command).map_err(json("command"))?);
+    }
+    let input = serde_json::to_value(&cause.input).map_err(json("step"))?;
+    // The step and the state it leads to, in one statement.
     Sql::new(
         "process_save",
-        "INSERT INTO process_instances (manager, key, state, finished_at) \
-         VALUES ($1, $2, $3, CASE WHEN $3 IS NULL THEN now() END) \
+        "WITH step AS ( \
+             INSERT INTO process_steps (manager, key, version, input, sent, finished) \
+             VALUES ($1, $2, $4, $5, $6, $3 IS NULL) \
+         ) \
+         INSERT INTO process_instances (manager, key, version, state, finished_at) \
+         VALUES ($1, $2, $4, $3, CASE WHEN $3 IS NULL THEN now() END) \
          ON CONFLICT (manager, key) DO UPDATE \
-         SET state = EXCLUDED.state, finished_at = EXCLUDED.finished_at, updated_at = now()",
+         SET version = EXCLUDED.version, state = EXCLUDED.state, \
+             finished_at = EXCLUDED.finished_at, updated_at = now()",
     )
     .bind(P::NAME)
     .bind(key)
     .bind(state)
+    .bind(version)
+    .bind(input)
+    .bind(&ids)
     .execute(&mut *cx)
     .await?;
     if !commands.is_empty() {
-        let mut ids = Vec::with_capacity(commands.len());
-        let mut encoded = Vec::with_capacity(commands.len());
-        for (index, command) in commands.iter().enumerate() {
-            ids.push(command_id(P::NAME, cause.id, index));
-            encoded.push(serde_json::to_value(command).map_err(json("command"))?);
-        }
         // `ON CONFLICT DO NOTHING`: a reaction replayed after its rows were kept (a
         // rebuild over commands still waiting) sends each command once.
         Sql::new(

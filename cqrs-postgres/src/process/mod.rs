@@ -14,10 +14,58 @@ mod view;
 
 use std::sync::Arc;
 
-use cqrs_core::process::{Dispatch, ProcessManager};
+use cqrs_core::process::{Dispatch, ProcessManager, Step, StepInput};
+use serde_json::Value;
+use uuid::Uuid;
 
-use crate::PgProjectionRunnerBuilder;
+use crate::db::{Error, Result, Sql};
 use crate::projection::spawn_worker;
+use crate::{PgEventStore, PgProjectionRunnerBuilder};
+
+impl PgEventStore {
+    /// The history of instance `key` of process manager `manager`: one step per
+    /// reaction, oldest first. Folded with [`replay`](cqrs_core::process::replay), it
+    /// gives the instance's state (a running one keeps that state in
+    /// `process_instances.state` too). Empty for an instance that never started.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the query fails (for example before the store's
+    /// migrations ran); [`Error::ProcessJson`] for a step that does not decode.
+    pub async fn process_history(&self, manager: &str, key: &str) -> Result<Vec<Step>> {
+        let mut tx = self.begin_in_schema().await?;
+        let rows: Vec<(i64, Value, Vec<Uuid>, bool)> = Sql::new(
+            "process_history",
+            "SELECT version, input, sent, finished FROM process_steps \
+             WHERE manager = $1 AND key = $2 ORDER BY version",
+        )
+        .bind(manager)
+        .bind(key)
+        .fetch_all(&mut *tx)
+        .await?;
+        drop(tx);
+        rows.into_iter()
+            .map(|(version, input, sent, finished)| {
+                let input: StepInput =
+                    serde_json::from_value(input).map_err(|source| Error::ProcessJson {
+                        manager: manager.to_owned(),
+                        key: key.to_owned(),
+                        what: "step",
+                        source,
+                    })?;
+                Ok(Step {
+                    version: u64::try_from(version).map_err(|_| Error::OutOfRange {
+                        column: "process_steps.version",
+                        value: version,
+                    })?,
+                    input,
+                    sent,
+                    finished,
+                })
+            })
+            .collect()
+    }
+}
 
 impl PgProjectionRunnerBuilder {
     /// Adds a process manager: it reacts to the log's events like a projection (with

@@ -3,7 +3,7 @@
 
 use std::marker::PhantomData;
 
-use cqrs_core::process::ProcessManager;
+use cqrs_core::process::{ProcessManager, StepInput};
 use cqrs_core::{EventEnvelope, EventFilter, Projection};
 use sqlx::PgConnection;
 
@@ -39,8 +39,13 @@ impl<P: ProcessManager> Projection for ProcessView<P> {
         let Some(key) = P::correlation_key(event) else {
             return Ok(());
         };
+        let input = StepInput::event(event).map_err(|error| Error::ProcessStep {
+            manager: P::NAME.to_owned(),
+            key: key.clone(),
+            source: Box::new(error),
+        })?;
         let cause = Cause {
-            id: event.event_id,
+            input,
             correlation_id: event.metadata.correlation_id.or(Some(event.event_id)),
         };
         react::<P>(cx, &key, &cause, |state, effects| {
@@ -64,6 +69,10 @@ impl<P: ProcessManager> PgView for ProcessView<P> {
             (
                 "process_reset_timers",
                 "DELETE FROM process_timers WHERE manager = $1",
+            ),
+            (
+                "process_reset_steps",
+                "DELETE FROM process_steps WHERE manager = $1",
             ),
             (
                 "process_reset_instances",

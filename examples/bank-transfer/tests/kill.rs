@@ -5,15 +5,16 @@
 //!
 //! `KILL_ROUNDS` sets the number of rounds (default 20), `KILL_SEED` replays one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cqrs_core::process::replay;
 use cqrs_core::{CommandMetadata, EventStore};
 use cqrs_postgres::PgEventStore;
 use example_bank_transfer::{
-    AccountCommand, AccountEvent, Bank, DEFAULT_DATABASE_URL, TransferCommand, TransferStatus,
-    connect,
+    AccountCommand, AccountEvent, Bank, DEFAULT_DATABASE_URL, Step, TransferCommand, TransferSaga,
+    TransferStatus, connect,
 };
 use uuid::Uuid;
 
@@ -316,6 +317,40 @@ async fn check(
             assert_eq!(*times, 1, "{id}: {kind} happened {times} times");
         }
         let amount = |kind| moved.get(kind).map_or(0, |(amount, _)| *amount);
+        // The process's own history: each input reacted to once, the last step finished
+        // it, and its fold agrees with what happened to the accounts.
+        let history = store
+            .process_history("transfers", &id)
+            .await
+            .expect("history");
+        let mut inputs = HashSet::new();
+        for step in &history {
+            assert!(
+                inputs.insert(step.input.id()),
+                "{id}: one input reacted to twice: {history:#?}"
+            );
+        }
+        assert!(
+            history.last().is_some_and(|step| step.finished),
+            "{id} did not finish"
+        );
+        let saga: TransferSaga =
+            replay(&id, history.iter().map(|step| &step.input)).expect("the history folds");
+        assert_eq!(
+            saga.withdraw == Step::Done,
+            amount("withdrawn") > 0,
+            "{id}: {saga:?}"
+        );
+        assert_eq!(
+            saga.deposit == Step::Done,
+            amount("deposited") > 0,
+            "{id}: {saga:?}"
+        );
+        assert_eq!(
+            saga.failed,
+            status == TransferStatus::Failed,
+            "{id}: {saga:?}"
+        );
         match status {
             TransferStatus::Completed => {
                 completed += 1;

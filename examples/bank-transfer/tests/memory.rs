@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cqrs_core::memory::{MemoryEventStore, ProcessRunner};
-use cqrs_core::process::{Dispatch, ManualClock, ProcessError, Refusal};
+use cqrs_core::process::{Dispatch, ManualClock, ProcessError, Refusal, StepInput, replay};
 use cqrs_core::{CommandError, CommandMetadata};
 use example_bank_transfer::{
-    AccountCommand, AccountError, Bank, BankCommand, DEADLINE, TransferCommand, TransferSaga,
+    AccountCommand, AccountError, Bank, BankCommand, DEADLINE, Step, TransferCommand, TransferSaga,
     TransferStatus, transfer_atomically,
 };
 
@@ -107,6 +107,37 @@ async fn the_process_completes_a_transfer_and_compensates_a_refused_deposit() {
         assert!(runner.timers(transfer).await.is_empty());
     }
     assert_eq!(runner.pending_commands().await, 0);
+
+    // The process is event-sourced: its history folds into its state. t-ok heard its
+    // start, the withdrawal, the deposit and the completion; it sent three commands.
+    let history = runner.history("t-ok").await;
+    let kinds: Vec<u64> = history.iter().map(|step| step.version).collect();
+    assert_eq!(kinds, [1, 2, 3, 4]);
+    assert_eq!(history.iter().map(|s| s.sent.len()).sum::<usize>(), 3);
+    assert!(history.last().is_some_and(|step| step.finished));
+    let saga: TransferSaga = replay("t-ok", history.iter().map(|step| &step.input)).expect("folds");
+    assert_eq!(
+        (saga.from.as_str(), saga.to.as_str(), saga.amount),
+        ("a", "b", 30)
+    );
+    assert_eq!(
+        (saga.withdraw, saga.deposit, saga.failed),
+        (Step::Done, Step::Done, false)
+    );
+    // t-closed: the refused deposit is a step of its own.
+    let history = runner.history("t-closed").await;
+    assert!(
+        history
+            .iter()
+            .any(|step| matches!(step.input, StepInput::Refused { .. })),
+        "{history:#?}"
+    );
+    let saga: TransferSaga =
+        replay("t-closed", history.iter().map(|step| &step.input)).expect("folds");
+    assert_eq!(
+        (saga.deposit, saga.refund, saga.failed),
+        (Step::Refused, Step::Done, true)
+    );
 }
 
 /// Sends to the bank, but cannot carry out deposits while `down`.
