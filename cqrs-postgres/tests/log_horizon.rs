@@ -192,10 +192,13 @@ async fn an_append_held_open_holds_readers_back_and_nothing_is_skipped() {
     let holder = hold_stream(&t, "held").await;
     let after = add(&t.store, "after", 0, 1).await;
     for _ in 0..10 {
-        assert_eq!(
-            t.store.head().await.expect("head"),
-            before,
-            "the head stays below the append held open"
+        // At `before`, or lower for a moment: a transaction of another test that ends
+        // between a reader's snapshot and its look at the locks holds the horizon back
+        // too (the rule errs on the side of waiting). Never past the held append.
+        let head = t.store.head().await.expect("head");
+        assert!(
+            head <= before,
+            "the head {head} passed the append held open (before it: {before})"
         );
         let read = t
             .store
