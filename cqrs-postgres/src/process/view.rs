@@ -1,23 +1,28 @@
 //! The event side of a process manager: a view the projection runner drives, whose
 //! "tables" are the manager's instances, commands and timers.
 
-use std::marker::PhantomData;
-
 use cqrs_core::process::{ProcessManager, StepInput};
 use cqrs_core::{EventEnvelope, EventFilter, Projection};
 use sqlx::PgConnection;
 
-use super::instances::{Cause, react};
+use super::instances::{Cause, Reactions};
 use crate::PgView;
 use crate::db::{Error, Sql};
 
 /// Reacts to each event in the batch's transaction, which moves the checkpoint: the
-/// reaction's state, commands and timers commit with it, or the event is read again.
-pub(crate) struct ProcessView<P>(PhantomData<fn() -> P>);
+/// reactions' steps, states, commands and timers commit with it, or the events are read
+/// again. The batch's instances are locked and loaded in one statement before its
+/// events are handled, and what the reactions decided is written in a few more at the
+/// end.
+pub(crate) struct ProcessView<P: ProcessManager> {
+    reactions: Reactions<P>,
+}
 
-impl<P> ProcessView<P> {
+impl<P: ProcessManager> ProcessView<P> {
     pub(crate) fn new() -> Self {
-        Self(PhantomData)
+        Self {
+            reactions: Reactions::default(),
+        }
     }
 }
 
@@ -48,10 +53,11 @@ impl<P: ProcessManager> Projection for ProcessView<P> {
             input,
             correlation_id: event.metadata.correlation_id.or(Some(event.event_id)),
         };
-        react::<P>(cx, &key, &cause, |state, effects| {
+        // Locked by `prepare`; a key it did not see is locked now.
+        self.reactions.lock(cx, std::slice::from_ref(&key)).await?;
+        self.reactions.react(&key, &cause, |state, effects| {
             state.handle_event(event, effects);
-        })
-        .await?;
+        })?;
         Ok(())
     }
 }
@@ -82,5 +88,30 @@ impl<P: ProcessManager> PgView for ProcessView<P> {
             Sql::new(name, sql).bind(P::NAME).execute(&mut *cx).await?;
         }
         Ok(())
+    }
+
+    async fn prepare(
+        &mut self,
+        cx: &mut PgConnection,
+        events: &[&EventEnvelope<P::Event>],
+    ) -> Result<(), Error> {
+        // A new transaction: what the last one locked is not locked any more.
+        self.reactions.clear();
+        let keys: Vec<String> = events
+            .iter()
+            .filter_map(|e| P::correlation_key(e))
+            .collect();
+        self.reactions.lock(cx, &keys).await
+    }
+
+    async fn flush(&mut self, cx: &mut PgConnection) -> Result<(), Error> {
+        self.reactions.write(cx).await?;
+        // The batch commits next: its locks go with it, so nothing of it may be reused.
+        self.reactions.clear();
+        Ok(())
+    }
+
+    fn discard(&mut self) {
+        self.reactions.clear();
     }
 }

@@ -636,6 +636,16 @@ impl React for TransferSaga {
     }
 
     fn react(&mut self, event: &EventEnvelope<BankEvent>, effects: &mut Effects<BankCommand>) {
+        let started = matches!(
+            event.payload,
+            BankEvent::Transfer(TransferEvent::TransferStarted { .. })
+        );
+        if self.transfer.is_empty() && !started {
+            // Money moved by a transfer this process did not start (an atomic one):
+            // not one of ours.
+            effects.finish();
+            return;
+        }
         match &event.payload {
             BankEvent::Transfer(TransferEvent::TransferStarted {
                 from,
@@ -754,7 +764,7 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 pub async fn connect(url: &str, schema: &str) -> anyhow::Result<cqrs_postgres::PgEventStore> {
     use anyhow::Context as _;
     let pool = cqrs_postgres::sqlx::postgres::PgPoolOptions::new()
-        .max_connections(8)
+        .max_connections(16)
         .connect(url)
         .await
         .with_context(|| format!("cannot connect to {url}"))?;
@@ -831,6 +841,14 @@ mod tests {
             .when(BankEvent::Transfer(started()))
             .then_commands([to_account(withdraw("a".into(), "fixture-1".into(), 30))])
             .then_timers([(DEADLINE, Duration::from_secs(1))]);
+    }
+
+    #[test]
+    fn money_moved_by_a_transfer_it_did_not_start_is_not_its_business() {
+        ProcessFixture::<TransferSaga>::new()
+            .when(withdrawn())
+            .then_no_commands()
+            .then_finished();
     }
 
     #[test]
