@@ -8,8 +8,8 @@ mod store;
 
 pub use db::{Error, MIGRATOR, Result};
 pub use projection::{
-    PgDocumentView, PgProjectionRunner, PgProjectionRunnerBuilder, PgProjectionState,
-    PgProjectionStatus, PgRunnerTuning, PgView,
+    PgDocumentView, PgEventCount, PgOperations, PgProjectionRunner, PgProjectionRunnerBuilder,
+    PgProjectionState, PgProjectionStatus, PgRunnerTuning, PgStreamSummary, PgView,
 };
 pub use store::{
     DEFAULT_SCHEMA, PgEventStore, PgEventStoreBuilder, PgInlineSql, PgNotify, PgStoreTuning,

@@ -103,6 +103,10 @@ pub enum Error {
         value: i64,
     },
 
+    /// Reading the log through the store's `EventStore` methods failed.
+    #[error("reading the log failed")]
+    Read(#[source] Box<cqrs_core::Error>),
+
     /// A process manager's step could not be recorded (the event it reacted to does not
     /// encode).
     #[error("process manager `{manager}`, instance `{key}`: its step cannot be recorded")]

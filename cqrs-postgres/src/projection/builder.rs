@@ -198,6 +198,7 @@ impl PgProjectionRunnerBuilder {
                 )
                 .instrument(tracing::debug_span!("cqrs_postgres.projection.listener")),
         );
+        let operations = store.operations();
         let shared = Arc::new(Shared {
             pool,
             projections,
@@ -234,6 +235,7 @@ impl PgProjectionRunnerBuilder {
         Ok(PgProjectionRunner {
             inner: Arc::new(Inner {
                 shared,
+                operations,
                 shutdown: shutdown_tx,
                 tasks: Mutex::new(Some(Tasks {
                     listener,

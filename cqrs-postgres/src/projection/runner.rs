@@ -7,11 +7,12 @@ use std::time::Duration;
 use cqrs_core::{Position, Projection, ProjectionError, ReadYourWrites, Token};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{debug, warn};
 
+use super::operations::PgOperations;
 use super::shared::Shared;
 use super::status::PgProjectionStatus;
-use crate::db::{Control, Error, Result};
+use crate::db::{Error, Result};
 
 pub(super) struct Tasks {
     pub(super) listener: JoinHandle<()>,
@@ -20,6 +21,8 @@ pub(super) struct Tasks {
 
 pub(super) struct Inner {
     pub(super) shared: Arc<Shared>,
+    /// Status and operators' requests, shared with [`PgOperations`].
+    pub(super) operations: PgOperations,
     pub(super) shutdown: watch::Sender<bool>,
     pub(super) tasks: Mutex<Option<Tasks>>,
 }
@@ -189,9 +192,10 @@ impl PgProjectionRunner {
     }
 
     async fn status_rows(&self, name: Option<&str>) -> Result<Vec<PgProjectionStatus>> {
-        let shared = &self.inner.shared;
-        let rows = shared.projections.status(&shared.pool, name).await?;
-        rows.into_iter().map(PgProjectionStatus::from_row).collect()
+        match name {
+            Some(name) => self.inner.operations.projection(name).await,
+            None => self.inner.operations.projections().await,
+        }
     }
 
     /// Waits until the served version of projection `P` has passed `token` (see
@@ -313,9 +317,7 @@ impl PgProjectionRunner {
     ///
     /// [`Error::Database`] when the update fails.
     pub async fn rebuild_named(&self, name: &str, version: u32) -> Result<bool> {
-        self.control(name, version, Control::Rebuild)
-            .await
-            .map(|position| position.is_some())
+        self.inner.operations.rebuild(name, version).await
     }
 
     /// Resumes projection `P` at its current version, failed, at the event it failed on,
@@ -334,9 +336,7 @@ impl PgProjectionRunner {
     ///
     /// [`Error::Database`] when the update fails.
     pub async fn retry_named(&self, name: &str, version: u32) -> Result<bool> {
-        self.control(name, version, Control::Retry)
-            .await
-            .map(|position| position.is_some())
+        self.inner.operations.retry(name, version).await
     }
 
     /// Resumes projection `P` at its current version, failed, after the event it failed
@@ -356,7 +356,7 @@ impl PgProjectionRunner {
     ///
     /// [`Error::Database`] when the update fails.
     pub async fn skip_named(&self, name: &str, version: u32) -> Result<Option<Position>> {
-        self.control(name, version, Control::Skip).await
+        self.inner.operations.skip(name, version).await
     }
 
     /// Forgets `version` of projection `P`, no longer served (after a blue/green switch):
@@ -377,32 +377,7 @@ impl PgProjectionRunner {
     ///
     /// [`Error::Database`] when the delete fails.
     pub async fn retire_named(&self, name: &str, version: u32) -> Result<bool> {
-        let shared = &self.inner.shared;
-        shared.projections.retire(&shared.pool, name, version).await
-    }
-
-    async fn control(
-        &self,
-        name: &str,
-        version: u32,
-        request: Control,
-    ) -> Result<Option<Position>> {
-        let shared = &self.inner.shared;
-        let span = tracing::info_span!(
-            "cqrs_postgres.projection.control",
-            projection = %name,
-            version,
-            request = ?request
-        );
-        let position = shared
-            .projections
-            .control(&shared.pool, name, version, request)
-            .instrument(span)
-            .await?;
-        if let Some(position) = position {
-            info!(projection = %name, version, request = ?request, %position, "operator request");
-        }
-        Ok(position)
+        self.inner.operations.retire(name, version).await
     }
 
     /// Stops the runner: each projection finishes (or abandons) its batch, the locks are
