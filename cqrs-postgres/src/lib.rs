@@ -7,6 +7,7 @@ mod projection;
 mod store;
 
 pub use db::{Error, MIGRATOR, Result};
+pub use process::PgProcessStatus;
 pub use projection::{
     PgDocumentView, PgEventCount, PgOperations, PgProjectionRunner, PgProjectionRunnerBuilder,
     PgProjectionState, PgProjectionStatus, PgRunnerTuning, PgStreamSummary, PgView,

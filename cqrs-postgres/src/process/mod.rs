@@ -20,7 +20,86 @@ use uuid::Uuid;
 
 use crate::db::{Error, Result, Sql};
 use crate::projection::spawn_worker;
-use crate::{PgEventStore, PgProjectionRunnerBuilder};
+use crate::{PgEventStore, PgOperations, PgProjectionRunnerBuilder};
+
+/// One process manager as [`PgOperations::processes`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct PgProcessStatus {
+    /// Its name.
+    pub manager: String,
+    /// Instances running.
+    pub running: u64,
+    /// Instances finished.
+    pub finished: u64,
+    /// Commands waiting to be sent.
+    pub waiting: u64,
+    /// Of those, how many could not be carried out at least once.
+    pub failing: u64,
+    /// The error of the most recent failure among those, if any.
+    pub last_error: Option<String>,
+    /// Timers pending.
+    pub timers: u64,
+    /// Of those, how many are past due (the manager's owner is down or behind).
+    pub overdue: u64,
+}
+
+impl PgOperations {
+    /// The store's process managers: instances, commands waiting or failing, timers.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the query fails.
+    pub async fn processes(&self) -> Result<Vec<PgProcessStatus>> {
+        let mut tx = self.store().begin_in_schema().await?;
+        let rows: Vec<ProcessRow> = Sql::new(
+            "ops_processes",
+            "WITH managers AS ( \
+                 SELECT manager FROM process_instances UNION SELECT manager FROM process_outbox \
+                 UNION SELECT manager FROM process_timers \
+             ) \
+             SELECT m.manager, \
+                 (SELECT count(*) FROM process_instances i \
+                  WHERE i.manager = m.manager AND i.finished_at IS NULL), \
+                 (SELECT count(*) FROM process_instances i \
+                  WHERE i.manager = m.manager AND i.finished_at IS NOT NULL), \
+                 (SELECT count(*) FROM process_outbox o WHERE o.manager = m.manager), \
+                 (SELECT count(*) FROM process_outbox o \
+                  WHERE o.manager = m.manager AND o.attempts > 0), \
+                 (SELECT o.last_error FROM process_outbox o \
+                  WHERE o.manager = m.manager AND o.last_error IS NOT NULL \
+                  ORDER BY o.next_at DESC LIMIT 1), \
+                 (SELECT count(*) FROM process_timers t WHERE t.manager = m.manager), \
+                 (SELECT count(*) FROM process_timers t \
+                  WHERE t.manager = m.manager AND t.due_at < now() - interval '1 second') \
+             FROM managers m ORDER BY m.manager",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        drop(tx);
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(rows
+            .into_iter()
+            .map(
+                |(manager, running, finished, waiting, failing, last_error, timers, overdue)| {
+                    PgProcessStatus {
+                        manager,
+                        running: count(running),
+                        finished: count(finished),
+                        waiting: count(waiting),
+                        failing: count(failing),
+                        last_error,
+                        timers: count(timers),
+                        overdue: count(overdue),
+                    }
+                },
+            )
+            .collect())
+    }
+}
+
+/// A row of [`PgOperations::processes`].
+type ProcessRow = (String, i64, i64, i64, i64, Option<String>, i64, i64);
 
 impl PgEventStore {
     /// The history of instance `key` of process manager `manager`: one step per

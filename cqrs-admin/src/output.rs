@@ -1,0 +1,74 @@
+//! Tables for people, JSON for scripts.
+
+use std::io::{self, Write};
+
+/// A table: a header, rows of cells, printed with aligned columns.
+pub(crate) struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub(crate) fn new(header: Vec<&'static str>) -> Self {
+        Self {
+            header,
+            rows: Vec::new(),
+        }
+    }
+
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub(crate) fn print(&self, out: &mut dyn Write) -> io::Result<()> {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (i, cell) in row.iter().enumerate() {
+                if let Some(width) = widths.get_mut(i) {
+                    *width = (*width).max(cell.chars().count());
+                }
+            }
+        }
+        let line = |out: &mut dyn Write, cells: &mut dyn Iterator<Item = &str>| {
+            let mut text = String::new();
+            for (i, cell) in cells.enumerate() {
+                if i > 0 {
+                    text.push_str("  ");
+                }
+                text.push_str(cell);
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                text.extend(std::iter::repeat_n(' ', pad));
+            }
+            writeln!(out, "{}", text.trim_end())
+        };
+        line(out, &mut self.header.iter().copied())?;
+        for row in &self.rows {
+            line(out, &mut row.iter().map(String::as_str))?;
+        }
+        Ok(())
+    }
+}
+
+/// Prints `value` as pretty JSON.
+pub(crate) fn json(out: &mut dyn Write, value: &impl serde::Serialize) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::other)?;
+    writeln!(out)
+}
+
+/// A duration for people: `850ms`, `12.3s`, `4m05s`, `2h10m`.
+pub(crate) fn duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs();
+    if secs == 0 {
+        format!("{}ms", d.as_millis())
+    } else if secs < 60 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else if secs < 3600 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
+    }
+}
