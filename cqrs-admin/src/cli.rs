@@ -110,6 +110,12 @@ pub(crate) enum Command {
     },
     /// Process managers: instances, commands waiting or failing, timers.
     Processes,
+    /// Serve the status page (and its JSON API and Prometheus metrics) until interrupted.
+    Serve {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
     /// Count the stored events by type and version, and check that each still decodes
     /// (with the event types the tool was built with).
     Check {

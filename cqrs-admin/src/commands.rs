@@ -184,6 +184,7 @@ pub(crate) async fn run(admin: &Admin, cli: Cli, out: &mut dyn Write) -> Outcome
             watch.run(&ops, out).await
         }
         Command::Processes => processes(&ops, json_out, out).await,
+        Command::Serve { listen } => serve(ops, &listen, out).await,
         Command::Check { show } => check(admin, &store, &ops, show, json_out, out).await,
     }
 }
@@ -658,6 +659,27 @@ fn progress_line(
     format!(
         "{name} v{version}: {percent:.0}% ({done}/{total} events), {rate:.0} events/s, eta {eta} ({state})"
     )
+}
+
+async fn serve(ops: PgOperations, listen: &str, out: &mut dyn Write) -> Outcome {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|error| Failure::Usage(format!("cannot listen on {listen}: {error}")))?;
+    let address = listener
+        .local_addr()
+        .map_err(|error| Failure::Error(error.to_string()))?;
+    writeln!(
+        out,
+        "status page on http://{address}/ (metrics on /metrics); Ctrl-C stops"
+    )?;
+    out.flush()?;
+    axum::serve(listener, crate::web::router(ops))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|error| Failure::Error(format!("the server stopped: {error}")))?;
+    Ok(exit::OK)
 }
 
 async fn processes(ops: &PgOperations, json_out: bool, out: &mut dyn Write) -> Outcome {

@@ -8,7 +8,10 @@
 //! cqrs-admin retry balances        # or skip, rebuild (with progress), progress --version 2
 //! cqrs-admin processes
 //! cqrs-admin check
+//! cqrs-admin serve --listen 127.0.0.1:8080   # the status page, its JSON API, /metrics
 //! ```
+//!
+//! The status page is also a router to nest in a service of your own: [`router`].
 //!
 //! Tables by default, `--json` for scripts. Exit codes ([`exit`]): 0 done, 1 an error
 //! (the database cannot be reached, a query failed), 2 a usage error, 3 nothing to do
@@ -30,6 +33,7 @@
 mod cli;
 mod commands;
 mod output;
+mod web;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -40,6 +44,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use cqrs_core::Event;
 use serde_json::Value;
+pub use web::{METRICS, router};
 
 /// The exit codes.
 pub mod exit {
