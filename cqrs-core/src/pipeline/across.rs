@@ -1,5 +1,7 @@
 //! A command that decides over two aggregates and appends to both as one atomic unit.
 
+use std::time::Instant;
+
 use tracing::{Instrument, debug, warn};
 
 use super::run::Ids;
@@ -123,6 +125,7 @@ where
         F: Fn(&A, &B) -> Result<Decided<A::Event, B::Event>, E>,
     {
         let (ids, event_metadata) = Ids::of(metadata);
+        self.stats.command();
         let mut retries = 0;
         loop {
             let mine = self.current(id).await?;
@@ -130,6 +133,7 @@ where
             let (events, other_events) = match decide(&mine.state, &theirs.state) {
                 Ok(decided) => decided,
                 Err(refusal) => {
+                    self.stats.rejected();
                     debug!(error = %refusal, "command rejected");
                     self.keep(id, mine.state, mine.version);
                     other.keep(other_id, theirs.state, theirs.version);
@@ -151,7 +155,13 @@ where
             }
             let mut unit = AtomicAppendRequest::new(appends);
             unit.command_id = ids.key;
-            match self.store.append_atomic(unit).await {
+            let sent = Instant::now();
+            let appended = self.store.append_atomic(unit).await;
+            self.stats.append(sent.elapsed());
+            if matches!(appended, Err(Error::Conflict { .. })) {
+                self.stats.conflict();
+            }
+            match appended {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
                     let mine_outcome = sides[0].as_ref().and_then(|_| outcomes.next());
@@ -326,6 +336,7 @@ where
         F: Fn(&[&A]) -> Result<Vec<Vec<A::Event>>, E>,
     {
         let (ids_of, event_metadata) = Ids::of(metadata);
+        self.stats.command();
         let mut retries = 0;
         loop {
             let mut loaded = Vec::with_capacity(ids.len());
@@ -352,6 +363,7 @@ where
                     }));
                 }
                 Err(refusal) => {
+                    self.stats.rejected();
                     debug!(error = %refusal, "command rejected");
                     keep_all(loaded);
                     return Err(CommandError::Rejected(refusal));
@@ -374,7 +386,13 @@ where
             }
             let mut unit = AtomicAppendRequest::new(appends);
             unit.command_id = ids_of.key;
-            match self.store.append_atomic(unit).await {
+            let sent = Instant::now();
+            let appended = self.store.append_atomic(unit).await;
+            self.stats.append(sent.elapsed());
+            if matches!(appended, Err(Error::Conflict { .. })) {
+                self.stats.conflict();
+            }
+            match appended {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
                     let mut results = Vec::with_capacity(ids.len());

@@ -194,6 +194,7 @@ impl<A: Aggregate, S: ?Sized, V> CqrsBuilder<A, S, V> {
             snapshots: self.snapshots,
             tuning: self.tuning,
             local,
+            stats: Arc::default(),
         }
     }
 }

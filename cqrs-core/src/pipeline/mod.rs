@@ -14,6 +14,7 @@ mod load;
 mod outcome;
 mod retry;
 mod run;
+mod stats;
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub use across::{AcrossOutcome, Decided};
 pub use builder::{CqrsBuilder, CqrsTuning, DefaultServices, GivenServices, ServicesOf};
 pub use outcome::{CommandError, CommandOutcome, Loaded};
 pub use retry::RetryPolicy;
+use stats::Stats;
+pub use stats::{APPEND_BUCKETS, CqrsStats};
 
 use crate::cache::{KeyedLocks, StateCache};
 use crate::{Aggregate, Command, CommandMetadata, EventStore, SnapshotPolicy};
@@ -49,6 +52,7 @@ pub struct Cqrs<A: Aggregate, S: ?Sized> {
     snapshots: SnapshotPolicy,
     tuning: CqrsTuning,
     local: Option<Arc<Local<A>>>,
+    stats: Arc<Stats>,
 }
 
 /// In-process state shared by the clones of one pipeline.
@@ -87,6 +91,7 @@ impl<A: Aggregate, S: ?Sized> Clone for Cqrs<A, S> {
             snapshots: self.snapshots,
             tuning: self.tuning,
             local: self.local.clone(),
+            stats: Arc::clone(&self.stats),
         }
     }
 }
@@ -144,6 +149,13 @@ where
     /// The tuning.
     pub fn tuning(&self) -> CqrsTuning {
         self.tuning
+    }
+
+    /// What this pipeline and its clones counted: commands, refusals, conflicts, and
+    /// the appends' latency (see [`CqrsStats`]).
+    #[must_use]
+    pub fn stats(&self) -> CqrsStats {
+        self.stats.snapshot(A::TYPE)
     }
 
     /// Executes a command on the aggregate `id`.

@@ -8,6 +8,7 @@
 //! the [`RetryPolicy`](super::RetryPolicy) allows.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::{Instrument, debug, warn};
 use uuid::Uuid;
@@ -79,6 +80,7 @@ where
         metadata: CommandMetadata,
     ) -> Outcome<A> {
         let (ids, event_metadata) = Ids::of(metadata);
+        self.stats.command();
         // With the cache, the commands of one aggregate run one after the other.
         let _queue = match &self.local {
             Some(local) => Some(local.locks.lock(id).await),
@@ -103,6 +105,7 @@ where
                     }
                     return match decision {
                         Decision::Refuse(refusal) => {
+                            self.stats.rejected();
                             debug!(error = %refusal, "command rejected");
                             Err(CommandError::Rejected(refusal))
                         }
@@ -137,7 +140,13 @@ where
                 expected_version = loaded.version,
                 events = events.len(),
             );
-            match self.store.append(request).instrument(span).await {
+            let sent = Instant::now();
+            let appended = self.store.append(request).instrument(span).await;
+            self.stats.append(sent.elapsed());
+            if matches!(appended, Err(Error::Conflict { .. })) {
+                self.stats.conflict();
+            }
+            match appended {
                 Ok(outcome) if outcome.duplicate => {
                     return Ok(self.duplicate(id, outcome, ids).await?);
                 }
