@@ -296,6 +296,16 @@ async fn a_failed_projection_is_shown_retried_skipped_and_rebuilt() {
     );
     let waited = f.admin(&["rebuild", "totals", "--no-wait"]);
     assert_eq!(code(&waited), exit::OK);
+    // `progress` follows a version until it is served: this one is already.
+    let served = f.admin(&["progress", "totals", "--version", "1", "--timeout", "30"]);
+    assert_eq!(code(&served), exit::OK, "{served:?}");
+    assert!(
+        stdout(&served).contains("totals v1: served ("),
+        "{served:?}"
+    );
+    let missing = f.admin(&["progress", "totals", "--version", "7", "--timeout", "1"]);
+    assert_eq!(code(&missing), exit::NOTHING);
+    assert!(stdout(&missing).contains("no projection totals v7"));
     assert_eq!(code(&f.admin(&["rebuild", "nothing"])), exit::NOTHING);
     runner.shutdown().await;
     f.cleanup().await;
@@ -398,6 +408,50 @@ async fn processes_show_failing_commands_and_errors_exit_with_their_codes() {
     let text = stdout(&shown);
     assert!(text.contains("shipping"), "{text}");
     assert!(text.contains("the warehouse is down"), "{text}");
+
+    // `serve`: the page, its API and the metrics, until the process is stopped.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_cqrs-admin"))
+        .env("DATABASE_URL", database_url())
+        .args([
+            "--schema",
+            f.store.schema(),
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().expect("stdout")),
+        &mut first,
+    )
+    .expect("its first line");
+    assert!(
+        first.contains(&format!("http://127.0.0.1:{port}/")),
+        "{first}"
+    );
+    let fetched = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .write_all(b"GET /api/processes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("answer");
+        answer
+    })
+    .await
+    .expect("joined");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(fetched.starts_with("HTTP/1.1 200"), "{fetched}");
+    assert!(fetched.contains("\"manager\":\"shipping\""), "{fetched}");
 
     let unreachable = Command::new(env!("CARGO_BIN_EXE_cqrs-admin"))
         .args([
