@@ -4,8 +4,10 @@
 
 pub mod conformance;
 mod fixture;
+mod golden;
 mod process;
 pub mod views;
 
 pub use fixture::{AggregateFixture, FixtureResult, ProjectionFixture};
+pub use golden::{GoldenError, GoldenSamples};
 pub use process::{ProcessFixture, ProcessOutcome};
