@@ -242,6 +242,8 @@ mod guide {
     struct Projections;
     #[doc = include_str!("../../../docs/rules-across-aggregates.md")]
     struct RulesAcrossAggregates;
+    #[doc = include_str!("../../../docs/between-services.md")]
+    struct BetweenServices;
     #[doc = include_str!("../../../docs/operations.md")]
     struct Operations;
     #[doc = include_str!("../../../docs/postgres.md")]
