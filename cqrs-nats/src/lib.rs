@@ -50,6 +50,8 @@
 //! # }
 //! ```
 
+mod consumer;
+
 use std::future::Future;
 
 use async_nats::HeaderMap;
@@ -59,6 +61,8 @@ use cqrs_postgres::PgView;
 use cqrs_postgres::sqlx::PgConnection;
 use serde_json::Value;
 use tracing::debug;
+
+pub use consumer::{Consume, Consumer, ConsumerCounts, ConsumerError, Incoming};
 
 /// An event as stored, undecoded: what a [`Route`] maps.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,237 @@
+//! The consumer against a real `nats-server -js` and PostgreSQL: a redelivery (its
+//! acknowledgement came too late) and a consumer stopped at random points and started
+//! again change nothing twice; the view ends exactly right.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, stream};
+use cqrs_nats::{Consume, Consumer, Incoming};
+use cqrs_postgres::PgEventStore;
+use cqrs_postgres::sqlx::{self, PgConnection};
+use serde_json::json;
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+struct Nats {
+    child: Child,
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl Nats {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let dir = std::env::temp_dir().join(format!("nats-{}", uuid::Uuid::new_v4().simple()));
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let child = Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            dir,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sequences whose first delivery is held past the acknowledgement deadline.
+static SLOW: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// Adds each message's amount to `totals`: applied twice, the total would be wrong.
+struct Totals;
+
+impl Consume for Totals {
+    const NAME: &'static str = "totals";
+    type Error = sqlx::Error;
+
+    async fn apply(
+        &mut self,
+        cx: &mut PgConnection,
+        message: &Incoming,
+    ) -> Result<(), sqlx::Error> {
+        let slow = {
+            let mut slow = SLOW.lock().unwrap_or_else(PoisonError::into_inner);
+            let at = slow.iter().position(|s| *s == message.stream_sequence);
+            at.map(|i| slow.remove(i)).is_some()
+        };
+        if slow {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        sqlx::query(
+            "INSERT INTO totals (account, total, messages) VALUES ($1, $2, 1) \
+             ON CONFLICT (account) DO UPDATE \
+             SET total = totals.total + EXCLUDED.total, messages = totals.messages + 1",
+        )
+        .bind(message.payload["account"].as_str().unwrap_or("?"))
+        .bind(message.payload["amount"].as_i64().unwrap_or(0))
+        .execute(&mut *cx)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn store() -> PgEventStore {
+    let schema = format!(
+        "consumer_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&database_url())
+        .await
+        .expect("connect");
+    let store = PgEventStore::builder(pool)
+        .schema(&schema)
+        .build()
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    let mut tx = store.begin_in_schema().await.expect("tx");
+    sqlx::query("CREATE TABLE totals (account text PRIMARY KEY, total bigint NOT NULL, messages bigint NOT NULL)")
+        .execute(&mut *tx)
+        .await
+        .expect("view table");
+    tx.commit().await.expect("commit");
+    store
+}
+
+async fn totals(store: &PgEventStore) -> (i64, i64) {
+    let mut tx = store.begin_in_schema().await.expect("tx");
+    let row: (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT sum(total)::bigint, sum(messages)::bigint FROM totals")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("totals");
+    (row.0.unwrap_or(0), row.1.unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliveries_and_restarts_change_nothing_twice() {
+    let nats = Nats::start().await;
+    let js = jetstream::new(async_nats::connect(&nats.url).await.expect("nats"));
+    js.create_stream(stream::Config {
+        name: "PAYMENTS".into(),
+        subjects: vec!["payments.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let store = store().await;
+    // The first delivery of message 5 is held past the acknowledgement deadline.
+    SLOW.lock().unwrap_or_else(PoisonError::into_inner).push(5);
+
+    let mut expected = 0_i64;
+    let publish = |i: i64| {
+        let js = js.clone();
+        async move {
+            js.publish(
+                format!("payments.a{}", i % 4),
+                json!({ "account": format!("a{}", i % 4), "amount": i })
+                    .to_string()
+                    .into(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("acknowledged");
+        }
+    };
+    for i in 1..=40_i64 {
+        publish(i).await;
+        expected += i;
+    }
+
+    // Uninterrupted: the held message is delivered again while it is being applied, and
+    // the second delivery is passed by.
+    let consumer = Consumer::new(store.clone(), js.clone(), "PAYMENTS", Totals)
+        .ack_wait(Duration::from_millis(300));
+    let counts = consumer.counts();
+    let task = tokio::spawn(consumer.run());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counts.applied() < 40 || counts.duplicates() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "applied {}, passed by {}",
+            counts.applied(),
+            counts.duplicates()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+    let _ = task.await;
+    assert_eq!(
+        totals(&store).await,
+        (expected, 40),
+        "each amount counted once"
+    );
+
+    // Then stopped at random points and started again while more arrive.
+    for i in 41..=100_i64 {
+        publish(i).await;
+        expected += i;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut runs = 0_u64;
+    loop {
+        // A connection of its own, as a process of its own would have: stopping it ends
+        // its pending pulls on the server.
+        let client = async_nats::connect(&nats.url).await.expect("nats");
+        let consumer = Consumer::new(store.clone(), jetstream::new(client), "PAYMENTS", Totals)
+            .ack_wait(Duration::from_millis(300));
+        let task = tokio::spawn(consumer.run());
+        tokio::time::sleep(Duration::from_millis(200 + 97 * (runs % 6))).await;
+        task.abort();
+        let _ = task.await;
+        runs += 1;
+        let (total, messages) = totals(&store).await;
+        assert!(
+            messages <= 100,
+            "a message applied twice: {messages} of 100"
+        );
+        if messages == 100 {
+            assert_eq!(
+                total, expected,
+                "each amount counted once, over {runs} runs"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {messages} of 100 applied after {runs} runs"
+        );
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{}\" CASCADE",
+        store.schema()
+    )))
+    .execute(store.pool())
+    .await
+    .expect("drop schema");
+}
