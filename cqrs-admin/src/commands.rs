@@ -412,34 +412,15 @@ async fn projections(ops: &PgOperations, json_out: bool, out: &mut dyn Write) ->
         let values: Vec<Value> = all
             .iter()
             .map(|s| {
-                let failed_event = failing
+                let mut value = crate::web::projection_json(s);
+                if let Some(event) = failing
                     .iter()
                     .find(|(f, _)| f.name == s.name && f.version == s.version)
                     .and_then(|(_, e)| e.as_ref())
-                    .map(|e| {
-                        json!({
-                            "stream_type": e.stream_type,
-                            "stream_id": e.stream_id,
-                            "stream_version": e.stream_version,
-                            "event_type": e.event_type,
-                            "schema_version": e.schema_version,
-                            "payload": e.payload,
-                        })
-                    });
-                json!({
-                    "name": s.name,
-                    "version": s.version,
-                    "served": s.active,
-                    "state": s.state.as_str(),
-                    "position": s.position.to_string(),
-                    "lag_events": s.lag_events,
-                    "lag_seconds": s.lag.as_secs_f64(),
-                    "owner": s.owner,
-                    "error": s.error,
-                    "failed_at": s.failed_at.map(|p| p.to_string()),
-                    "failed_event": failed_event,
-                    "updated_at": s.updated_at,
-                })
+                {
+                    value["failed_event"] = crate::web::failed_event_json(event);
+                }
+                value
             })
             .collect();
         json(out, &values)?;

@@ -218,6 +218,18 @@ pub(crate) fn projection_json(s: &PgProjectionStatus) -> Value {
     })
 }
 
+/// The event a projection failed on, as the API and `--json` show it.
+pub(crate) fn failed_event_json(event: &cqrs_core::store::RecordedEvent) -> Value {
+    json!({
+        "stream_type": event.stream_type,
+        "stream_id": event.stream_id,
+        "stream_version": event.stream_version,
+        "event_type": event.event_type,
+        "schema_version": event.schema_version,
+        "payload": event.payload,
+    })
+}
+
 async fn projections(State(page): Page) -> Result<Json<Value>, ApiError> {
     let ops = &page.ops;
     let all = ops.projections().await?;
@@ -227,14 +239,7 @@ async fn projections(State(page): Page) -> Result<Json<Value>, ApiError> {
         if let (PgProjectionState::Failed, Some(at)) = (status.state, status.failed_at)
             && let Some(event) = ops.event_at(at).await?
         {
-            value["failed_event"] = json!({
-                "stream_type": event.stream_type,
-                "stream_id": event.stream_id,
-                "stream_version": event.stream_version,
-                "event_type": event.event_type,
-                "schema_version": event.schema_version,
-                "payload": event.payload,
-            });
+            value["failed_event"] = failed_event_json(&event);
         }
         values.push(value);
     }

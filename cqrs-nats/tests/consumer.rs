@@ -2,65 +2,17 @@
 //! acknowledgement came too late) and a consumer stopped at random points and started
 //! again change nothing twice; the view ends exactly right.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
+use common::Nats;
 use cqrs_nats::{Consume, Consumer, Incoming};
 use cqrs_postgres::PgEventStore;
 use cqrs_postgres::sqlx::{self, PgConnection};
 use serde_json::json;
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-struct Nats {
-    child: Child,
-    dir: std::path::PathBuf,
-    url: String,
-}
-
-impl Nats {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let dir = std::env::temp_dir().join(format!("nats-{}", uuid::Uuid::new_v4().simple()));
-        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server");
-        let child = Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self {
-            child,
-            dir,
-            url: format!("nats://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Sequences whose first delivery is held past the acknowledgement deadline.
 static SLOW: Mutex<Vec<u64>> = Mutex::new(Vec::new());
@@ -99,20 +51,7 @@ impl Consume for Totals {
 }
 
 async fn store() -> PgEventStore {
-    let schema = format!(
-        "consumer_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&database_url())
-        .await
-        .expect("connect");
-    let store = PgEventStore::builder(pool)
-        .schema(&schema)
-        .build()
-        .expect("store");
-    store.migrate().await.expect("migrate");
+    let store = common::store("consumer").await;
     let mut tx = store.begin_in_schema().await.expect("tx");
     sqlx::query("CREATE TABLE totals (account text PRIMARY KEY, total bigint NOT NULL, messages bigint NOT NULL)")
         .execute(&mut *tx)
@@ -227,11 +166,5 @@ async fn redeliveries_and_restarts_change_nothing_twice() {
             "only {messages} of 100 applied after {runs} runs"
         );
     }
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA \"{}\" CASCADE",
-        store.schema()
-    )))
-    .execute(store.pool())
-    .await
-    .expect("drop schema");
+    common::drop_schema(&store).await;
 }

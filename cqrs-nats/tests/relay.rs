@@ -3,64 +3,17 @@
 //! order; a replay of the whole log (a rebuild) publishes nothing new; a second relay
 //! takes over when the owner stops, and still nothing is doubled or lost.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
+use common::Nats;
 use cqrs_core::store::{AppendRequest, NewEvent};
 use cqrs_core::{EventEnvelope, EventStore};
 use cqrs_nats::{Message, Raw, Relay, Route};
-use cqrs_postgres::sqlx;
 use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgRunnerTuning};
 use serde_json::json;
-
-fn database_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-/// A `nats-server -js` of the test's own, removed with its store at the end.
-struct Nats {
-    child: Child,
-    dir: std::path::PathBuf,
-    url: String,
-}
-
-impl Nats {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let dir = std::env::temp_dir().join(format!("nats-{}", uuid::Uuid::new_v4().simple()));
-        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server");
-        let child = Command::new(binary)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts (scripts/test installs it when missing)");
-        let url = format!("nats://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self { child, dir, url }
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Relays `Deposited` events of accounts to `bank.deposits.<account>`.
 struct Deposits;
@@ -83,18 +36,7 @@ impl Route for Deposits {
 }
 
 async fn store() -> PgEventStore {
-    let schema = format!("relay_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(6)
-        .connect(&database_url())
-        .await
-        .expect("connect");
-    let store = PgEventStore::builder(pool)
-        .schema(&schema)
-        .build()
-        .expect("store");
-    store.migrate().await.expect("migrate");
-    store
+    common::store("relay").await
 }
 
 async fn deposit(store: &PgEventStore, account: &str, version: u64, amount: u64) {
@@ -258,13 +200,7 @@ async fn routed_events_land_once_in_order_across_a_replay_and_a_change_of_owner(
         .collect();
     assert_eq!(amounts, (1..=40).collect::<Vec<_>>());
     second.shutdown().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA \"{}\" CASCADE",
-        store.schema()
-    )))
-    .execute(store.pool())
-    .await
-    .expect("drop schema");
+    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,11 +241,5 @@ async fn nothing_is_lost_while_the_stream_cannot_take_messages() {
         .collect();
     assert_eq!(amounts, (1..=10).collect::<Vec<_>>());
     relay.shutdown().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA \"{}\" CASCADE",
-        store.schema()
-    )))
-    .execute(store.pool())
-    .await
-    .expect("drop schema");
+    common::drop_schema(&store).await;
 }
