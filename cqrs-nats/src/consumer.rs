@@ -52,6 +52,9 @@ pub enum ConsumerError {
     /// The consumer's table could not be prepared, or PostgreSQL failed.
     #[error("the consumer's database failed: {0}")]
     Database(String),
+    /// The [`Consume`] refused a message (the message is delivered again, then parked).
+    #[error("{0}")]
+    Apply(String),
     /// JetStream could not be reached, or the stream or consumer not set up.
     #[error("JetStream: {0}")]
     JetStream(String),
@@ -63,6 +66,7 @@ pub enum ConsumerError {
 pub struct ConsumerCounts {
     applied: AtomicU64,
     duplicates: AtomicU64,
+    parked: AtomicU64,
 }
 
 impl ConsumerCounts {
@@ -75,6 +79,11 @@ impl ConsumerCounts {
     pub fn duplicates(&self) -> u64 {
         self.duplicates.load(Ordering::Relaxed)
     }
+
+    /// Messages parked in `nats_parked` (they could not be applied).
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
+    }
 }
 
 /// Feeds a view in PostgreSQL from a JetStream stream through a durable pull consumer,
@@ -84,15 +93,21 @@ impl ConsumerCounts {
 /// acknowledgement) between the commit and the acknowledgement makes JetStream deliver
 /// the message again, which changes nothing.
 ///
-/// Its position lives in the table `nats_consumers` of the store's schema (created
-/// when missing). Run one consumer process per name at a time, or several: the row of
-/// the position is locked for each message, so two never apply the same one.
+/// What it applied lives in the table `nats_applied` of the store's schema (created
+/// when missing): each sequence applied, until JetStream's acknowledgement floor passes
+/// it (redeliveries may come in any order, so a high-water mark would not do). A message that cannot be applied (its `apply` failed on every one of
+/// [`max_deliveries`](Self::max_deliveries), or its payload is not JSON) is parked in
+/// `nats_parked` with the error, and the consumer goes on: no crash loop, and the
+/// error is there to see. Run one consumer process per name at a time, or several: a
+/// sequence's row is claimed in the transaction that applies it, so two never apply
+/// the same one.
 pub struct Consumer<C> {
     store: PgEventStore,
     jetstream: Context,
     stream: String,
     consume: C,
     ack_wait: Duration,
+    max_deliveries: i64,
     counts: Arc<ConsumerCounts>,
 }
 
@@ -119,6 +134,7 @@ impl<C: Consume> Consumer<C> {
             stream: stream.into(),
             consume,
             ack_wait: Duration::from_secs(30),
+            max_deliveries: 5,
             counts: Arc::default(),
         }
     }
@@ -128,6 +144,14 @@ impl<C: Consume> Consumer<C> {
     #[must_use]
     pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
         self.ack_wait = ack_wait;
+        self
+    }
+
+    /// How many deliveries a message whose `apply` fails gets before it is parked
+    /// (default 5; at least 1). A payload that is not JSON is parked at once.
+    #[must_use]
+    pub fn max_deliveries(mut self, deliveries: u32) -> Self {
+        self.max_deliveries = i64::from(deliveries.max(1));
         self
     }
 
@@ -162,10 +186,12 @@ impl<C: Consume> Consumer<C> {
             )
             .await
             .map_err(|e| ConsumerError::JetStream(e.to_string()))?;
+        let mut consumer = consumer;
         let mut messages = consumer
             .messages()
             .await
             .map_err(|e| ConsumerError::JetStream(e.to_string()))?;
+        let mut handled = 0_u64;
         while let Some(delivered) = messages.next().await {
             let message = match delivered {
                 Ok(message) => message,
@@ -178,6 +204,8 @@ impl<C: Consume> Consumer<C> {
                 warn!("a delivery without JetStream metadata; passed by");
                 continue;
             };
+            let delivered = info.delivered;
+            let parsed = serde_json::from_slice::<Value>(&message.payload);
             let incoming = Incoming {
                 subject: message.subject.to_string(),
                 stream_sequence: info.stream_sequence,
@@ -186,17 +214,37 @@ impl<C: Consume> Consumer<C> {
                     .as_ref()
                     .and_then(|h| h.get("Nats-Msg-Id"))
                     .map(|v| v.as_str().to_owned()),
-                payload: serde_json::from_slice(&message.payload).unwrap_or(Value::Null),
+                payload: parsed.as_ref().map_or(Value::Null, Clone::clone),
             };
-            match self.apply(&incoming).await {
+            let outcome = match &parsed {
+                // Never applicable: parked at once.
+                Err(error) => Err((format!("the payload is not JSON: {error}"), true)),
+                Ok(_) => self
+                    .apply(&incoming)
+                    .await
+                    .map_err(|error| (error.to_string(), delivered >= self.max_deliveries)),
+            };
+            handled += 1;
+            if handled.is_multiple_of(256)
+                && let Ok(info) = consumer.info().await
+            {
+                let floor = info.ack_floor.stream_sequence;
+                self.prune(floor).await?;
+            }
+            match outcome {
                 Ok(()) => {
                     if let Err(error) = message.ack().await {
                         // Delivered again later, and passed by then.
                         warn!(%error, sequence = incoming.stream_sequence, "acknowledgement lost");
                     }
                 }
-                Err(error) => {
-                    warn!(%error, sequence = incoming.stream_sequence, "applying a message failed; it is delivered again");
+                Err((error, true)) => {
+                    warn!(%error, sequence = incoming.stream_sequence, "a message that cannot be applied is parked");
+                    self.park(&incoming, &message.payload, &error).await?;
+                    let _ = message.ack_with(jetstream::AckKind::Term).await;
+                }
+                Err((error, false)) => {
+                    warn!(%error, sequence = incoming.stream_sequence, delivered, "applying a message failed; it is delivered again");
                     let _ = message
                         .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))
                         .await;
@@ -208,59 +256,104 @@ impl<C: Consume> Consumer<C> {
 
     async fn prepare(&self) -> Result<(), ConsumerError> {
         let mut tx = self.store.begin_in_schema().await.map_err(database)?;
+        // The sequences applied (or parked) and not yet below JetStream's acknowledgement
+        // floor: a redelivery of one of them is passed by, whatever order it comes in.
         sqlx::query(
-            "CREATE TABLE IF NOT EXISTS nats_consumers ( \
+            "CREATE TABLE IF NOT EXISTS nats_applied ( \
                  consumer text NOT NULL, stream text NOT NULL, sequence bigint NOT NULL, \
-                 updated_at timestamptz NOT NULL DEFAULT now(), \
-                 PRIMARY KEY (consumer, stream))",
+                 applied_at timestamptz NOT NULL DEFAULT now(), \
+                 PRIMARY KEY (consumer, stream, sequence))",
         )
         .execute(&mut *tx)
         .await
         .map_err(database)?;
         sqlx::query(
-            "INSERT INTO nats_consumers (consumer, stream, sequence) VALUES ($1, $2, 0) \
-             ON CONFLICT DO NOTHING",
+            "CREATE TABLE IF NOT EXISTS nats_parked ( \
+                 consumer text NOT NULL, stream text NOT NULL, sequence bigint NOT NULL, \
+                 subject text NOT NULL, payload bytea NOT NULL, error text NOT NULL, \
+                 parked_at timestamptz NOT NULL DEFAULT now(), \
+                 PRIMARY KEY (consumer, stream, sequence))",
         )
-        .bind(C::NAME)
-        .bind(&self.stream)
         .execute(&mut *tx)
         .await
         .map_err(database)?;
         tx.commit().await.map_err(database)
     }
 
+    /// Records that `sequence` was dealt with, in `tx`; `false` when it already was (the
+    /// row's key also makes a concurrent delivery of it wait, then pass it by).
+    async fn claim(&self, tx: &mut PgConnection, sequence: u64) -> Result<bool, ConsumerError> {
+        let claimed: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO nats_applied (consumer, stream, sequence) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING RETURNING sequence",
+        )
+        .bind(C::NAME)
+        .bind(&self.stream)
+        .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(database)?;
+        Ok(claimed.is_some())
+    }
+
+    /// Forgets the sequences at or below JetStream's acknowledgement floor: they are
+    /// never delivered again.
+    async fn prune(&self, floor: u64) -> Result<(), ConsumerError> {
+        let mut tx = self.store.begin_in_schema().await.map_err(database)?;
+        sqlx::query(
+            "DELETE FROM nats_applied WHERE consumer = $1 AND stream = $2 AND sequence <= $3",
+        )
+        .bind(C::NAME)
+        .bind(&self.stream)
+        .bind(i64::try_from(floor).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(database)?;
+        tx.commit().await.map_err(database)
+    }
+
+    /// Records a message that cannot be applied in `nats_parked`, with why.
+    async fn park(
+        &self,
+        incoming: &Incoming,
+        payload: &[u8],
+        error: &str,
+    ) -> Result<(), ConsumerError> {
+        let mut tx = self.store.begin_in_schema().await.map_err(database)?;
+        sqlx::query(
+            "INSERT INTO nats_parked (consumer, stream, sequence, subject, payload, error) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(C::NAME)
+        .bind(&self.stream)
+        .bind(i64::try_from(incoming.stream_sequence).unwrap_or(i64::MAX))
+        .bind(&incoming.subject)
+        .bind(payload)
+        .bind(error)
+        .execute(&mut *tx)
+        .await
+        .map_err(database)?;
+        tx.commit().await.map_err(database)?;
+        self.counts.parked.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Applies one message in the transaction that records its sequence; passes by one
     /// already applied.
     async fn apply(&mut self, incoming: &Incoming) -> Result<(), ConsumerError> {
         let mut tx = self.store.begin_in_schema().await.map_err(database)?;
-        let (applied,): (i64,) = sqlx::query_as(
-            "SELECT sequence FROM nats_consumers WHERE consumer = $1 AND stream = $2 FOR UPDATE",
-        )
-        .bind(C::NAME)
-        .bind(&self.stream)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(database)?;
-        let sequence = i64::try_from(incoming.stream_sequence).unwrap_or(i64::MAX);
-        if sequence <= applied {
+        if !self.claim(&mut tx, incoming.stream_sequence).await? {
             self.counts.duplicates.fetch_add(1, Ordering::Relaxed);
-            debug!(sequence, "already applied; passed by");
+            debug!(
+                sequence = incoming.stream_sequence,
+                "already applied; passed by"
+            );
             return Ok(());
         }
         self.consume
             .apply(&mut tx, incoming)
             .await
-            .map_err(|error| ConsumerError::Database(error.to_string()))?;
-        sqlx::query(
-            "UPDATE nats_consumers SET sequence = $3, updated_at = now() \
-             WHERE consumer = $1 AND stream = $2",
-        )
-        .bind(C::NAME)
-        .bind(&self.stream)
-        .bind(sequence)
-        .execute(&mut *tx)
-        .await
-        .map_err(database)?;
+            .map_err(|error| ConsumerError::Apply(error.to_string()))?;
         tx.commit().await.map_err(database)?;
         self.counts.applied.fetch_add(1, Ordering::Relaxed);
         Ok(())

@@ -145,7 +145,7 @@ async fn redeliveries_and_restarts_change_nothing_twice() {
         let consumer = Consumer::new(store.clone(), jetstream::new(client), "PAYMENTS", Totals)
             .ack_wait(Duration::from_millis(300));
         let task = tokio::spawn(consumer.run());
-        tokio::time::sleep(Duration::from_millis(200 + 97 * (runs % 6))).await;
+        tokio::time::sleep(Duration::from_millis(40 + 37 * (runs % 7))).await;
         task.abort();
         let _ = task.await;
         runs += 1;
@@ -166,5 +166,109 @@ async fn redeliveries_and_restarts_change_nothing_twice() {
             "only {messages} of 100 applied after {runs} runs"
         );
     }
+    common::drop_schema(&store).await;
+}
+
+/// Like `Totals`, but refuses a message without an amount.
+struct Strict;
+
+#[derive(Debug)]
+enum StrictError {
+    NoAmount,
+    Database(sqlx::Error),
+}
+
+impl std::fmt::Display for StrictError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoAmount => f.write_str("the message has no amount"),
+            Self::Database(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl std::error::Error for StrictError {}
+
+impl Consume for Strict {
+    const NAME: &'static str = "strict";
+    type Error = StrictError;
+
+    async fn apply(
+        &mut self,
+        cx: &mut PgConnection,
+        message: &Incoming,
+    ) -> Result<(), StrictError> {
+        let amount = message.payload["amount"]
+            .as_i64()
+            .ok_or(StrictError::NoAmount)?;
+        sqlx::query(
+            "INSERT INTO totals (account, total, messages) VALUES ('all', $1, 1) \
+             ON CONFLICT (account) DO UPDATE \
+             SET total = totals.total + EXCLUDED.total, messages = totals.messages + 1",
+        )
+        .bind(amount)
+        .execute(&mut *cx)
+        .await
+        .map_err(StrictError::Database)?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_cannot_be_applied_are_parked_with_their_error_and_the_rest_goes_on() {
+    let nats = Nats::start().await;
+    let js = jetstream::new(async_nats::connect(&nats.url).await.expect("nats"));
+    js.create_stream(stream::Config {
+        name: "ODD".into(),
+        subjects: vec!["odd.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let store = store().await;
+    for payload in [
+        json!({ "amount": 1 }).to_string(),
+        json!({ "note": "no amount" }).to_string(),
+        "not json at all".to_owned(),
+        json!({ "amount": 2 }).to_string(),
+    ] {
+        js.publish("odd.x", payload.into())
+            .await
+            .expect("publish")
+            .await
+            .expect("acknowledged");
+    }
+    let consumer = Consumer::new(store.clone(), js.clone(), "ODD", Strict)
+        .ack_wait(Duration::from_millis(300))
+        .max_deliveries(2);
+    let counts = consumer.counts();
+    let task = tokio::spawn(consumer.run());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counts.applied() < 2 || counts.parked() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "applied {}, parked {}",
+            counts.applied(),
+            counts.parked()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+    assert_eq!(totals(&store).await, (3, 2), "the good ones applied, once");
+    let mut tx = store.begin_in_schema().await.expect("tx");
+    let parked: Vec<(i64, String)> =
+        sqlx::query_as("SELECT sequence, error FROM nats_parked ORDER BY sequence")
+            .fetch_all(&mut *tx)
+            .await
+            .expect("parked");
+    drop(tx);
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert_eq!(parked[0].0, 2);
+    assert_eq!(parked[0].1, "the message has no amount");
+    assert_eq!(parked[1].0, 3);
+    assert!(
+        parked[1].1.starts_with("the payload is not JSON"),
+        "{parked:?}"
+    );
     common::drop_schema(&store).await;
 }
