@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::cli::{Cli, Command};
-use crate::output::{Table, duration, json};
+use crate::output::{Table, chain, duration, json};
 use crate::{Admin, exit};
 
 /// Why a command stopped short.
@@ -57,18 +57,6 @@ impl From<std::io::Error> for Failure {
     fn from(error: std::io::Error) -> Self {
         Self::Error(format!("cannot write the output: {error}"))
     }
-}
-
-/// An error and its sources, on one line.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 type Outcome = Result<u8, Failure>;
@@ -412,13 +400,13 @@ async fn projections(ops: &PgOperations, json_out: bool, out: &mut dyn Write) ->
         let values: Vec<Value> = all
             .iter()
             .map(|s| {
-                let mut value = crate::web::projection_json(s);
+                let mut value = crate::output::projection_json(s);
                 if let Some(event) = failing
                     .iter()
                     .find(|(f, _)| f.name == s.name && f.version == s.version)
                     .and_then(|(_, e)| e.as_ref())
                 {
-                    value["failed_event"] = crate::web::failed_event_json(event);
+                    value["failed_event"] = crate::output::failed_event_json(event);
                 }
                 value
             })

@@ -2,6 +2,9 @@
 
 use std::io::{self, Write};
 
+use cqrs_postgres::PgProjectionStatus;
+use serde_json::{Value, json};
+
 /// A table: a header, rows of cells, printed with aligned columns.
 pub(crate) struct Table {
     header: Vec<&'static str>,
@@ -71,4 +74,45 @@ pub(crate) fn duration(d: std::time::Duration) -> String {
     } else {
         format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
     }
+}
+
+/// An error and its sources, on one line.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A projection version, as the API and `--json` show it.
+pub(crate) fn projection_json(s: &PgProjectionStatus) -> Value {
+    json!({
+        "name": s.name,
+        "version": s.version,
+        "served": s.active,
+        "state": s.state.as_str(),
+        "position": s.position.to_string(),
+        "lag_events": s.lag_events,
+        "lag_seconds": s.lag.as_secs_f64(),
+        "owner": s.owner,
+        "error": s.error,
+        "failed_at": s.failed_at.map(|p| p.to_string()),
+        "updated_at": s.updated_at,
+    })
+}
+
+/// The event a projection failed on, as the API and `--json` show it.
+pub(crate) fn failed_event_json(event: &cqrs_core::store::RecordedEvent) -> Value {
+    json!({
+        "stream_type": event.stream_type,
+        "stream_id": event.stream_id,
+        "stream_version": event.stream_version,
+        "event_type": event.event_type,
+        "schema_version": event.schema_version,
+        "payload": event.payload,
+    })
 }

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use std::sync::Arc;
 
 use cqrs_core::{Aggregate, Cqrs, CqrsStats, EventStore};
-use cqrs_postgres::{PgOperations, PgProjectionState, PgProjectionStatus};
+use cqrs_postgres::{PgOperations, PgProjectionState};
 use serde_json::{Value, json};
 
 const PAGE: &str = include_str!("status.html");
@@ -194,7 +194,7 @@ impl IntoResponse for ApiError {
 
 impl From<cqrs_postgres::Error> for ApiError {
     fn from(error: cqrs_postgres::Error) -> Self {
-        Self(crate::commands::chain(&error))
+        Self(crate::output::chain(&error))
     }
 }
 
@@ -202,44 +202,16 @@ async fn page() -> Html<&'static str> {
     Html(PAGE)
 }
 
-pub(crate) fn projection_json(s: &PgProjectionStatus) -> Value {
-    json!({
-        "name": s.name,
-        "version": s.version,
-        "served": s.active,
-        "state": s.state.as_str(),
-        "position": s.position.to_string(),
-        "lag_events": s.lag_events,
-        "lag_seconds": s.lag.as_secs_f64(),
-        "owner": s.owner,
-        "error": s.error,
-        "failed_at": s.failed_at.map(|p| p.to_string()),
-        "updated_at": s.updated_at,
-    })
-}
-
-/// The event a projection failed on, as the API and `--json` show it.
-pub(crate) fn failed_event_json(event: &cqrs_core::store::RecordedEvent) -> Value {
-    json!({
-        "stream_type": event.stream_type,
-        "stream_id": event.stream_id,
-        "stream_version": event.stream_version,
-        "event_type": event.event_type,
-        "schema_version": event.schema_version,
-        "payload": event.payload,
-    })
-}
-
 async fn projections(State(page): Page) -> Result<Json<Value>, ApiError> {
     let ops = &page.ops;
     let all = ops.projections().await?;
     let mut values = Vec::with_capacity(all.len());
     for status in &all {
-        let mut value = projection_json(status);
+        let mut value = crate::output::projection_json(status);
         if let (PgProjectionState::Failed, Some(at)) = (status.state, status.failed_at)
             && let Some(event) = ops.event_at(at).await?
         {
-            value["failed_event"] = failed_event_json(&event);
+            value["failed_event"] = crate::output::failed_event_json(&event);
         }
         values.push(value);
     }
