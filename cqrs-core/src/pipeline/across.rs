@@ -1,8 +1,6 @@
 //! A command that decides over two aggregates and appends to both as one atomic unit.
 
-use std::time::Instant;
-
-use tracing::{Instrument, debug, warn};
+use tracing::{Instrument, debug};
 
 use super::run::Ids;
 use super::{CommandError, CommandOutcome, Cqrs, Loaded};
@@ -155,13 +153,7 @@ where
             }
             let mut unit = AtomicAppendRequest::new(appends);
             unit.command_id = ids.key;
-            let sent = Instant::now();
-            let appended = self.store.append_atomic(unit).await;
-            self.stats.append(sent.elapsed());
-            if matches!(appended, Err(Error::Conflict { .. })) {
-                self.stats.conflict();
-            }
-            match appended {
+            match self.counted(self.store.append_atomic(unit)).await {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
                     let mine_outcome = sides[0].as_ref().and_then(|_| outcomes.next());
@@ -189,16 +181,9 @@ where
                     stream_id,
                     ..
                 }) => {
-                    if retries < self.retry.max_retries() {
-                        debug!(retry = retries + 1, %stream_id, "concurrency conflict, retrying");
-                        tokio::time::sleep(self.retry.delay(retries)).await;
-                        retries += 1;
+                    if self.retried(&mut retries, &stream_id).await {
                         continue;
                     }
-                    warn!(
-                        attempts = retries + 1,
-                        "concurrency conflict, retries exhausted"
-                    );
                     let aggregate_type = if stream_type == A::TYPE && stream_id == id {
                         A::TYPE
                     } else {
@@ -386,13 +371,7 @@ where
             }
             let mut unit = AtomicAppendRequest::new(appends);
             unit.command_id = ids_of.key;
-            let sent = Instant::now();
-            let appended = self.store.append_atomic(unit).await;
-            self.stats.append(sent.elapsed());
-            if matches!(appended, Err(Error::Conflict { .. })) {
-                self.stats.conflict();
-            }
-            match appended {
+            match self.counted(self.store.append_atomic(unit)).await {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
                     let mut results = Vec::with_capacity(ids.len());
@@ -409,16 +388,9 @@ where
                     return Ok(results);
                 }
                 Err(Error::Conflict { stream_id, .. }) => {
-                    if retries < self.retry.max_retries() {
-                        debug!(retry = retries + 1, %stream_id, "concurrency conflict, retrying");
-                        tokio::time::sleep(self.retry.delay(retries)).await;
-                        retries += 1;
+                    if self.retried(&mut retries, &stream_id).await {
                         continue;
                     }
-                    warn!(
-                        attempts = retries + 1,
-                        "concurrency conflict, retries exhausted"
-                    );
                     return Err(CommandError::Conflict {
                         aggregate_type: A::TYPE,
                         aggregate_id: stream_id,

@@ -8,8 +8,6 @@
 //! the [`RetryPolicy`](super::RetryPolicy) allows.
 
 use std::sync::Arc;
-use std::time::Instant;
-
 use tracing::{Instrument, debug, warn};
 use uuid::Uuid;
 
@@ -140,13 +138,10 @@ where
                 expected_version = loaded.version,
                 events = events.len(),
             );
-            let sent = Instant::now();
-            let appended = self.store.append(request).instrument(span).await;
-            self.stats.append(sent.elapsed());
-            if matches!(appended, Err(Error::Conflict { .. })) {
-                self.stats.conflict();
-            }
-            match appended {
+            match self
+                .counted(self.store.append(request).instrument(span))
+                .await
+            {
                 Ok(outcome) if outcome.duplicate => {
                     return Ok(self.duplicate(id, outcome, ids).await?);
                 }
@@ -170,6 +165,37 @@ where
                 Err(error) => return Err(CommandError::Store(error)),
             }
         }
+    }
+
+    /// Awaits an append (or atomic unit), counting it, its time and a conflict in the
+    /// pipeline's stats.
+    pub(super) async fn counted<T>(
+        &self,
+        append: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let sent = std::time::Instant::now();
+        let appended = append.await;
+        self.stats.append(sent.elapsed());
+        if matches!(appended, Err(Error::Conflict { .. })) {
+            self.stats.conflict();
+        }
+        appended
+    }
+
+    /// After a conflict on `stream`: waits and counts a retry, or, retries spent,
+    /// reports it and returns `false`.
+    pub(super) async fn retried(&self, retries: &mut u32, stream: &str) -> bool {
+        if *retries < self.retry.max_retries() {
+            debug!(retry = *retries + 1, %stream, "concurrency conflict, retrying");
+            tokio::time::sleep(self.retry.delay(*retries)).await;
+            *retries += 1;
+            return true;
+        }
+        warn!(
+            attempts = *retries + 1,
+            "concurrency conflict, retries exhausted"
+        );
+        false
     }
 
     /// The aggregate's current state: kept in this process, or loaded.
