@@ -7,11 +7,46 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::{self, Context};
+use cqrs_core::Position;
 use cqrs_postgres::PgEventStore;
 use cqrs_postgres::sqlx::{self, PgConnection};
 use futures_util::StreamExt;
 use serde_json::Value;
+use tokio::sync::watch;
 use tracing::{debug, warn};
+
+use crate::{ConsumedPosition, POSITION_HEADER};
+
+/// Moves a consumer's position in `nats_consumed` forward (never back) to the row
+/// selected before it: `$1` consumer, `$2` stream, then the stream sequence and the
+/// publisher's position (commit, sequence; zeros when the message carried none).
+macro_rules! advance {
+    () => {
+        "INSERT INTO nats_consumed AS c (consumer, stream, sequence, log_commit, log_sequence) \
+         SELECT $1, $2, s, pc, ps FROM next \
+         ON CONFLICT (consumer, stream) DO UPDATE SET \
+         sequence = GREATEST(c.sequence, EXCLUDED.sequence), \
+         log_commit = CASE WHEN (EXCLUDED.log_commit, EXCLUDED.log_sequence) > (c.log_commit, c.log_sequence) \
+             THEN EXCLUDED.log_commit ELSE c.log_commit END, \
+         log_sequence = CASE WHEN (EXCLUDED.log_commit, EXCLUDED.log_sequence) > (c.log_commit, c.log_sequence) \
+             THEN EXCLUDED.log_sequence ELSE c.log_sequence END, \
+         updated_at = now() \
+         RETURNING c.sequence"
+    };
+}
+
+/// Claims a sequence (passed by when already claimed) and moves the position with it.
+const CLAIM: &str = concat!(
+    "WITH next AS (INSERT INTO nats_applied (consumer, stream, sequence) VALUES ($1, $2, $3) \
+     ON CONFLICT DO NOTHING RETURNING sequence AS s, $4::bigint AS pc, $5::bigint AS ps) ",
+    advance!()
+);
+
+/// Moves the position past a parked message.
+const PASS: &str = concat!(
+    "WITH next AS (SELECT $3::bigint AS s, $4::bigint AS pc, $5::bigint AS ps) ",
+    advance!()
+);
 
 /// One message of the stream, as a [`Consume`] sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,8 +56,12 @@ pub struct Incoming {
     pub subject: String,
     /// Its place in the stream.
     pub stream_sequence: u64,
-    /// Its `Nats-Msg-Id` (the publishing relay's event id), if any.
+    /// Its `Nats-Msg-Id` (the publishing relay's event id, or for a copy in a
+    /// [`SchemaWindow`](crate::SchemaWindow), `<event id>:<window>`), if any.
     pub message_id: Option<String>,
+    /// The publishing store's log position of the event it was made from
+    /// ([`POSITION_HEADER`]), if it carried a well-formed one.
+    pub position: Option<Position>,
     /// The payload, as JSON.
     pub payload: Value,
 }
@@ -93,9 +132,15 @@ impl ConsumerCounts {
 /// acknowledgement) between the commit and the acknowledgement makes JetStream deliver
 /// the message again, which changes nothing.
 ///
-/// What it applied lives in the table `nats_applied` of the store's schema (created
-/// when missing): each sequence applied, until JetStream's acknowledgement floor passes
-/// it (redeliveries may come in any order, so a high-water mark would not do). A message that cannot be applied (its `apply` failed on every one of
+/// Messages are applied in the stream's order: the durable consumer has one message
+/// outstanding at a time (`max_ack_pending` 1), so a message is delivered only once
+/// the one before it was applied or parked. What it applied lives in the store's
+/// schema (tables created when missing): `nats_applied` holds each sequence applied
+/// until JetStream's acknowledgement floor passes it, and `nats_consumed` how far the
+/// consumer got, in the stream and in the publisher's log (what
+/// [`ConsumedPosition`] waits on for reads of one's own writes across services).
+///
+/// A message that cannot be applied (its `apply` failed on every one of
 /// [`max_deliveries`](Self::max_deliveries), or its payload is not JSON) is parked in
 /// `nats_parked` with the error, and the consumer goes on: no crash loop, and the
 /// error is there to see. Run one consumer process per name at a time, or several: a
@@ -105,10 +150,12 @@ pub struct Consumer<C> {
     store: PgEventStore,
     jetstream: Context,
     stream: String,
+    subjects: Vec<String>,
     consume: C,
     ack_wait: Duration,
     max_deliveries: i64,
     counts: Arc<ConsumerCounts>,
+    reached: watch::Sender<Position>,
 }
 
 impl<C> std::fmt::Debug for Consumer<C> {
@@ -132,11 +179,32 @@ impl<C: Consume> Consumer<C> {
             store,
             jetstream,
             stream: stream.into(),
+            subjects: Vec::new(),
             consume,
             ack_wait: Duration::from_secs(30),
             max_deliveries: 5,
             counts: Arc::default(),
+            reached: watch::Sender::new(Position::START),
         }
+    }
+
+    /// Reads only the messages whose subject matches `filter` (a NATS subject, with
+    /// wildcards; call again for more, which needs nats-server 2.10 or later). By
+    /// default it reads the whole stream. A
+    /// consumer of an old version in a [`SchemaWindow`](crate::SchemaWindow) reads the
+    /// old prefix (`orders.v1.>`), one that moved reads the new one under a new name.
+    #[must_use]
+    pub fn filter_subject(mut self, filter: impl Into<String>) -> Self {
+        self.subjects.push(filter.into());
+        self
+    }
+
+    /// How far this consumer got in the publisher's log: wait on it to read one's own
+    /// writes made in another service. It learns of this process's progress at once,
+    /// and of other processes' (running the same consumer) by polling.
+    pub fn position(&self) -> ConsumedPosition {
+        ConsumedPosition::new(self.store.clone(), C::NAME, self.stream.clone())
+            .with_local(self.reached.subscribe())
     }
 
     /// How long JetStream waits for an acknowledgement before delivering a message again
@@ -174,19 +242,26 @@ impl<C: Consume> Consumer<C> {
             .get_stream(&self.stream)
             .await
             .map_err(|e| ConsumerError::JetStream(e.to_string()))?;
-        let consumer: jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(
-                C::NAME,
-                pull::Config {
-                    durable_name: Some(C::NAME.to_owned()),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: self.ack_wait,
-                    ..Default::default()
+        // Created, or brought to this configuration when it exists with another.
+        let mut consumer: jetstream::consumer::Consumer<pull::Config> = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(C::NAME.to_owned()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: self.ack_wait,
+                max_ack_pending: 1,
+                // One filter as `filter_subject`, which servers before 2.10 know too.
+                filter_subject: match self.subjects.as_slice() {
+                    [one] => one.clone(),
+                    _ => String::new(),
                 },
-            )
+                filter_subjects: match self.subjects.as_slice() {
+                    [_] => Vec::new(),
+                    all => all.to_vec(),
+                },
+                ..Default::default()
+            })
             .await
             .map_err(|e| ConsumerError::JetStream(e.to_string()))?;
-        let mut consumer = consumer;
         let mut messages = consumer
             .messages()
             .await
@@ -206,14 +281,18 @@ impl<C: Consume> Consumer<C> {
             };
             let delivered = info.delivered;
             let parsed = serde_json::from_slice::<Value>(&message.payload);
+            let header = |name: &str| {
+                message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(name))
+                    .map(|v| v.as_str().to_owned())
+            };
             let incoming = Incoming {
                 subject: message.subject.to_string(),
                 stream_sequence: info.stream_sequence,
-                message_id: message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("Nats-Msg-Id"))
-                    .map(|v| v.as_str().to_owned()),
+                message_id: header("Nats-Msg-Id"),
+                position: header(POSITION_HEADER).and_then(|p| p.parse().ok()),
                 payload: parsed.as_ref().map_or(Value::Null, Clone::clone),
             };
             let outcome = match &parsed {
@@ -256,6 +335,12 @@ impl<C: Consume> Consumer<C> {
 
     async fn prepare(&self) -> Result<(), ConsumerError> {
         let mut tx = self.store.begin_in_schema().await.map_err(database)?;
+        // Consumers starting side by side on one schema: one creates the tables, the
+        // others wait and find them (concurrent creations of one table collide).
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.cqrs_nats'))")
+            .execute(&mut *tx)
+            .await
+            .map_err(database)?;
         // The sequences applied (or parked) and not yet below JetStream's acknowledgement
         // floor: a redelivery of one of them is passed by, whatever order it comes in.
         sqlx::query(
@@ -263,6 +348,17 @@ impl<C: Consume> Consumer<C> {
                  consumer text NOT NULL, stream text NOT NULL, sequence bigint NOT NULL, \
                  applied_at timestamptz NOT NULL DEFAULT now(), \
                  PRIMARY KEY (consumer, stream, sequence))",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(database)?;
+        // How far each consumer got: in the stream, and in the publisher's log.
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS nats_consumed ( \
+                 consumer text NOT NULL, stream text NOT NULL, sequence bigint NOT NULL, \
+                 log_commit bigint NOT NULL, log_sequence bigint NOT NULL, \
+                 updated_at timestamptz NOT NULL DEFAULT now(), \
+                 PRIMARY KEY (consumer, stream))",
         )
         .execute(&mut *tx)
         .await
@@ -280,20 +376,48 @@ impl<C: Consume> Consumer<C> {
         tx.commit().await.map_err(database)
     }
 
-    /// Records that `sequence` was dealt with, in `tx`; `false` when it already was (the
-    /// row's key also makes a concurrent delivery of it wait, then pass it by).
-    async fn claim(&self, tx: &mut PgConnection, sequence: u64) -> Result<bool, ConsumerError> {
-        let claimed: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO nats_applied (consumer, stream, sequence) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING RETURNING sequence",
-        )
-        .bind(C::NAME)
-        .bind(&self.stream)
-        .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(database)?;
-        Ok(claimed.is_some())
+    /// Records in `tx` that `incoming` was dealt with, and moves the position past it
+    /// (`sql` is [`CLAIM`], which passes it by when it already was dealt with, or
+    /// [`PASS`]); `false` when it already was (the row's key also makes a concurrent
+    /// delivery of it wait, then pass it by).
+    async fn record(
+        &self,
+        tx: &mut PgConnection,
+        sql: &'static str,
+        incoming: &Incoming,
+    ) -> Result<bool, ConsumerError> {
+        let (commit, sequence) = incoming
+            .position
+            .and_then(|p| {
+                Some((
+                    i64::try_from(p.commit()).ok()?,
+                    i64::try_from(p.sequence()).ok()?,
+                ))
+            })
+            .unwrap_or((0, 0));
+        let recorded: Option<(i64,)> = sqlx::query_as(sql)
+            .bind(C::NAME)
+            .bind(&self.stream)
+            .bind(i64::try_from(incoming.stream_sequence).unwrap_or(i64::MAX))
+            .bind(commit)
+            .bind(sequence)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(database)?;
+        Ok(recorded.is_some())
+    }
+
+    /// Tells this process's waiters the position reached, once committed.
+    fn reached(&self, incoming: &Incoming) {
+        if let Some(position) = incoming.position {
+            self.reached.send_if_modified(|reached| {
+                let moved = position > *reached;
+                if moved {
+                    *reached = position;
+                }
+                moved
+            });
+        }
     }
 
     /// Forgets the sequences at or below JetStream's acknowledgement floor: they are
@@ -333,7 +457,9 @@ impl<C: Consume> Consumer<C> {
         .execute(&mut *tx)
         .await
         .map_err(database)?;
+        self.record(&mut tx, PASS, incoming).await?;
         tx.commit().await.map_err(database)?;
+        self.reached(incoming);
         self.counts.parked.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -342,7 +468,7 @@ impl<C: Consume> Consumer<C> {
     /// already applied.
     async fn apply(&mut self, incoming: &Incoming) -> Result<(), ConsumerError> {
         let mut tx = self.store.begin_in_schema().await.map_err(database)?;
-        if !self.claim(&mut tx, incoming.stream_sequence).await? {
+        if !self.record(&mut tx, CLAIM, incoming).await? {
             self.counts.duplicates.fetch_add(1, Ordering::Relaxed);
             debug!(
                 sequence = incoming.stream_sequence,
@@ -355,6 +481,7 @@ impl<C: Consume> Consumer<C> {
             .await
             .map_err(|error| ConsumerError::Apply(error.to_string()))?;
         tx.commit().await.map_err(database)?;
+        self.reached(incoming);
         self.counts.applied.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -1,4 +1,8 @@
-//! Relaying a cqrs store's events to NATS JetStream, exactly once.
+//! Services that talk through NATS JetStream: a [`Relay`] publishes a store's events
+//! as integration messages exactly once, a [`Consumer`] feeds another service's view
+//! from them with exactly-once effect and in order, a [`SchemaWindow`] publishes a
+//! message at two versions while consumers migrate, and a [`ConsumedPosition`] lets a
+//! read wait for the writes its client made in another service.
 //!
 //! A [`Relay`] is a view of the PostgreSQL projection runner: it reads the store's log
 //! in order, maps the events it is told to publish to integration messages (a subject
@@ -51,18 +55,26 @@
 //! ```
 
 mod consumer;
+mod position;
+mod relay;
+mod window;
 
-use std::future::Future;
-
-use async_nats::HeaderMap;
-use async_nats::jetstream::Context;
-use cqrs_core::{CodecError, Event, EventEnvelope, EventFilter, EventType, Projection};
-use cqrs_postgres::PgView;
-use cqrs_postgres::sqlx::PgConnection;
+use cqrs_core::{CodecError, Event, EventEnvelope, EventFilter, EventType};
 use serde_json::Value;
-use tracing::debug;
 
 pub use consumer::{Consume, Consumer, ConsumerCounts, ConsumerError, Incoming};
+pub use position::{ConsumedPosition, PositionError};
+pub use relay::{Relay, RelayError};
+pub use window::{SchemaWindow, WindowError};
+
+/// The header carrying the publishing store's log position of the event a message was
+/// made from (`<commit>.<sequence>`, as [`Position`](cqrs_core::Position) prints).
+pub const POSITION_HEADER: &str = "Cqrs-Position";
+
+/// The header carrying the id of the event a message was made from (a downcast copy in
+/// a [`SchemaWindow`] carries its event's id here, and an id of its own as
+/// `Nats-Msg-Id`).
+pub const EVENT_ID_HEADER: &str = "Cqrs-Event-Id";
 
 /// An event as stored, undecoded: what a [`Route`] maps.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,126 +143,4 @@ pub trait Route: Send + Sync + 'static {
 
     /// The message for `event`, or `None` to pass it by.
     fn route(&self, event: &EventEnvelope<Raw>) -> Option<Message>;
-}
-
-/// Why a batch was not relayed (it is tried again).
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    /// A payload did not encode.
-    #[error("the message for event {event_id} does not encode: {source}")]
-    Encode {
-        /// The event.
-        event_id: String,
-        /// Why.
-        #[source]
-        source: serde_json::Error,
-    },
-    /// JetStream refused or did not acknowledge a message.
-    #[error("publishing to `{subject}` failed: {reason}")]
-    Publish {
-        /// The subject.
-        subject: String,
-        /// What the client said.
-        reason: String,
-    },
-}
-
-/// Publishes the events `R` routes to JetStream, exactly once: see the crate's
-/// documentation. Register it with
-/// [`PgProjectionRunnerBuilder::view`](cqrs_postgres::PgProjectionRunnerBuilder::view).
-pub struct Relay<R> {
-    jetstream: Context,
-    route: R,
-    batch: Vec<(String, Message)>,
-}
-
-impl<R> std::fmt::Debug for Relay<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay")
-            .field("waiting", &self.batch.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<R: Route> Relay<R> {
-    /// A relay publishing through `jetstream` what `route` maps.
-    pub fn new(jetstream: Context, route: R) -> Self {
-        Self {
-            jetstream,
-            route,
-            batch: Vec::new(),
-        }
-    }
-}
-
-impl<R: Route> Projection for Relay<R> {
-    const NAME: &'static str = R::NAME;
-    type Event = Raw;
-    type Context = PgConnection;
-    type Error = RelayError;
-
-    fn filter() -> EventFilter {
-        R::filter()
-    }
-
-    fn handle(
-        &mut self,
-        _: &mut PgConnection,
-        event: &EventEnvelope<Raw>,
-    ) -> impl Future<Output = Result<(), RelayError>> + Send {
-        if let Some(message) = self.route.route(event) {
-            self.batch.push((event.event_id.to_string(), message));
-        }
-        async { Ok(()) }
-    }
-}
-
-impl<R: Route> PgView for Relay<R> {
-    /// Nothing to empty: a rebuild publishes the log again, and JetStream drops what it
-    /// still remembers (within its duplicate window).
-    async fn reset(&mut self, _: &mut PgConnection) -> Result<(), RelayError> {
-        Ok(())
-    }
-
-    /// Publishes the batch and waits for every acknowledgement, before the runner moves
-    /// the checkpoint.
-    async fn flush(&mut self, _: &mut PgConnection) -> Result<(), RelayError> {
-        let batch = std::mem::take(&mut self.batch);
-        let mut acks = Vec::with_capacity(batch.len());
-        for (event_id, message) in &batch {
-            let payload =
-                serde_json::to_vec(&message.payload).map_err(|source| RelayError::Encode {
-                    event_id: event_id.clone(),
-                    source,
-                })?;
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", event_id.as_str());
-            let ack = self
-                .jetstream
-                .publish_with_headers(message.subject.clone(), headers, payload.into())
-                .await
-                .map_err(|error| RelayError::Publish {
-                    subject: message.subject.clone(),
-                    reason: error.to_string(),
-                })?;
-            acks.push((message.subject.clone(), ack));
-        }
-        let mut duplicates = 0_usize;
-        for (subject, ack) in acks {
-            let ack = ack.await.map_err(|error| RelayError::Publish {
-                subject,
-                reason: error.to_string(),
-            })?;
-            duplicates += usize::from(ack.duplicate);
-        }
-        debug!(
-            published = batch.len(),
-            duplicates, "relay batch acknowledged"
-        );
-        Ok(())
-    }
-
-    fn discard(&mut self) {
-        self.batch.clear();
-    }
 }
