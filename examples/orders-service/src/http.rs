@@ -60,7 +60,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -110,7 +110,7 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-fn order_error(error: CommandError<OrderError>) -> ApiError {
+pub(crate) fn order_error(error: CommandError<OrderError>) -> ApiError {
     match error {
         CommandError::Rejected(rejection) => {
             let (status, code) = match &rejection {
@@ -132,7 +132,7 @@ fn order_error(error: CommandError<OrderError>) -> ApiError {
     }
 }
 
-fn inventory_error(error: CommandError<InventoryError>) -> ApiError {
+pub(crate) fn inventory_error(error: CommandError<InventoryError>) -> ApiError {
     match error {
         CommandError::Rejected(rejection) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -163,7 +163,7 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
-fn accepted<E>(id: String, outcome: &CommandOutcome<E>) -> Response {
+pub(crate) fn accepted<E>(id: String, outcome: &CommandOutcome<E>) -> Response {
     let token = outcome.position.map(|p| p.to_string());
     let mut headers = HeaderMap::new();
     if let Some(value) = token.as_deref().and_then(|t| HeaderValue::from_str(t).ok()) {
@@ -180,7 +180,7 @@ fn accepted<E>(id: String, outcome: &CommandOutcome<E>) -> Response {
 }
 
 /// `Idempotency-Key` header → a command id, so a retried request is applied once.
-fn metadata(headers: &HeaderMap) -> Result<CommandMetadata, ApiError> {
+pub(crate) fn metadata(headers: &HeaderMap) -> Result<CommandMetadata, ApiError> {
     let mut meta = CommandMetadata::new();
     if let Some(key) = headers.get("idempotency-key") {
         let key = key.to_str().map_err(|_| {
@@ -281,7 +281,7 @@ pub struct ReadQuery {
 }
 
 /// The token a read must wait for, from `?after=` or the header.
-fn token(query: &ReadQuery, headers: &HeaderMap) -> Result<Option<Position>, ApiError> {
+pub(crate) fn token(query: &ReadQuery, headers: &HeaderMap) -> Result<Option<Position>, ApiError> {
     let text = match (&query.after, headers.get(CONSISTENCY_HEADER)) {
         (Some(text), _) => text.clone(),
         (None, Some(value)) => value

@@ -8,11 +8,16 @@
 //!   confirms or rejects the order. Correlation and causation ids flow through both.
 //! - `GET /orders/{id}?after=<token>` blocks until the order view has processed the
 //!   token, so a client reads its own write; it answers `504` if the view lags too long.
+//!
+//! The [`services`] module runs the same two contexts as two services (the binaries
+//! `orders` and `inventory`), each with its own schema, talking only through NATS
+//! JetStream.
 
 pub mod app;
 pub mod http;
 pub mod inventory;
 pub mod orders;
+pub mod services;
 pub mod views;
 
 pub use app::{App, Config, StartError};
