@@ -110,6 +110,9 @@ pub(crate) enum Command {
     },
     /// Process managers: instances, commands waiting or failing, timers.
     Processes,
+    /// Messages that JetStream consumers could not apply and parked, with their errors
+    /// (exit 4 when there are any).
+    Parked,
     /// Serve the status page (and its JSON API and Prometheus metrics) until interrupted.
     Serve {
         /// Where to listen.

@@ -172,6 +172,7 @@ pub(crate) async fn run(admin: &Admin, cli: Cli, out: &mut dyn Write) -> Outcome
             watch.run(&ops, out).await
         }
         Command::Processes => processes(&ops, json_out, out).await,
+        Command::Parked => parked(&store, json_out, out).await,
         Command::Serve { listen } => serve(ops, &listen, out).await,
         Command::Check { show } => check(admin, &store, &ops, show, json_out, out).await,
     }
@@ -684,6 +685,37 @@ async fn processes(ops: &PgOperations, json_out: bool, out: &mut dyn Write) -> O
         table.print(out)?;
     }
     Ok(if trouble { exit::PROBLEMS } else { exit::OK })
+}
+
+async fn parked(store: &PgEventStore, json_out: bool, out: &mut dyn Write) -> Outcome {
+    let all = cqrs_nats::parked(store)
+        .await
+        .map_err(|e| Failure::Error(chain(&e)))?;
+    if json_out {
+        json(out, &all)?;
+    } else if all.is_empty() {
+        writeln!(out, "no parked messages")?;
+    } else {
+        let mut table = Table::new(vec![
+            "CONSUMER", "STREAM", "SEQUENCE", "SUBJECT", "PARKED", "ERROR",
+        ]);
+        for p in &all {
+            table.row(vec![
+                p.consumer.clone(),
+                p.stream.clone(),
+                p.sequence.to_string(),
+                p.subject.clone(),
+                p.parked_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                p.error.clone(),
+            ]);
+        }
+        table.print(out)?;
+    }
+    Ok(if all.is_empty() {
+        exit::OK
+    } else {
+        exit::PROBLEMS
+    })
 }
 
 async fn check(

@@ -387,6 +387,40 @@ async fn check_counts_and_finds_events_that_no_longer_decode() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_messages_are_listed_with_their_errors() {
+    let f = Fixture::new().await;
+    // Before any consumer ran here: nothing, and no error.
+    let shown = f.admin(&["parked"]);
+    assert_eq!(code(&shown), exit::OK);
+    assert_eq!(stdout(&shown).trim(), "no parked messages");
+    cqrs_nats::migrate(&f.store)
+        .await
+        .expect("the consumers' tables");
+    let mut tx = f.store.begin_in_schema().await.expect("tx");
+    sqlx::query(
+        "INSERT INTO nats_parked (consumer, stream, sequence, subject, payload, error) \
+         VALUES ('billing', 'ORDERS', 7, 'orders.placed', 'not json'::bytea, 'the payload is not JSON')",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("a parked message");
+    tx.commit().await.expect("commit");
+    let shown = f.admin(&["parked"]);
+    assert_eq!(code(&shown), exit::PROBLEMS);
+    let text = stdout(&shown);
+    assert!(
+        text.contains("billing") && text.contains("orders.placed"),
+        "{text}"
+    );
+    assert!(text.contains("the payload is not JSON"), "{text}");
+    let shown = f.admin(&["--json", "parked"]);
+    let parsed: serde_json::Value = serde_json::from_str(&stdout(&shown)).expect("JSON");
+    assert_eq!(parsed[0]["sequence"], 7);
+    assert_eq!(parsed[0]["payload"], "not json");
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_show_failing_commands_and_errors_exit_with_their_codes() {
     let f = Fixture::new().await;
     assert_eq!(

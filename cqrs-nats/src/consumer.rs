@@ -236,7 +236,7 @@ impl<C: Consume> Consumer<C> {
     /// [`ConsumerError::JetStream`] when the stream or the durable consumer cannot be
     /// reached.
     pub async fn run(mut self) -> Result<(), ConsumerError> {
-        self.prepare().await?;
+        migrate(&self.store).await?;
         let stream = self
             .jetstream
             .get_stream(&self.stream)
@@ -331,49 +331,6 @@ impl<C: Consume> Consumer<C> {
             }
         }
         Ok(())
-    }
-
-    async fn prepare(&self) -> Result<(), ConsumerError> {
-        let mut tx = self.store.begin_in_schema().await.map_err(database)?;
-        // Consumers starting side by side on one schema: one creates the tables, the
-        // others wait and find them (concurrent creations of one table collide).
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.cqrs_nats'))")
-            .execute(&mut *tx)
-            .await
-            .map_err(database)?;
-        // The sequences applied (or parked) and not yet below JetStream's acknowledgement
-        // floor: a redelivery of one of them is passed by, whatever order it comes in.
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS nats_applied ( \
-                 consumer text NOT NULL, stream text NOT NULL, sequence bigint NOT NULL, \
-                 applied_at timestamptz NOT NULL DEFAULT now(), \
-                 PRIMARY KEY (consumer, stream, sequence))",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(database)?;
-        // How far each consumer got: in the stream, and in the publisher's log.
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS nats_consumed ( \
-                 consumer text NOT NULL, stream text NOT NULL, sequence bigint NOT NULL, \
-                 log_commit bigint NOT NULL, log_sequence bigint NOT NULL, \
-                 updated_at timestamptz NOT NULL DEFAULT now(), \
-                 PRIMARY KEY (consumer, stream))",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(database)?;
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS nats_parked ( \
-                 consumer text NOT NULL, stream text NOT NULL, sequence bigint NOT NULL, \
-                 subject text NOT NULL, payload bytea NOT NULL, error text NOT NULL, \
-                 parked_at timestamptz NOT NULL DEFAULT now(), \
-                 PRIMARY KEY (consumer, stream, sequence))",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(database)?;
-        tx.commit().await.map_err(database)
     }
 
     /// Records in `tx` that `incoming` was dealt with, and moves the position past it
@@ -485,6 +442,58 @@ impl<C: Consume> Consumer<C> {
         self.counts.applied.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Creates the tables consumers keep in `store`'s schema, when missing: `nats_applied`,
+/// `nats_consumed` and `nats_parked`. [`Consumer::run`] does it itself; call it at
+/// deployment to have them before the first consumer starts (a
+/// [`ConsumedPosition`] or [`parked`](crate::parked) reads them). Safe to call from
+/// several processes at once.
+///
+/// # Errors
+///
+/// [`ConsumerError::Database`] when PostgreSQL fails.
+pub async fn migrate(store: &PgEventStore) -> Result<(), ConsumerError> {
+    let mut tx = store.begin_in_schema().await.map_err(database)?;
+    // Consumers starting side by side on one schema: one creates the tables, the
+    // others wait and find them (concurrent creations of one table collide).
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.cqrs_nats'))")
+        .execute(&mut *tx)
+        .await
+        .map_err(database)?;
+    // The sequences applied (or parked) and not yet below JetStream's acknowledgement
+    // floor: a redelivery of one of them is passed by, whatever order it comes in.
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS nats_applied ( \
+             consumer text NOT NULL, stream text NOT NULL, sequence bigint NOT NULL, \
+             applied_at timestamptz NOT NULL DEFAULT now(), \
+             PRIMARY KEY (consumer, stream, sequence))",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(database)?;
+    // How far each consumer got: in the stream, and in the publisher's log.
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS nats_consumed ( \
+             consumer text NOT NULL, stream text NOT NULL, sequence bigint NOT NULL, \
+             log_commit bigint NOT NULL, log_sequence bigint NOT NULL, \
+             updated_at timestamptz NOT NULL DEFAULT now(), \
+             PRIMARY KEY (consumer, stream))",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(database)?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS nats_parked ( \
+             consumer text NOT NULL, stream text NOT NULL, sequence bigint NOT NULL, \
+             subject text NOT NULL, payload bytea NOT NULL, error text NOT NULL, \
+             parked_at timestamptz NOT NULL DEFAULT now(), \
+             PRIMARY KEY (consumer, stream, sequence))",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(database)?;
+    tx.commit().await.map_err(database)
 }
 
 fn database(error: impl std::fmt::Display) -> ConsumerError {

@@ -55,6 +55,7 @@
 //! ```
 
 mod consumer;
+mod parked;
 mod position;
 mod relay;
 mod window;
@@ -62,7 +63,8 @@ mod window;
 use cqrs_core::{CodecError, Event, EventEnvelope, EventFilter, EventType};
 use serde_json::Value;
 
-pub use consumer::{Consume, Consumer, ConsumerCounts, ConsumerError, Incoming};
+pub use consumer::{Consume, Consumer, ConsumerCounts, ConsumerError, Incoming, migrate};
+pub use parked::{ParkedMessage, parked};
 pub use position::{ConsumedPosition, PositionError};
 pub use relay::{Relay, RelayError};
 pub use window::{SchemaWindow, WindowError};

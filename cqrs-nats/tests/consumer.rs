@@ -270,5 +270,17 @@ async fn messages_that_cannot_be_applied_are_parked_with_their_error_and_the_res
         parked[1].1.starts_with("the payload is not JSON"),
         "{parked:?}"
     );
+    // As an operator's tool lists them.
+    let listed = cqrs_nats::parked(&store).await.expect("parked");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|p| (p.sequence, p.subject.as_str(), p.payload.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (2, "odd.x", r#"{"note":"no amount"}"#),
+            (3, "odd.x", "not json at all")
+        ]
+    );
     common::drop_schema(&store).await;
 }
