@@ -68,7 +68,9 @@ pub struct Incoming {
 
 /// What a [`Consumer`] does with each message: changes to a view in the consumer's
 /// database, made in the transaction that records the message's stream sequence.
-pub trait Consume: Send + 'static {
+///
+/// `Sync` so that [`Consumer::run`] can be spawned on a multi-threaded runtime.
+pub trait Consume: Send + Sync + 'static {
     /// The consumer's name: its durable JetStream consumer and its recorded position.
     const NAME: &'static str;
 

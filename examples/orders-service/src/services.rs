@@ -157,7 +157,7 @@ async fn connect(
 /// or PostgreSQL away for a moment).
 fn supervise<C, F>(make: F) -> AbortOnDrop
 where
-    C: Consume + Sync,
+    C: Consume,
     F: Fn() -> Consumer<C> + Send + 'static,
 {
     AbortOnDrop(tokio::spawn(async move {
