@@ -35,6 +35,10 @@
 //!   acknowledgement) began and ended: so the table also says how much of the time went
 //!   to JetStream and how much to the runner around it (the checkpoint's commit, reading
 //!   and decoding the log).
+//! - **d, consumer**: `BENCH_CONSUME` messages published to a stream of their own, then
+//!   a `Consumer` started and timed until it has applied every one (each in a
+//!   transaction of its own that adds the amount to its account's row and records the
+//!   sequence). Messages/s.
 //! - **c, end to end**: the relay (from a fresh store) and a `Consumer` (into a second
 //!   fresh schema, its view a table) both running; after one warm-up event has gone
 //!   through, a writer appends `BENCH_RATE` events per second for `BENCH_SECONDS`
@@ -58,9 +62,10 @@
 //! (500 ms) otherwise, which bounds the delay a lost announcement adds.
 //!
 //! Knobs (environment variables; defaults finish in about a minute on two cores):
-//! `BENCH_EVENTS` (20000), `BENCH_SERIAL` (2000), `BENCH_RATE` (200 per second),
+//! `BENCH_EVENTS` (20000), `BENCH_SERIAL` (2000), `BENCH_CONSUME` (5000), `BENCH_RATE` (200 per second),
 //! `BENCH_SECONDS` (10), `BENCH_DEADLINE` (60 s, also the bound on the relay's drain).
 
+mod consume;
 mod latency;
 mod relay;
 mod server;
@@ -83,6 +88,8 @@ pub(crate) struct Knobs {
     pub(crate) events: u64,
     /// Messages of the one-at-a-time loop.
     pub(crate) serial: u64,
+    /// Messages the consumer drains.
+    pub(crate) consume: u64,
     /// Appends per second in the latency run.
     pub(crate) rate: u32,
     /// Seconds the latency run writes.
@@ -98,12 +105,13 @@ impl Knobs {
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned()),
             events: number("BENCH_EVENTS", 20_000)?,
             serial: number("BENCH_SERIAL", 2_000)?,
+            consume: number("BENCH_CONSUME", 5_000)?,
             rate: number("BENCH_RATE", 200)?,
             seconds: number("BENCH_SECONDS", 10)?,
             deadline: Duration::from_secs(number("BENCH_DEADLINE", 60)?),
         };
-        if knobs.events == 0 || knobs.rate == 0 || knobs.seconds == 0 {
-            bail!("BENCH_EVENTS, BENCH_RATE and BENCH_SECONDS must be at least 1");
+        if knobs.events == 0 || knobs.rate == 0 || knobs.seconds == 0 || knobs.consume == 0 {
+            bail!("BENCH_EVENTS, BENCH_CONSUME, BENCH_RATE and BENCH_SECONDS must be at least 1");
         }
         Ok(knobs)
     }
@@ -231,9 +239,10 @@ async fn run(
         std::thread::available_parallelism().map_or(0, usize::from)
     );
     println!(
-        "knobs: BENCH_EVENTS={} BENCH_SERIAL={} BENCH_RATE={} BENCH_SECONDS={} BENCH_DEADLINE={}",
+        "knobs: BENCH_EVENTS={} BENCH_SERIAL={} BENCH_CONSUME={} BENCH_RATE={} BENCH_SECONDS={} BENCH_DEADLINE={}",
         knobs.events,
         knobs.serial,
+        knobs.consume,
         knobs.rate,
         knobs.seconds,
         knobs.deadline.as_secs()
@@ -350,8 +359,23 @@ async fn run(
     }
     println!();
 
-    let source = store(knobs, &schemas[1]).await?;
     let sink = store(knobs, &schemas[2]).await?;
+    relay::create_stream(&js, "CON", "con").await?;
+    relay::publish_pipelined(&js, "con", knobs.consume, batch).await?;
+    let consumed = consume::drain(&sink, &js, "CON", knobs.consume, knobs.deadline).await?;
+    row(
+        "d",
+        "consumer: a transaction per message, applied in order",
+        knobs.consume,
+        consumed,
+        &format!(
+            "{:.2} ms per message",
+            millis(consumed) / knobs.consume as f64
+        ),
+    );
+    println!();
+
+    let source = store(knobs, &schemas[1]).await?;
     let channel = format!("nats_bench_{tag}");
     let (latency, complete) = latency::run(&source, &sink, &server.url, &channel, knobs).await?;
     println!(
