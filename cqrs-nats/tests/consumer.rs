@@ -169,12 +169,14 @@ async fn redeliveries_and_restarts_change_nothing_twice() {
     common::drop_schema(&store).await;
 }
 
-/// Like `Totals`, but refuses a message without an amount.
+/// Like `Totals`, but refuses a message without an amount, and one of a type (subject)
+/// it does not know.
 struct Strict;
 
 #[derive(Debug)]
 enum StrictError {
     NoAmount,
+    UnknownType(String),
     Database(sqlx::Error),
 }
 
@@ -182,6 +184,7 @@ impl std::fmt::Display for StrictError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NoAmount => f.write_str("the message has no amount"),
+            Self::UnknownType(subject) => write!(f, "no message type is known on `{subject}`"),
             Self::Database(error) => write!(f, "{error}"),
         }
     }
@@ -198,6 +201,9 @@ impl Consume for Strict {
         cx: &mut PgConnection,
         message: &Incoming,
     ) -> Result<(), StrictError> {
+        if message.subject != "odd.x" {
+            return Err(StrictError::UnknownType(message.subject.clone()));
+        }
         let amount = message.payload["amount"]
             .as_i64()
             .ok_or(StrictError::NoAmount)?;
@@ -226,13 +232,14 @@ async fn messages_that_cannot_be_applied_are_parked_with_their_error_and_the_res
     .await
     .expect("stream");
     let store = store().await;
-    for payload in [
-        json!({ "amount": 1 }).to_string(),
-        json!({ "note": "no amount" }).to_string(),
-        "not json at all".to_owned(),
-        json!({ "amount": 2 }).to_string(),
+    for (subject, payload) in [
+        ("odd.x", json!({ "amount": 1 }).to_string()),
+        ("odd.x", json!({ "note": "no amount" }).to_string()),
+        ("odd.x", "not json at all".to_owned()),
+        ("odd.y", json!({ "amount": 5 }).to_string()),
+        ("odd.x", json!({ "amount": 2 }).to_string()),
     ] {
-        js.publish("odd.x", payload.into())
+        js.publish(subject, payload.into())
             .await
             .expect("publish")
             .await
@@ -244,7 +251,7 @@ async fn messages_that_cannot_be_applied_are_parked_with_their_error_and_the_res
     let counts = consumer.counts();
     let task = tokio::spawn(consumer.run());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while counts.applied() < 2 || counts.parked() < 2 {
+    while counts.applied() < 2 || counts.parked() < 3 {
         assert!(
             Instant::now() < deadline,
             "applied {}, parked {}",
@@ -262,13 +269,17 @@ async fn messages_that_cannot_be_applied_are_parked_with_their_error_and_the_res
             .await
             .expect("parked");
     drop(tx);
-    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert_eq!(parked.len(), 3, "{parked:?}");
     assert_eq!(parked[0].0, 2);
     assert_eq!(parked[0].1, "the message has no amount");
     assert_eq!(parked[1].0, 3);
     assert!(
         parked[1].1.starts_with("the payload is not JSON"),
         "{parked:?}"
+    );
+    assert_eq!(
+        parked[2],
+        (4, "no message type is known on `odd.y`".to_owned())
     );
     // As an operator's tool lists them.
     let listed = cqrs_nats::parked(&store).await.expect("parked");
@@ -279,7 +290,8 @@ async fn messages_that_cannot_be_applied_are_parked_with_their_error_and_the_res
             .collect::<Vec<_>>(),
         [
             (2, "odd.x", r#"{"note":"no amount"}"#),
-            (3, "odd.x", "not json at all")
+            (3, "odd.x", "not json at all"),
+            (4, "odd.y", r#"{"amount":5}"#)
         ]
     );
     common::drop_schema(&store).await;

@@ -280,7 +280,12 @@ impl Consume for FollowInventory {
                     reason: answer.reason.clone().unwrap_or_default(),
                 },
             ),
-            _ => return Ok(()),
+            other => {
+                return Err(ApplyError::Malformed {
+                    subject: other.to_owned(),
+                    reason: "no message type is known on this subject".to_owned(),
+                });
+            }
         };
         sqlx::query(
             "INSERT INTO inventory_answers (order_id, outcome, reason, deliveries) VALUES ($1, $2, $3, 1) \
