@@ -8,7 +8,7 @@ use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgRunnerTuning};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 
-use crate::http::{ApiError, view_lagging};
+use crate::http::{ApiError, wait_for_view};
 use crate::inventory::Warehouse;
 use crate::orders::Order;
 use crate::views::{OrderRow, OrderView, ReserveStock, SettleOrders, StockView, create_tables};
@@ -148,11 +148,7 @@ impl App {
 
     /// Waits until the view `V` has processed `position`.
     async fn wait_for<V: Projection>(&self, position: Position) -> Result<(), ApiError> {
-        match self.runner.wait_for::<V>(position, self.read_wait).await {
-            Ok(()) => Ok(()),
-            Err(cqrs_core::ProjectionError::Timeout { .. }) => Err(view_lagging(position)),
-            Err(error) => Err(ApiError::internal(&error)),
-        }
+        wait_for_view::<V>(&self.runner, position, self.read_wait).await
     }
 
     /// Waits until the order view has processed `position`.

@@ -14,9 +14,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use cqrs_core::Cqrs;
+use cqrs_postgres::{PgEventStore, PgProjectionRunner};
+
 use crate::app::App;
-use crate::inventory::{InventoryCommand, InventoryError, WAREHOUSE};
-use crate::orders::{OrderCommand, OrderError, OrderLine};
+use crate::inventory::{InventoryCommand, InventoryError, WAREHOUSE, Warehouse};
+use crate::orders::{Order, OrderCommand, OrderError, OrderLine};
 
 /// The header carrying a consistency token, on command replies and on reads.
 pub const CONSISTENCY_HEADER: &str = "x-consistency-token";
@@ -213,7 +216,16 @@ async fn place_order(
     headers: HeaderMap,
     Body(body): Body<PlaceOrder>,
 ) -> Result<Response, ApiError> {
-    let meta = metadata(&headers)?;
+    place_with(&app.orders, &headers, body).await
+}
+
+/// Places the order `body` through `orders` (the handler of both services' `POST /orders`).
+pub(crate) async fn place_with(
+    orders: &Cqrs<Order, PgEventStore>,
+    headers: &HeaderMap,
+    body: PlaceOrder,
+) -> Result<Response, ApiError> {
+    let meta = metadata(headers)?;
     // With an idempotency key, a retried request targets the same order id.
     let id = match meta.command_id {
         Some(key) => key.to_string(),
@@ -223,8 +235,7 @@ async fn place_order(
         customer: body.customer,
         lines: body.lines,
     };
-    let outcome = app
-        .orders
+    let outcome = orders
         .execute_with(&id, command, meta)
         .await
         .map_err(order_error)?;
@@ -259,13 +270,22 @@ async fn restock(
     headers: HeaderMap,
     Body(body): Body<Restock>,
 ) -> Result<Response, ApiError> {
-    let meta = metadata(&headers)?;
+    restock_with(&app.warehouse, sku, &headers, body).await
+}
+
+/// Restocks `sku` through `warehouse` (the handler of both services' restock).
+pub(crate) async fn restock_with(
+    warehouse: &Cqrs<Warehouse, PgEventStore>,
+    sku: String,
+    headers: &HeaderMap,
+    body: Restock,
+) -> Result<Response, ApiError> {
+    let meta = metadata(headers)?;
     let command = InventoryCommand::Restock {
         sku,
         quantity: body.quantity,
     };
-    let outcome = app
-        .warehouse
+    let outcome = warehouse
         .execute_with(WAREHOUSE, command, meta)
         .await
         .map_err(inventory_error)?;
@@ -339,6 +359,20 @@ async fn get_stock(
 }
 
 /// The answer to a read whose view did not reach the token in time.
+/// Waits until `runner`'s view `V` has passed `position`: `504` when it does not within
+/// `wait`.
+pub(crate) async fn wait_for_view<V: cqrs_core::Projection>(
+    runner: &PgProjectionRunner,
+    position: Position,
+    wait: Duration,
+) -> Result<(), ApiError> {
+    match runner.wait_for::<V>(position, wait).await {
+        Ok(()) => Ok(()),
+        Err(cqrs_core::ProjectionError::Timeout { .. }) => Err(view_lagging(position)),
+        Err(error) => Err(ApiError::internal(&error)),
+    }
+}
+
 pub(crate) fn view_lagging(position: Position) -> ApiError {
     ApiError::new(
         StatusCode::GATEWAY_TIMEOUT,

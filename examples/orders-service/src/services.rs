@@ -26,11 +26,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cqrs_core::{CommandError, CommandMetadata, Cqrs, CqrsTuning, EventEnvelope};
+use cqrs_core::{
+    Aggregate, CommandError, CommandMetadata, Cqrs, CqrsTuning, EventEnvelope, Position, Projection,
+};
 use cqrs_nats::{
     Consume, ConsumedPosition, Consumer, Incoming, Message, PositionError, Raw, Relay, Route,
 };
-use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgRunnerTuning};
+use cqrs_postgres::{PgEventStore, PgProjectionRunner, PgRunnerTuning, PgView};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -39,8 +41,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::http::{
-    ApiError, Body, PlaceOrder, ReadQuery, Restock, accepted, inventory_error, metadata,
-    order_error, token, view_lagging,
+    ApiError, Body, PlaceOrder, ReadQuery, Restock, place_with, restock_with, token, view_lagging,
+    wait_for_view,
 };
 use crate::inventory::{InventoryCommand, WAREHOUSE, Warehouse};
 use crate::orders::{Order, OrderCommand, OrderLine};
@@ -313,15 +315,98 @@ const ORDERS_TABLES: &str = "
         deliveries integer NOT NULL
     );";
 
+/// What each service runs: its pipeline, its projections (its view and its relay),
+/// and its consumer of the other service's stream.
+#[derive(Debug)]
+struct Wiring<A: Aggregate> {
+    cqrs: Arc<Cqrs<A, PgEventStore>>,
+    store: PgEventStore,
+    runner: PgProjectionRunner,
+    consumer: AbortOnDrop,
+    read_wait: Duration,
+}
+
+impl<A> Wiring<A>
+where
+    A: Aggregate<Services = ()>,
+{
+    /// Connects (see [`connect`]), and starts `view` and the relay of `route` under one
+    /// runner, and a consumer of `stream` made by `consume` around the pipeline.
+    async fn start<V, R, C>(
+        config: &ServiceConfig,
+        tables: &str,
+        cache: usize,
+        (view, route): (V, R),
+        stream: &'static str,
+        consume: fn(Arc<Cqrs<A, PgEventStore>>) -> C,
+    ) -> Result<Self, ServiceError>
+    where
+        V: PgView,
+        R: Route,
+        C: Consume,
+    {
+        let (store, js) = connect(config, tables).await?;
+        let cqrs = Arc::new(
+            Cqrs::<A, _>::builder(store.clone())
+                .tuning(CqrsTuning::default().cache(cache))
+                .build(),
+        );
+        let runner = PgProjectionRunner::builder(store.clone())
+            .tuning(PgRunnerTuning::default().poll_interval(Duration::from_millis(200)))
+            // The relay outlasts an outage of the broker.
+            .retries(u32::MAX, Duration::from_millis(200))
+            .view(view)
+            .view(Relay::new(js.clone(), route))
+            .start()
+            .await
+            .map_err(ServiceError::Projections)?;
+        let (consumer_store, consumer_cqrs) = (store.clone(), Arc::clone(&cqrs));
+        let consumer = supervise(move || {
+            Consumer::new(
+                consumer_store.clone(),
+                js.clone(),
+                stream,
+                consume(Arc::clone(&consumer_cqrs)),
+            )
+            .ack_wait(Duration::from_secs(5))
+        });
+        Ok(Self {
+            cqrs,
+            store,
+            runner,
+            consumer,
+            read_wait: config.read_wait,
+        })
+    }
+
+    async fn shutdown(&self) {
+        self.runner.shutdown().await;
+        self.consumer.0.abort();
+    }
+
+    /// Waits until the view `V` has passed `position` (a token of this service's).
+    async fn wait_for<V: Projection>(&self, position: Position) -> Result<(), ApiError> {
+        wait_for_view::<V>(&self.runner, position, self.read_wait).await
+    }
+
+    /// The row `key` of this service's `table`, queried by `sql` (`{schema}` is filled in).
+    async fn row<T>(&self, sql: &str, key: &str) -> Result<Option<T>, ApiError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        // The schema name was checked when the store was built.
+        let sql = sql.replace("{schema}", self.store.schema());
+        sqlx::query_as(AssertSqlSafe(sql))
+            .bind(key)
+            .fetch_optional(self.store.pool())
+            .await
+            .map_err(|e| ApiError::internal(&e))
+    }
+}
+
 /// The orders service: places orders, relays them, follows the inventory's answers.
 #[derive(Debug, Clone)]
-pub struct OrdersService {
-    orders: Arc<Cqrs<Order, PgEventStore>>,
-    runner: Arc<PgProjectionRunner>,
-    store: PgEventStore,
-    read_wait: Duration,
-    _consumer: Arc<AbortOnDrop>,
-}
+pub struct OrdersService(Arc<Wiring<Order>>);
 
 impl OrdersService {
     /// Connects, prepares the schema and the streams, and starts the order view, the
@@ -331,46 +416,21 @@ impl OrdersService {
     ///
     /// [`ServiceError`] naming what failed.
     pub async fn start(config: ServiceConfig) -> Result<Self, ServiceError> {
-        let (store, js) = connect(&config, ORDERS_TABLES).await?;
-        let orders = Arc::new(
-            Cqrs::<Order, _>::builder(store.clone())
-                .tuning(CqrsTuning::default().cache(10_000))
-                .build(),
-        );
-        let runner = PgProjectionRunner::builder(store.clone())
-            .tuning(PgRunnerTuning::default().poll_interval(Duration::from_millis(200)))
-            // The relay outlasts an outage of the broker.
-            .retries(u32::MAX, Duration::from_millis(200))
-            .view(OrderView)
-            .view(Relay::new(js.clone(), PlacedOrders))
-            .start()
-            .await
-            .map_err(ServiceError::Projections)?;
-        let (consumer_store, consumer_orders) = (store.clone(), Arc::clone(&orders));
-        let consumer = supervise(move || {
-            Consumer::new(
-                consumer_store.clone(),
-                js.clone(),
-                INVENTORY_STREAM,
-                FollowInventory {
-                    orders: Arc::clone(&consumer_orders),
-                },
-            )
-            .ack_wait(Duration::from_secs(5))
-        });
-        Ok(Self {
-            orders,
-            runner: Arc::new(runner),
-            store,
-            read_wait: config.read_wait,
-            _consumer: Arc::new(consumer),
-        })
+        let wiring = Wiring::start(
+            &config,
+            ORDERS_TABLES,
+            10_000,
+            (OrderView, PlacedOrders),
+            INVENTORY_STREAM,
+            |orders| FollowInventory { orders },
+        )
+        .await?;
+        Ok(Self(Arc::new(wiring)))
     }
 
     /// Stops the projections and the consumer.
     pub async fn shutdown(&self) {
-        self.runner.shutdown().await;
-        self._consumer.0.abort();
+        self.0.shutdown().await;
     }
 
     /// The routes: `POST /orders`, `GET /orders/{id}?after=<token>`.
@@ -390,20 +450,7 @@ async fn place(
     headers: HeaderMap,
     Body(body): Body<PlaceOrder>,
 ) -> Result<Response, ApiError> {
-    let meta = metadata(&headers)?;
-    let id = meta
-        .command_id
-        .map_or_else(|| Uuid::new_v4().to_string(), |key| key.to_string());
-    let command = OrderCommand::Place {
-        customer: body.customer,
-        lines: body.lines,
-    };
-    let outcome = service
-        .orders
-        .execute_with(&id, command, meta)
-        .await
-        .map_err(order_error)?;
-    Ok(accepted(id, &outcome))
+    place_with(&service.0.cqrs, &headers, body).await
 }
 
 async fn order(
@@ -414,25 +461,11 @@ async fn order(
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     if let Some(position) = token(&query, &headers)? {
-        match service
-            .runner
-            .wait_for::<OrderView>(position, service.read_wait)
-            .await
-        {
-            Ok(()) => {}
-            Err(cqrs_core::ProjectionError::Timeout { .. }) => return Err(view_lagging(position)),
-            Err(error) => return Err(ApiError::internal(&error)),
-        }
+        service.0.wait_for::<OrderView>(position).await?;
     }
-    let sql = format!(
-        "SELECT id, customer, status, reason, lines, version FROM \"{}\".order_view WHERE id = $1",
-        service.store.schema()
-    );
-    let row: Option<OrderRow> = sqlx::query_as(AssertSqlSafe(sql))
-        .bind(&id)
-        .fetch_optional(service.store.pool())
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let sql = "SELECT id, customer, status, reason, lines, version \
+               FROM \"{schema}\".order_view WHERE id = $1";
+    let row: Option<OrderRow> = service.0.row(sql, &id).await?;
     row.map(|row| Json(row).into_response()).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -513,12 +546,8 @@ const INVENTORY_TABLES: &str = "
 /// answers.
 #[derive(Debug, Clone)]
 pub struct InventoryService {
-    warehouse: Arc<Cqrs<Warehouse, PgEventStore>>,
-    runner: Arc<PgProjectionRunner>,
-    store: PgEventStore,
+    wiring: Arc<Wiring<Warehouse>>,
     orders_consumed: ConsumedPosition,
-    read_wait: Duration,
-    _consumer: Arc<AbortOnDrop>,
 }
 
 impl InventoryService {
@@ -529,48 +558,26 @@ impl InventoryService {
     ///
     /// [`ServiceError`] naming what failed.
     pub async fn start(config: ServiceConfig) -> Result<Self, ServiceError> {
-        let (store, js) = connect(&config, INVENTORY_TABLES).await?;
-        let warehouse = Arc::new(
-            Cqrs::<Warehouse, _>::builder(store.clone())
-                .tuning(CqrsTuning::default().cache(16))
-                .build(),
-        );
-        let runner = PgProjectionRunner::builder(store.clone())
-            .tuning(PgRunnerTuning::default().poll_interval(Duration::from_millis(200)))
-            .retries(u32::MAX, Duration::from_millis(200))
-            .view(StockView)
-            .view(Relay::new(js.clone(), Reservations))
-            .start()
-            .await
-            .map_err(ServiceError::Projections)?;
+        let wiring = Wiring::start(
+            &config,
+            INVENTORY_TABLES,
+            16,
+            (StockView, Reservations),
+            ORDERS_STREAM,
+            |warehouse| ReserveOrders { warehouse },
+        )
+        .await?;
         let orders_consumed =
-            ConsumedPosition::new(store.clone(), ReserveOrders::NAME, ORDERS_STREAM);
-        let (consumer_store, consumer_warehouse) = (store.clone(), Arc::clone(&warehouse));
-        let consumer = supervise(move || {
-            Consumer::new(
-                consumer_store.clone(),
-                js.clone(),
-                ORDERS_STREAM,
-                ReserveOrders {
-                    warehouse: Arc::clone(&consumer_warehouse),
-                },
-            )
-            .ack_wait(Duration::from_secs(5))
-        });
+            ConsumedPosition::new(wiring.store.clone(), ReserveOrders::NAME, ORDERS_STREAM);
         Ok(Self {
-            warehouse,
-            runner: Arc::new(runner),
-            store,
+            wiring: Arc::new(wiring),
             orders_consumed,
-            read_wait: config.read_wait,
-            _consumer: Arc::new(consumer),
         })
     }
 
     /// Stops the projections and the consumer.
     pub async fn shutdown(&self) {
-        self.runner.shutdown().await;
-        self._consumer.0.abort();
+        self.wiring.shutdown().await;
     }
 
     /// The routes: `POST /inventory/{sku}/restock`, `GET /inventory/{sku}?after=<token>`,
@@ -593,17 +600,7 @@ async fn restock(
     headers: HeaderMap,
     Body(body): Body<Restock>,
 ) -> Result<Response, ApiError> {
-    let meta = metadata(&headers)?;
-    let command = InventoryCommand::Restock {
-        sku,
-        quantity: body.quantity,
-    };
-    let outcome = service
-        .warehouse
-        .execute_with(WAREHOUSE, command, meta)
-        .await
-        .map_err(inventory_error)?;
-    Ok(accepted(WAREHOUSE.to_owned(), &outcome))
+    restock_with(&service.wiring.cqrs, sku, &headers, body).await
 }
 
 async fn stock(
@@ -614,33 +611,11 @@ async fn stock(
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     if let Some(position) = token(&query, &headers)? {
-        wait_for_stock(&service, position).await?;
+        service.wiring.wait_for::<StockView>(position).await?;
     }
-    let sql = format!(
-        "SELECT on_hand FROM \"{}\".stock_view WHERE sku = $1",
-        service.store.schema()
-    );
-    let on_hand: Option<(i64,)> = sqlx::query_as(AssertSqlSafe(sql))
-        .bind(&sku)
-        .fetch_optional(service.store.pool())
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let sql = "SELECT on_hand FROM \"{schema}\".stock_view WHERE sku = $1";
+    let on_hand: Option<(i64,)> = service.wiring.row(sql, &sku).await?;
     Ok(Json(json!({ "sku": sku, "on_hand": on_hand.map_or(0, |(n,)| n) })).into_response())
-}
-
-async fn wait_for_stock(
-    service: &InventoryService,
-    position: cqrs_core::Position,
-) -> Result<(), ApiError> {
-    match service
-        .runner
-        .wait_for::<StockView>(position, service.read_wait)
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(cqrs_core::ProjectionError::Timeout { .. }) => Err(view_lagging(position)),
-        Err(error) => Err(ApiError::internal(&error)),
-    }
 }
 
 /// The query of a read that waits on the orders service's token.
@@ -678,7 +653,7 @@ async fn known_order(
             })?;
         match service
             .orders_consumed
-            .wait_for(position, service.read_wait)
+            .wait_for(position, service.wiring.read_wait)
             .await
         {
             Ok(()) => {}
@@ -686,15 +661,8 @@ async fn known_order(
             Err(error) => return Err(ApiError::internal(&error)),
         }
     }
-    let sql = format!(
-        "SELECT id, customer, lines, deliveries FROM \"{}\".known_orders WHERE id = $1",
-        service.store.schema()
-    );
-    let row: Option<KnownOrder> = sqlx::query_as(AssertSqlSafe(sql))
-        .bind(&id)
-        .fetch_optional(service.store.pool())
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let sql = "SELECT id, customer, lines, deliveries FROM \"{schema}\".known_orders WHERE id = $1";
+    let row: Option<KnownOrder> = service.wiring.row(sql, &id).await?;
     row.map(|row| Json(row).into_response()).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
