@@ -88,3 +88,134 @@ pub(crate) async fn drop_schema(store: &PgEventStore) {
     .await
     .expect("drop schema");
 }
+
+/// The `nats-server` binary: where `scripts/test` installs it, or the one on the `PATH`.
+pub(crate) fn nats_server() -> &'static str {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nats-server")
+}
+
+/// One `nats-server` of a [`Cluster`]; `child` is `None` once it was killed.
+struct Node {
+    name: String,
+    url: String,
+    log: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+/// A JetStream cluster of `nats-server`s on 127.0.0.1, each with its own free client and
+/// cluster ports, temporary store, configuration file and log, and routes to the others;
+/// all killed and removed at the end (their logs printed first when a test panicked).
+pub(crate) struct Cluster {
+    nodes: Vec<Node>,
+    dir: std::path::PathBuf,
+}
+
+impl Cluster {
+    /// Starts `size` nodes, named `n1`, `n2`, …, and waits until each takes connections
+    /// (not until the cluster has a JetStream leader: that takes a few seconds more).
+    pub(crate) async fn start(size: usize) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("nats-cluster-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("the cluster's directory");
+        // Every port bound at once, so that no two are the same.
+        let listeners: Vec<std::net::TcpListener> = (0..size * 2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("a bound port").port())
+            .collect();
+        drop(listeners);
+        let (clients, routes) = ports.split_at(size);
+        let mut nodes = Vec::with_capacity(size);
+        for (index, (client, route)) in clients.iter().zip(routes).enumerate() {
+            let name = format!("n{}", index + 1);
+            let others: Vec<String> = routes
+                .iter()
+                .filter(|other| *other != route)
+                .map(|other| format!("\"nats-route://127.0.0.1:{other}\""))
+                .collect();
+            let config = format!(
+                "server_name: \"{name}\"\n\
+                 listen: \"127.0.0.1:{client}\"\n\
+                 jetstream {{\n  store_dir: \"{store}\"\n}}\n\
+                 cluster {{\n  name: \"cqrs\"\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}\n",
+                store = dir.join(&name).display(),
+                routes = others.join(", "),
+            );
+            let file = dir.join(format!("{name}.conf"));
+            std::fs::write(&file, config).expect("the node's configuration");
+            let log = dir.join(format!("{name}.log"));
+            let out = std::fs::File::create(&log).expect("the node's log");
+            let err = out.try_clone().expect("the node's log, twice");
+            let child = Command::new(nats_server())
+                .arg("-c")
+                .arg(&file)
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err))
+                .spawn()
+                .expect("nats-server starts (scripts/test installs it when missing)");
+            nodes.push(Node {
+                name,
+                url: format!("nats://127.0.0.1:{client}"),
+                log,
+                child: Some(child),
+            });
+        }
+        let cluster = Self { nodes, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in clients {
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "a cluster node did not come up");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        cluster
+    }
+
+    /// Every node's client URL (killed ones too), for a client that fails over.
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
+    }
+
+    /// Kills the node named `name` with SIGKILL, no goodbye to its peers or clients;
+    /// `false` when there is no such node running.
+    pub(crate) fn kill(&mut self, name: &str) -> bool {
+        let Some(mut child) = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .and_then(|n| n.child.take())
+        else {
+            return false;
+        };
+        let killed = child.kill().is_ok();
+        let _ = child.wait();
+        killed
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("--- the last lines of {}'s log:", node.name);
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
