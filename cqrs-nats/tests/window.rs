@@ -97,6 +97,20 @@ async fn jetstream(nats: &Nats) -> jetstream::Context {
     jetstream::new(async_nats::connect(&nats.url).await.expect("nats"))
 }
 
+/// A `nats-server -js` of the test's own, with the stream `ORDERS` (`orders.>`).
+async fn with_orders_stream() -> (Nats, jetstream::Context) {
+    let nats = Nats::start().await;
+    let js = jetstream(&nats).await;
+    js.create_stream(stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    (nats, js)
+}
+
 /// Keeps each message as it came: the view of a consumer of one version.
 struct Keep {
     fail_once: Option<u64>,
@@ -203,15 +217,7 @@ async fn until_kept(store: &PgEventStore, consumer: &str, count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_versions_go_out_while_the_window_is_open_and_only_the_new_one_after() {
-    let nats = Nats::start().await;
-    let js = jetstream(&nats).await;
-    js.create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
+    let (nats, js) = with_orders_stream().await;
     let store = common::store("window").await;
     let view = consumer_store().await;
     for i in 1..=10_i64 {
@@ -302,15 +308,7 @@ async fn both_versions_go_out_while_the_window_is_open_and_only_the_new_one_afte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_downcast_that_fails_stops_the_relay_at_that_event_with_the_window_named() {
-    let nats = Nats::start().await;
-    let js = jetstream(&nats).await;
-    js.create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
+    let (nats, js) = with_orders_stream().await;
     let store = common::store("window_fail").await;
     place(&store, "o1", 100, "EUR").await;
     place(&store, "o2", 200, "USD").await;
@@ -349,15 +347,7 @@ async fn a_downcast_that_fails_stops_the_relay_at_that_event_with_the_window_nam
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_on_a_writes_position_sees_the_write_and_messages_apply_in_order() {
-    let nats = Nats::start().await;
-    let js = jetstream(&nats).await;
-    js.create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
+    let (nats, _js) = with_orders_stream().await;
     let store = common::store("ryw").await;
     let view = consumer_store().await;
     let runner = runner(&store, Relay::new(jetstream(&nats).await, Orders)).await;
