@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::{self, Context};
 use cqrs_core::Position;
@@ -183,7 +184,7 @@ impl<C: Consume> Consumer<C> {
             stream: stream.into(),
             subjects: Vec::new(),
             consume,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(5),
             max_deliveries: 5,
             counts: Arc::default(),
             reached: watch::Sender::new(Position::START),
@@ -210,7 +211,10 @@ impl<C: Consume> Consumer<C> {
     }
 
     /// How long JetStream waits for an acknowledgement before delivering a message again
-    /// (default 30 s; set when the durable consumer is created).
+    /// (default 5 s; applied to the durable consumer at each start). With one message
+    /// outstanding at a time, an acknowledgement lost (with a cluster node that died, say)
+    /// holds the consumer this long; an `apply` that takes longer only makes JetStream
+    /// deliver the message again, and the second delivery is passed by.
     #[must_use]
     pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
         self.ack_wait = ack_wait;
@@ -264,16 +268,28 @@ impl<C: Consume> Consumer<C> {
             })
             .await
             .map_err(|e| ConsumerError::JetStream(e.to_string()))?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| ConsumerError::JetStream(e.to_string()))?;
+        let mut messages = deliveries(&consumer).await?;
         let mut handled = 0_u64;
         while let Some(delivered) = messages.next().await {
             let message = match delivered {
                 Ok(message) => message,
+                Err(error) if error.kind() == MessagesErrorKind::ConsumerDeleted => {
+                    return Err(ConsumerError::JetStream(error.to_string()));
+                }
                 Err(error) => {
-                    warn!(%error, "a delivery failed; going on");
+                    // The server that held the pull is gone (a cluster's leader died, a
+                    // connection dropped): pull again at once rather than wait for the
+                    // request to expire.
+                    warn!(%error, "a pull failed; pulling again");
+                    let mut pause = Duration::from_millis(100);
+                    messages = loop {
+                        tokio::time::sleep(pause).await;
+                        match deliveries(&consumer).await {
+                            Ok(messages) => break messages,
+                            Err(error) => warn!(%error, "pulling again failed; trying again"),
+                        }
+                        pause = (pause * 2).min(Duration::from_secs(2));
+                    };
                     continue;
                 }
             };
@@ -496,6 +512,21 @@ pub async fn migrate(store: &PgEventStore) -> Result<(), ConsumerError> {
     .await
     .map_err(database)?;
     tx.commit().await.map_err(database)
+}
+
+/// A stream of deliveries whose pulls expire after 5 s and whose idle heartbeats come
+/// every second: a server that stops answering (a leader that died) shows within about
+/// two seconds as a missed heartbeat, and the consumer pulls again.
+async fn deliveries(
+    consumer: &jetstream::consumer::Consumer<pull::Config>,
+) -> Result<pull::Stream, ConsumerError> {
+    consumer
+        .stream()
+        .expires(Duration::from_secs(5))
+        .heartbeat(Duration::from_secs(1))
+        .messages()
+        .await
+        .map_err(|e| ConsumerError::JetStream(e.to_string()))
 }
 
 fn database(error: impl std::fmt::Display) -> ConsumerError {
