@@ -28,11 +28,7 @@ impl Nats {
             .map(|a| a.port())
             .expect("a free port");
         let dir = std::env::temp_dir().join(format!("nats-{}", uuid::Uuid::new_v4().simple()));
-        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or("nats-server");
-        let child = Command::new(binary)
+        let child = Command::new(nats_server())
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(&dir)
             .stdout(Stdio::null())
