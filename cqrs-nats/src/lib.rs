@@ -55,6 +55,7 @@
 //! ```
 
 mod consumer;
+mod inbox;
 mod parked;
 mod position;
 mod relay;
@@ -64,6 +65,7 @@ use cqrs_core::{CodecError, Event, EventEnvelope, EventFilter, EventType};
 use serde_json::Value;
 
 pub use consumer::{Consume, Consumer, ConsumerCounts, ConsumerError, Incoming, migrate};
+pub use inbox::{Inbox, InboxError, InboxRoute};
 pub use parked::{ParkedMessage, parked};
 pub use position::{ConsumedPosition, PositionError};
 pub use relay::{Relay, RelayError};
