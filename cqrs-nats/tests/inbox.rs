@@ -1,17 +1,21 @@
 //! The inbox against a real `nats-server -js` and PostgreSQL: messages from another
 //! service become events of the consumer's own store, each once and in the stream's
 //! order, while the consumer is stopped at random points and started again; a projection
-//! of the service, run by its projection runner, sees each of them once.
+//! and a process manager of the service, run by its projection runner, see each of them
+//! once.
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use common::Nats;
+use cqrs_core::process::{Dispatch, Effects, ProcessManager, Refusal};
 use cqrs_core::store::NewEvent;
-use cqrs_core::{EventEnvelope, EventFilter, EventStore, Position, Projection};
+use cqrs_core::{CommandMetadata, EventEnvelope, EventFilter, EventStore, Position, Projection};
 use cqrs_nats::{Consumer, Inbox, InboxRoute, Incoming, Raw};
 use cqrs_postgres::sqlx::{self, PgConnection};
 use cqrs_postgres::{PgProjectionRunner, PgRunnerTuning, PgView};
@@ -84,6 +88,62 @@ impl PgView for Received {
     }
 }
 
+/// Ships each received order: one `Ship` command per order, then done.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Shipping;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Ship {
+    order: i64,
+}
+
+impl ProcessManager for Shipping {
+    const NAME: &'static str = "shipping";
+    type Event = Raw;
+    type Command = Ship;
+
+    fn filter() -> EventFilter {
+        EventFilter::all().and_stream_type("inbox")
+    }
+
+    fn correlation_key(event: &EventEnvelope<Raw>) -> Option<String> {
+        event.payload.payload["order"]
+            .as_i64()
+            .map(|o| o.to_string())
+    }
+
+    fn handle_event(&mut self, event: &EventEnvelope<Raw>, effects: &mut Effects<Ship>) {
+        if let Some(order) = event.payload.payload["order"].as_i64() {
+            effects.send(Ship { order });
+            effects.finish();
+        }
+    }
+
+    fn handle_timer(&mut self, _: &str, _: &mut Effects<Ship>) {}
+
+    fn handle_refusal(&mut self, _: &Ship, _: &str, _: &mut Effects<Ship>) {}
+}
+
+/// The command ids each order was shipped with (a command sent again keeps its id).
+#[derive(Default)]
+struct Warehouse(Mutex<BTreeMap<i64, BTreeSet<String>>>);
+
+impl Dispatch<Ship> for Warehouse {
+    async fn dispatch(&self, ship: Ship, metadata: CommandMetadata) -> Result<(), Refusal> {
+        let id = metadata
+            .command_id
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(ship.order)
+            .or_default()
+            .insert(id);
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_enter_the_inbox_once_in_order_across_restarts_and_projections_see_them_once() {
     let nats = Nats::start().await;
@@ -96,9 +156,11 @@ async fn messages_enter_the_inbox_once_in_order_across_restarts_and_projections_
     .await
     .expect("stream");
     let store = common::store("inbox").await;
+    let warehouse = Arc::new(Warehouse::default());
     let runner = PgProjectionRunner::builder(store.clone())
         .tuning(PgRunnerTuning::default().poll_interval(Duration::from_millis(50)))
         .view(Received)
+        .process::<Shipping, _>(Arc::clone(&warehouse))
         .start()
         .await
         .expect("runner");
@@ -225,6 +287,21 @@ async fn messages_enter_the_inbox_once_in_order_across_restarts_and_projections_
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(seen, expected);
+    // The process manager reacted to each once: one command (one id) per order.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shipped = warehouse
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if shipped.len() >= expected.len() || Instant::now() > deadline {
+            assert_eq!(shipped.keys().copied().collect::<Vec<_>>(), expected);
+            assert!(shipped.values().all(|ids| ids.len() == 1), "{shipped:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // A redelivery of a message already appended found its first append: nothing failed.
     assert_eq!(cqrs_nats::parked(&store).await.expect("parked"), []);
     runner.shutdown().await;
