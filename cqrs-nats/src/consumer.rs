@@ -243,13 +243,56 @@ impl<C: Consume> Consumer<C> {
     /// reached.
     pub async fn run(mut self) -> Result<(), ConsumerError> {
         migrate(&self.store).await?;
+        let consumer = self.durable().await?;
+        let mut messages = deliveries(&consumer).await?;
+        let mut handled = 0_u64;
+        while let Some(delivered) = messages.next().await {
+            let message = match delivered {
+                Ok(message) => message,
+                Err(error) if error.kind() == MessagesErrorKind::ConsumerDeleted => {
+                    return Err(ConsumerError::JetStream(error.to_string()));
+                }
+                Err(error) => {
+                    // The server that held the pull is gone (a cluster's leader died, a
+                    // connection dropped): pull again at once rather than wait for the
+                    // request to expire.
+                    warn!(%error, "a pull failed; pulling again");
+                    messages = pull_again(&consumer).await;
+                    continue;
+                }
+            };
+            let Some((incoming, parsed, delivered)) = incoming(&message) else {
+                warn!("a delivery without JetStream metadata; passed by");
+                continue;
+            };
+            let outcome = match parsed {
+                // Never applicable: parked at once.
+                Err(error) => Err((format!("the payload is not JSON: {error}"), true)),
+                Ok(()) => self
+                    .apply(&incoming)
+                    .await
+                    .map_err(|error| (error.to_string(), delivered >= self.max_deliveries)),
+            };
+            self.settle(&message, &incoming, outcome).await?;
+            handled += 1;
+            if handled.is_multiple_of(256)
+                && let Ok(info) = consumer.get_info().await
+            {
+                self.prune(info.ack_floor.stream_sequence).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The durable consumer: created, or brought to this configuration when it exists
+    /// with another.
+    async fn durable(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, ConsumerError> {
         let stream = self
             .jetstream
             .get_stream(&self.stream)
             .await
             .map_err(|e| ConsumerError::JetStream(e.to_string()))?;
-        // Created, or brought to this configuration when it exists with another.
-        let mut consumer: jetstream::consumer::Consumer<pull::Config> = stream
+        stream
             .create_consumer(pull::Config {
                 durable_name: Some(C::NAME.to_owned()),
                 ack_policy: AckPolicy::Explicit,
@@ -267,85 +310,35 @@ impl<C: Consume> Consumer<C> {
                 ..Default::default()
             })
             .await
-            .map_err(|e| ConsumerError::JetStream(e.to_string()))?;
-        let mut messages = deliveries(&consumer).await?;
-        let mut handled = 0_u64;
-        while let Some(delivered) = messages.next().await {
-            let message = match delivered {
-                Ok(message) => message,
-                Err(error) if error.kind() == MessagesErrorKind::ConsumerDeleted => {
-                    return Err(ConsumerError::JetStream(error.to_string()));
+            .map_err(|e| ConsumerError::JetStream(e.to_string()))
+    }
+
+    /// Acknowledges an applied message, parks one that can never be applied, and asks
+    /// for one that failed to be delivered again.
+    async fn settle(
+        &self,
+        message: &jetstream::Message,
+        incoming: &Incoming,
+        outcome: Result<(), (String, bool)>,
+    ) -> Result<(), ConsumerError> {
+        let sequence = incoming.stream_sequence;
+        match outcome {
+            Ok(()) => {
+                if let Err(error) = message.ack().await {
+                    // Delivered again later, and passed by then.
+                    warn!(%error, sequence, "acknowledgement lost");
                 }
-                Err(error) => {
-                    // The server that held the pull is gone (a cluster's leader died, a
-                    // connection dropped): pull again at once rather than wait for the
-                    // request to expire.
-                    warn!(%error, "a pull failed; pulling again");
-                    let mut pause = Duration::from_millis(100);
-                    messages = loop {
-                        tokio::time::sleep(pause).await;
-                        match deliveries(&consumer).await {
-                            Ok(messages) => break messages,
-                            Err(error) => warn!(%error, "pulling again failed; trying again"),
-                        }
-                        pause = (pause * 2).min(Duration::from_secs(2));
-                    };
-                    continue;
-                }
-            };
-            let Ok(info) = message.info() else {
-                warn!("a delivery without JetStream metadata; passed by");
-                continue;
-            };
-            let delivered = info.delivered;
-            let parsed = serde_json::from_slice::<Value>(&message.payload);
-            let header = |name: &str| {
-                message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_owned())
-            };
-            let incoming = Incoming {
-                subject: message.subject.to_string(),
-                stream_sequence: info.stream_sequence,
-                message_id: header("Nats-Msg-Id"),
-                position: header(POSITION_HEADER).and_then(|p| p.parse().ok()),
-                payload: parsed.as_ref().map_or(Value::Null, Clone::clone),
-            };
-            let outcome = match &parsed {
-                // Never applicable: parked at once.
-                Err(error) => Err((format!("the payload is not JSON: {error}"), true)),
-                Ok(_) => self
-                    .apply(&incoming)
-                    .await
-                    .map_err(|error| (error.to_string(), delivered >= self.max_deliveries)),
-            };
-            handled += 1;
-            if handled.is_multiple_of(256)
-                && let Ok(info) = consumer.info().await
-            {
-                let floor = info.ack_floor.stream_sequence;
-                self.prune(floor).await?;
             }
-            match outcome {
-                Ok(()) => {
-                    if let Err(error) = message.ack().await {
-                        // Delivered again later, and passed by then.
-                        warn!(%error, sequence = incoming.stream_sequence, "acknowledgement lost");
-                    }
-                }
-                Err((error, true)) => {
-                    warn!(%error, sequence = incoming.stream_sequence, "a message that cannot be applied is parked");
-                    self.park(&incoming, &message.payload, &error).await?;
-                    let _ = message.ack_with(jetstream::AckKind::Term).await;
-                }
-                Err((error, false)) => {
-                    warn!(%error, sequence = incoming.stream_sequence, delivered, "applying a message failed; it is delivered again");
-                    let _ = message
-                        .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))
-                        .await;
-                }
+            Err((error, true)) => {
+                warn!(%error, sequence, "a message that cannot be applied is parked");
+                self.park(incoming, &message.payload, &error).await?;
+                let _ = message.ack_with(jetstream::AckKind::Term).await;
+            }
+            Err((error, false)) => {
+                warn!(%error, sequence, "applying a message failed; it is delivered again");
+                let _ = message
+                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500))))
+                    .await;
             }
         }
         Ok(())
@@ -512,6 +505,46 @@ pub async fn migrate(store: &PgEventStore) -> Result<(), ConsumerError> {
     .await
     .map_err(database)?;
     tx.commit().await.map_err(database)
+}
+
+/// What a delivery says: the message as a [`Consume`] sees it, whether its payload is
+/// JSON, and how many times it was delivered; `None` without JetStream metadata.
+fn incoming(
+    message: &jetstream::Message,
+) -> Option<(Incoming, Result<(), serde_json::Error>, i64)> {
+    let info = message.info().ok()?;
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let (payload, parsed) = match serde_json::from_slice::<Value>(&message.payload) {
+        Ok(payload) => (payload, Ok(())),
+        Err(error) => (Value::Null, Err(error)),
+    };
+    let incoming = Incoming {
+        subject: message.subject.to_string(),
+        stream_sequence: info.stream_sequence,
+        message_id: header("Nats-Msg-Id"),
+        position: header(POSITION_HEADER).and_then(|p| p.parse().ok()),
+        payload,
+    };
+    Some((incoming, parsed, info.delivered))
+}
+
+/// Pulls again after a failed pull, pausing longer each time it fails (up to 2 s).
+async fn pull_again(consumer: &jetstream::consumer::Consumer<pull::Config>) -> pull::Stream {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        tokio::time::sleep(pause).await;
+        match deliveries(consumer).await {
+            Ok(messages) => return messages,
+            Err(error) => warn!(%error, "pulling again failed; trying again"),
+        }
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// A stream of deliveries whose pulls expire after 5 s and whose idle heartbeats come
