@@ -106,6 +106,7 @@ impl StatusPage {
             .route("/", get(page))
             .route("/api/projections", get(projections))
             .route("/api/processes", get(processes))
+            .route("/api/parked", get(parked))
             .route("/api/projections/{name}/{version}/{action}", post(request))
             .route("/metrics", get(metrics))
             .with_state(Arc::new(self))
@@ -220,6 +221,13 @@ async fn projections(State(page): Page) -> Result<Json<Value>, ApiError> {
 
 async fn processes(State(page): Page) -> Result<Json<Value>, ApiError> {
     let all = page.ops.processes().await?;
+    Ok(Json(serde_json::to_value(all).unwrap_or(Value::Null)))
+}
+
+async fn parked(State(page): Page) -> Result<Json<Value>, ApiError> {
+    let all = cqrs_nats::parked(page.ops.store())
+        .await
+        .map_err(|e| ApiError(crate::output::chain(&e)))?;
     Ok(Json(serde_json::to_value(all).unwrap_or(Value::Null)))
 }
 

@@ -438,6 +438,35 @@ async fn the_status_page_shows_lag_and_a_rebuild_started_from_it() {
         .await;
     assert_eq!(note, "rebuild of slow v1 requested");
 
+    // A message a JetStream consumer parked shows, with its error.
+    cqrs_nats::migrate(&store)
+        .await
+        .expect("the consumers' tables");
+    let mut tx = store.begin_in_schema().await.expect("tx");
+    sqlx::query(
+        "INSERT INTO nats_parked (consumer, stream, sequence, subject, payload, error) \
+         VALUES ('billing', 'ORDERS', 12, 'orders.placed', '{}'::bytea, 'the message has no amount')",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("a parked message");
+    tx.commit().await.expect("commit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let shown = browser
+            .script("return document.querySelector('#parked tbody').textContent;")
+            .await;
+        let shown = shown.as_str().unwrap_or_default();
+        if shown.contains("billing") && shown.contains("the message has no amount") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the parked message is not shown: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The API and the metrics behind the page, with the pipeline's counters.
     clocks.execute("w-1", Wind(1)).await.expect("wound");
     clocks.execute("w-1", Wind(2)).await.expect("wound");

@@ -386,6 +386,51 @@ async fn check_counts_and_finds_events_that_no_longer_decode() {
     f.cleanup().await;
 }
 
+/// Runs `cqrs-admin serve` on a free port, checks it says where, and answers what
+/// `GET path` returned (status line, headers and body).
+async fn served(f: &Fixture, path: &str) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_cqrs-admin"))
+        .env("DATABASE_URL", database_url())
+        .args([
+            "--schema",
+            f.store.schema(),
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().expect("stdout")),
+        &mut first,
+    )
+    .expect("its first line");
+    assert!(
+        first.contains(&format!("http://127.0.0.1:{port}/")),
+        "{first}"
+    );
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let fetched = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.write_all(request.as_bytes()).expect("request");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("answer");
+        answer
+    })
+    .await
+    .expect("joined");
+    let _ = server.kill();
+    let _ = server.wait();
+    fetched
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_messages_are_listed_with_their_errors() {
     let f = Fixture::new().await;
@@ -417,6 +462,13 @@ async fn parked_messages_are_listed_with_their_errors() {
     let parsed: serde_json::Value = serde_json::from_str(&stdout(&shown)).expect("JSON");
     assert_eq!(parsed[0]["sequence"], 7);
     assert_eq!(parsed[0]["payload"], "not json");
+    // And on the status page's API.
+    let fetched = served(&f, "/api/parked").await;
+    assert!(fetched.starts_with("HTTP/1.1 200"), "{fetched}");
+    assert!(
+        fetched.contains("\"error\":\"the payload is not JSON\""),
+        "{fetched}"
+    );
     f.cleanup().await;
 }
 
@@ -444,46 +496,7 @@ async fn processes_show_failing_commands_and_errors_exit_with_their_codes() {
     assert!(text.contains("the warehouse is down"), "{text}");
 
     // `serve`: the page, its API and the metrics, until the process is stopped.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_cqrs-admin"))
-        .env("DATABASE_URL", database_url())
-        .args([
-            "--schema",
-            f.store.schema(),
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(server.stdout.take().expect("stdout")),
-        &mut first,
-    )
-    .expect("its first line");
-    assert!(
-        first.contains(&format!("http://127.0.0.1:{port}/")),
-        "{first}"
-    );
-    let fetched = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream
-            .write_all(b"GET /api/processes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .expect("request");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("answer");
-        answer
-    })
-    .await
-    .expect("joined");
-    let _ = server.kill();
-    let _ = server.wait();
+    let fetched = served(&f, "/api/processes").await;
     assert!(fetched.starts_with("HTTP/1.1 200"), "{fetched}");
     assert!(fetched.contains("\"manager\":\"shipping\""), "{fetched}");
 
