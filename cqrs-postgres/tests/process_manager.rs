@@ -153,10 +153,13 @@ async fn timers_fire_once_with_two_runners_and_when_the_owner_stops() {
     let first = runner(&store, "first", &pinger).await;
     let second = runner(&store, "second", &pinger).await;
 
-    // 40 instances, timers of 20..420 ms; some hear several events.
+    // 40 instances, timers of 200..590 ms; some hear a second event, appended right
+    // after the first and so heard well before their timer fires (a timer of a few
+    // milliseconds could fire first on a loaded machine, and the state would rightly
+    // not have heard it).
     for i in 0..40_u64 {
         counters
-            .execute(&format!("c-{i}"), Add(20 + i * 10))
+            .execute(&format!("c-{i}"), Add(200 + i * 10))
             .await
             .expect("add");
         if i % 3 == 0 {
