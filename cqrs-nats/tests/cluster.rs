@@ -336,6 +336,8 @@ async fn a_stream_leader_killed_mid_run_loses_and_doubles_nothing() {
         )
         // A relay outlasts a failover: it tries its batch again and again.
         .retries(1_000, Duration::from_millis(20))
+        // Back within a second of the stream's new leader, however long the election.
+        .retry_ceiling(Duration::from_secs(1))
         .view(Relay::new(
             jetstream::new(connect().await.expect("nats")),
             Deposits,

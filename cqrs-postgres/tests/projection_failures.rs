@@ -1,5 +1,6 @@
-//! A failing handler: retried with backoff, then the projection stops at the event with
-//! its error recorded; the others keep running; `retry` and `skip` resume it.
+//! A failing handler: retried with backoff (up to its ceiling), then the projection stops
+//! at the event with its error recorded; the others keep running; `retry` and `skip`
+//! resume it.
 
 mod common;
 mod projection_support;
@@ -64,6 +65,35 @@ async fn a_transient_failure_is_retried_and_applied_once() {
     assert_eq!(
         rows(t.pool(), &served_view(&schema)).await,
         fold(t.pool(), &schema).await
+    );
+    runner.shutdown().await;
+    t.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_pause_no_longer_than_their_ceiling_so_a_healed_view_goes_on_at_once() {
+    let t = TestStore::new("proj_ceiling").await;
+    let schema = t.store.schema().to_owned();
+    let faults = Arc::new(Faults::default());
+    faults.fail_always("c-1", 1);
+    let runner = PgProjectionRunner::builder(t.store.clone())
+        .retries(u32::MAX, Duration::from_millis(10))
+        .retry_ceiling(Duration::from_millis(50))
+        .view(Balances::<1>::new(&schema).with_faults(Arc::clone(&faults)))
+        .start()
+        .await
+        .expect("start");
+    let last = add(&t.store, "c-1", 0, 5).await;
+    // Three seconds of failures: doubling from 10 ms without a ceiling, the next try
+    // would come about two seconds after the heal (at 5.1 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    faults.heal("c-1", 1);
+    let healed = std::time::Instant::now();
+    caught_up(&runner, "balances", last, WAIT).await;
+    let after = healed.elapsed();
+    assert!(
+        after < Duration::from_secs(1),
+        "caught up {after:?} after the heal: retries waited past their 50 ms ceiling"
     );
     runner.shutdown().await;
     t.cleanup().await;

@@ -128,6 +128,16 @@ impl PgProjectionRunnerBuilder {
         self
     }
 
+    /// The longest delay between two tries of a failing event (default 30 s; at least
+    /// 1 ms): the delay doubles from the `backoff` of [`retries`](Self::retries) up to
+    /// this. A view that waits on something outside, like a relay on its broker, wants
+    /// a short one: it goes on within this long after the broker is back.
+    #[must_use]
+    pub fn retry_ceiling(mut self, ceiling: Duration) -> Self {
+        self.config.max_backoff = ceiling.max(Duration::from_millis(1));
+        self
+    }
+
     /// Registers the projections and starts the runner: the listener, the lock
     /// connection, and one task per projection, which applies batches while this process
     /// owns the projection.

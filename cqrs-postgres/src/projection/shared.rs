@@ -107,6 +107,7 @@ pub(crate) struct Config {
     pub(crate) claim_interval: Duration,
     pub(crate) max_attempts: u32,
     pub(crate) backoff: Duration,
+    pub(crate) max_backoff: Duration,
     pub(crate) synchronous_commit: bool,
 }
 
@@ -118,6 +119,7 @@ impl Default for Config {
             claim_interval: Duration::ZERO,
             max_attempts: 5,
             backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
             synchronous_commit: false,
         };
         config.tune(PgRunnerTuning::default());

@@ -468,7 +468,7 @@ impl<V: PgView> Worker<V> {
             let delay = config
                 .backoff
                 .saturating_mul(1 << exponent)
-                .min(Duration::from_secs(30));
+                .min(config.max_backoff);
             warn!(
                 error = %chain(&error),
                 attempt = self.attempts,

@@ -353,8 +353,9 @@ where
         );
         let runner = PgProjectionRunner::builder(store.clone())
             .tuning(PgRunnerTuning::default().poll_interval(Duration::from_millis(200)))
-            // The relay outlasts an outage of the broker.
+            // The relay outlasts an outage of the broker, and goes on within 2 s of its return.
             .retries(u32::MAX, Duration::from_millis(200))
+            .retry_ceiling(Duration::from_secs(2))
             .view(view)
             .view(Relay::new(js.clone(), route))
             .start()
