@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use common::Nats;
 use cqrs_nats::{Consume, Consumer, Incoming};
 use cqrs_postgres::PgEventStore;
@@ -73,15 +73,7 @@ async fn totals(store: &PgEventStore) -> (i64, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeliveries_and_restarts_change_nothing_twice() {
-    let nats = Nats::start().await;
-    let js = jetstream::new(async_nats::connect(&nats.url).await.expect("nats"));
-    js.create_stream(stream::Config {
-        name: "PAYMENTS".into(),
-        subjects: vec!["payments.>".into()],
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
+    let (nats, js) = Nats::with_stream("PAYMENTS").await;
     let store = store().await;
     // The first delivery of message 5 is held past the acknowledgement deadline.
     SLOW.lock().unwrap_or_else(PoisonError::into_inner).push(5);
@@ -222,15 +214,7 @@ impl Consume for Strict {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_that_cannot_be_applied_are_parked_with_their_error_and_the_rest_goes_on() {
-    let nats = Nats::start().await;
-    let js = jetstream::new(async_nats::connect(&nats.url).await.expect("nats"));
-    js.create_stream(stream::Config {
-        name: "ODD".into(),
-        subjects: vec!["odd.>".into()],
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
+    let (_nats, js) = Nats::with_stream("ODD").await;
     let store = store().await;
     for (subject, payload) in [
         ("odd.x", json!({ "amount": 1 }).to_string()),

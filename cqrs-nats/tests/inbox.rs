@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use common::Nats;
 use cqrs_core::process::{Dispatch, Effects, ProcessManager, Refusal};
 use cqrs_core::store::NewEvent;
@@ -146,15 +146,7 @@ impl Dispatch<Ship> for Warehouse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_enter_the_inbox_once_in_order_across_restarts_and_projections_see_them_once() {
-    let nats = Nats::start().await;
-    let js = jetstream::new(async_nats::connect(&nats.url).await.expect("nats"));
-    js.create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
+    let (nats, js) = Nats::with_stream("ORDERS").await;
     let store = common::store("inbox").await;
     let warehouse = Arc::new(Warehouse::default());
     let runner = PgProjectionRunner::builder(store.clone())

@@ -15,7 +15,7 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use common::Nats;
 use cqrs_core::store::{AppendRequest, NewEvent};
 use cqrs_core::{EventEnvelope, EventStore, Position};
@@ -95,20 +95,6 @@ async fn runner(store: &PgEventStore, relay: Relay<Orders>) -> PgProjectionRunne
 
 async fn jetstream(nats: &Nats) -> jetstream::Context {
     jetstream::new(async_nats::connect(&nats.url).await.expect("nats"))
-}
-
-/// A `nats-server -js` of the test's own, with the stream `ORDERS` (`orders.>`).
-async fn with_orders_stream() -> (Nats, jetstream::Context) {
-    let nats = Nats::start().await;
-    let js = jetstream(&nats).await;
-    js.create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        ..Default::default()
-    })
-    .await
-    .expect("stream");
-    (nats, js)
 }
 
 /// Keeps each message as it came: the view of a consumer of one version.
@@ -217,7 +203,7 @@ async fn until_kept(store: &PgEventStore, consumer: &str, count: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_versions_go_out_while_the_window_is_open_and_only_the_new_one_after() {
-    let (nats, js) = with_orders_stream().await;
+    let (nats, js) = Nats::with_stream("ORDERS").await;
     let store = common::store("window").await;
     let view = consumer_store().await;
     for i in 1..=10_i64 {
@@ -308,7 +294,7 @@ async fn both_versions_go_out_while_the_window_is_open_and_only_the_new_one_afte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_downcast_that_fails_stops_the_relay_at_that_event_with_the_window_named() {
-    let (nats, js) = with_orders_stream().await;
+    let (nats, js) = Nats::with_stream("ORDERS").await;
     let store = common::store("window_fail").await;
     place(&store, "o1", 100, "EUR").await;
     place(&store, "o2", 200, "USD").await;
@@ -347,7 +333,7 @@ async fn a_downcast_that_fails_stops_the_relay_at_that_event_with_the_window_nam
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_on_a_writes_position_sees_the_write_and_messages_apply_in_order() {
-    let (nats, _js) = with_orders_stream().await;
+    let (nats, _js) = Nats::with_stream("ORDERS").await;
     let store = common::store("ryw").await;
     let view = consumer_store().await;
     let runner = runner(&store, Relay::new(jetstream(&nats).await, Orders)).await;

@@ -48,6 +48,23 @@ impl Nats {
     }
 }
 
+impl Nats {
+    /// A server of its own with the stream `name` over `name_lower.>` (the stream's name
+    /// in lower case), and a JetStream context on it.
+    pub(crate) async fn with_stream(name: &str) -> (Self, async_nats::jetstream::Context) {
+        let nats = Self::start().await;
+        let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await.expect("nats"));
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_owned(),
+            subjects: vec![format!("{}.>", name.to_lowercase())],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+        (nats, js)
+    }
+}
+
 impl Drop for Nats {
     fn drop(&mut self) {
         let _ = self.child.kill();
