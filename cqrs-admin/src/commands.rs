@@ -6,14 +6,14 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use cqrs_core::store::RecordedEvent;
-use cqrs_core::{EventFilter, EventStore, Position};
+use cqrs_core::{EventFilter, EventStore, Position, error_chain};
 use cqrs_postgres::sqlx::postgres::PgPoolOptions;
 use cqrs_postgres::{PgEventStore, PgOperations, PgProjectionState, PgProjectionStatus};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::cli::{Cli, Command};
-use crate::output::{Table, chain, duration, json};
+use crate::output::{Table, duration, json};
 use crate::{Admin, exit};
 
 /// Why a command stopped short.
@@ -43,13 +43,13 @@ impl fmt::Display for Failure {
 
 impl From<cqrs_postgres::Error> for Failure {
     fn from(error: cqrs_postgres::Error) -> Self {
-        Self::Error(chain(&error))
+        Self::Error(error_chain(&error))
     }
 }
 
 impl From<cqrs_core::Error> for Failure {
     fn from(error: cqrs_core::Error) -> Self {
-        Self::Error(chain(&error))
+        Self::Error(error_chain(&error))
     }
 }
 
@@ -184,11 +184,13 @@ async fn connect(url: &str, schema: &str) -> Result<PgEventStore, Failure> {
         .acquire_timeout(Duration::from_secs(10))
         .connect(url)
         .await
-        .map_err(|error| Failure::Error(format!("cannot connect to {url}: {}", chain(&error))))?;
+        .map_err(|error| {
+            Failure::Error(format!("cannot connect to {url}: {}", error_chain(&error)))
+        })?;
     PgEventStore::builder(pool)
         .schema(schema)
         .build()
-        .map_err(|error| Failure::Usage(chain(&error)))
+        .map_err(|error| Failure::Usage(error_chain(&error)))
 }
 
 fn nothing(out: &mut dyn Write, message: &str) -> Outcome {
@@ -690,7 +692,7 @@ async fn processes(ops: &PgOperations, json_out: bool, out: &mut dyn Write) -> O
 async fn parked(store: &PgEventStore, json_out: bool, out: &mut dyn Write) -> Outcome {
     let all = cqrs_nats::parked(store)
         .await
-        .map_err(|e| Failure::Error(chain(&e)))?;
+        .map_err(|e| Failure::Error(error_chain(&e)))?;
     if json_out {
         json(out, &all)?;
     } else if all.is_empty() {

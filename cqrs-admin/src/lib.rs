@@ -100,7 +100,7 @@ impl Admin {
                 Box::new(|name: &str, version: u32, payload: Value| {
                     E::decode(name, version, payload)
                         .map(drop)
-                        .map_err(|error| output::chain(&error))
+                        .map_err(|error| cqrs_core::error_chain(&error))
                 }),
             );
         }

@@ -76,18 +76,6 @@ pub(crate) fn duration(d: std::time::Duration) -> String {
     }
 }
 
-/// An error and its sources, on one line.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// A projection version, as the API and `--json` show it.
 pub(crate) fn projection_json(s: &PgProjectionStatus) -> Value {
     json!({

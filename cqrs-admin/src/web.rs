@@ -195,7 +195,7 @@ impl IntoResponse for ApiError {
 
 impl From<cqrs_postgres::Error> for ApiError {
     fn from(error: cqrs_postgres::Error) -> Self {
-        Self(crate::output::chain(&error))
+        Self(cqrs_core::error_chain(&error))
     }
 }
 
@@ -227,7 +227,7 @@ async fn processes(State(page): Page) -> Result<Json<Value>, ApiError> {
 async fn parked(State(page): Page) -> Result<Json<Value>, ApiError> {
     let all = cqrs_nats::parked(page.ops.store())
         .await
-        .map_err(|e| ApiError(crate::output::chain(&e)))?;
+        .map_err(|e| ApiError(cqrs_core::error_chain(&e)))?;
     Ok(Json(serde_json::to_value(all).unwrap_or(Value::Null)))
 }
 

@@ -7,6 +7,48 @@ use crate::{CodecError, Position};
 /// A boxed error from a storage backend or a user's projection.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
+/// An error and its sources on one line, outermost first, joined by `: ` (for logs, a
+/// status column, a test's message).
+///
+/// ```
+/// use std::fmt;
+/// use cqrs_core::error_chain;
+///
+/// #[derive(Debug)]
+/// struct Refused;
+/// impl fmt::Display for Refused {
+///     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+///         f.write_str("connection refused")
+///     }
+/// }
+/// impl std::error::Error for Refused {}
+///
+/// #[derive(Debug)]
+/// struct CannotLoad(Refused);
+/// impl fmt::Display for CannotLoad {
+///     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+///         f.write_str("cannot load the stream")
+///     }
+/// }
+/// impl std::error::Error for CannotLoad {
+///     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+///         Some(&self.0)
+///     }
+/// }
+///
+/// assert_eq!(error_chain(&CannotLoad(Refused)), "cannot load the stream: connection refused");
+/// ```
+pub fn error_chain(error: &dyn StdError) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// `Result` with [`Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -27,7 +27,7 @@ pub use document::{
     Comparison, Direction, Document, DocumentQuery, Field, Filter, Order, QueryError, Scalar,
 };
 pub use envelope::{EventEnvelope, Metadata, ParsePositionError, Position};
-pub use error::{BoxError, Error, ProjectionError, Result};
+pub use error::{BoxError, Error, ProjectionError, Result, error_chain};
 pub use event::{CodecError, Event, EventType, Upcaster, codec};
 pub use pipeline::{
     APPEND_BUCKETS, AcrossOutcome, CommandError, CommandOutcome, Cqrs, CqrsBuilder, CqrsStats,

@@ -170,7 +170,7 @@ impl GoldenSamples {
                         event_type: (*event_type).to_owned(),
                         version: *kept_version,
                         path: path.clone(),
-                        reason: chain(&error),
+                        reason: crate::error_chain(&error),
                     });
                 }
                 if additive && kept_version == version && !self.update {
@@ -312,15 +312,4 @@ fn kind(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -8,18 +8,6 @@ use std::task::Poll;
 
 use cqrs_core::BoxError;
 
-/// An error and its sources, as one line.
-pub(super) fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// Runs a hook or handler, turning its error, or a panic, into a boxed error.
 pub(super) async fn guarded<F, E>(future: F) -> Result<(), BoxError>
 where

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cqrs_core::{BoxError, EventFilter, Position, ProjectionError};
+use cqrs_core::{BoxError, EventFilter, Position, ProjectionError, error_chain};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, error, info, warn};
 
 use super::batch::{self, Abandon, Ahead, Applied, Decoded, hook_failed};
-use super::guard::{chain, guarded};
+use super::guard::guarded;
 use super::plan::{self, Commit, Plan, Row};
 use super::shared::Shared;
 use super::view::PgView;
@@ -117,7 +117,7 @@ impl<V: PgView> Worker<V> {
                         info!(position = %self.position, "projection released");
                     }
                     Err(error) => {
-                        warn!(error = %chain(&error), "cannot take up the projection; trying again");
+                        warn!(error = %error_chain(&error), "cannot take up the projection; trying again");
                         self.pause(self.shared.config.poll_interval).await;
                     }
                 }
@@ -240,7 +240,7 @@ impl<V: PgView> Worker<V> {
                 Ok(Step::Missing) => return,
                 Err(error) => {
                     warn!(
-                        error = %chain(&error),
+                        error = %error_chain(&error),
                         position = %self.position,
                         "projection batch failed; retrying"
                     );
@@ -423,7 +423,7 @@ impl<V: PgView> Worker<V> {
         let mut tx = batch::begin(&shared).await?;
         if let Err(source) = guarded(reset.view.reset(&mut tx)).await {
             let error = hook_failed::<V>("reset", source);
-            warn!(error = %chain(&error), "resetting the view for a rebuild failed; retrying");
+            warn!(error = %error_chain(&error), "resetting the view for a rebuild failed; retrying");
             return Ok(Step::Retry(shared.config.poll_interval));
         }
         if !shared
@@ -470,7 +470,7 @@ impl<V: PgView> Worker<V> {
                 .saturating_mul(1 << exponent)
                 .min(config.max_backoff);
             warn!(
-                error = %chain(&error),
+                error = %error_chain(&error),
                 attempt = self.attempts,
                 "projection handler failed; retrying"
             );
@@ -478,7 +478,7 @@ impl<V: PgView> Worker<V> {
             self.until = Some(position);
             return Ok(Step::Retry(delay));
         }
-        let message = chain(&error);
+        let message = error_chain(&error);
         error!(error = %message, %position, "projection handler keeps failing; projection stopped");
         self.attempts = 0;
         self.until = None;
