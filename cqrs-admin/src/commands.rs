@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::cli::{Cli, Command};
-use crate::output::{Table, duration, json};
+use crate::output::{Table, duration, event_line, json};
 use crate::{Admin, exit};
 
 /// Why a command stopped short.
@@ -360,17 +360,7 @@ async fn tail(
                 });
                 writeln!(out, "{line}")?;
             } else {
-                writeln!(
-                    out,
-                    "{}  {}/{}#{}  {} v{}  {}",
-                    event.position,
-                    event.stream_type,
-                    event.stream_id,
-                    event.stream_version,
-                    event.event_type,
-                    event.schema_version,
-                    event.payload
-                )?;
+                writeln!(out, "{}  {}", event.position, event_line(event))?;
             }
             position = event.position;
             seen += 1;
@@ -462,16 +452,7 @@ fn write_failure(
         status.error.as_deref().unwrap_or("?")
     )?;
     if let Some(event) = event {
-        writeln!(
-            out,
-            "    event {}/{}#{}  {} v{}  {}",
-            event.stream_type,
-            event.stream_id,
-            event.stream_version,
-            event.event_type,
-            event.schema_version,
-            event.payload
-        )?;
+        writeln!(out, "    event {}", event_line(event))?;
     }
     writeln!(
         out,

@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 
+use cqrs_core::store::RecordedEvent;
 use cqrs_postgres::PgProjectionStatus;
 use serde_json::{Value, json};
 
@@ -74,6 +75,19 @@ pub(crate) fn duration(d: std::time::Duration) -> String {
     } else {
         format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60)
     }
+}
+
+/// A stored event on one line: `TYPE/ID#VERSION  EVENT vN  PAYLOAD`.
+pub(crate) fn event_line(event: &RecordedEvent) -> String {
+    format!(
+        "{}/{}#{}  {} v{}  {}",
+        event.stream_type,
+        event.stream_id,
+        event.stream_version,
+        event.event_type,
+        event.schema_version,
+        event.payload
+    )
 }
 
 /// A projection version, as the API and `--json` show it.
